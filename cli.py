@@ -1,0 +1,336 @@
+"""The ``edgec`` command line: thin commands that each call one SDK or runtime verb.
+
+Every ``EdgecError`` becomes one line on stderr and exit code 1. Heavy frameworks load
+only inside the commands that need them, so ``edgec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._version import __version__
+from .errors import EdgecError, InputError
+
+app = typer.Typer(
+    name="edgec",
+    help="Compress, convert and verify models for edge boards, and serve them there.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+devices_app = typer.Typer(help="List device profiles, or show one with `edgec devices show NAME`.", invoke_without_command=True)
+app.add_typer(devices_app, name="devices")
+
+F = TypeVar("F", bound=Callable[..., Any])
+# Piped output is read by people too: do not squeeze tables into 80 columns there.
+out = Console() if sys.stdout.isatty() else Console(width=120)
+
+
+def _err_console() -> Console:
+    """stderr for progress, on a duplicate of fd 2 so converter-output capture leaves it alone."""
+    try:
+        return Console(file=os.fdopen(os.dup(sys.stderr.fileno()), "w"), stderr=False)
+    except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
+        return Console(stderr=True)
+
+
+def handles_errors(fn: F) -> F:
+    """Turn EdgecError into one line and exit code 1; Ctrl-C into exit code 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgecError as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: nothing was written", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _stepper(console: Console, quiet: bool) -> Callable[[str], contextlib.AbstractContextManager[None]]:
+    @contextlib.contextmanager
+    def step(name: str) -> Iterator[None]:
+        if quiet:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            with console.status(f"{name}..."):
+                yield
+        except BaseException:
+            console.print(f"[red]✗[/] {name}")
+            raise
+        console.print(f"[green]✓[/] {name} [dim]({time.perf_counter() - start:.1f}s)[/]")
+
+    return step
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """edgec: take a trained model to an edge board and keep it running there.
+
+    \b
+    Typical use:
+      edgec devices                                   # which boards edgec knows
+      edgec convert model.pt2 --device rpi4 --calib calib.npz --out build/rpi4
+      edgec run build/rpi4 --input sample.npz --output out.npz
+      edgec quickstart                                # the whole path on real digits data
+    """
+
+
+@devices_app.callback()
+@handles_errors
+def devices(ctx: typer.Context) -> None:
+    """Show a table of the built-in device profiles."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .devices import builtin_profiles
+
+    table = Table(title="Device profiles (--device takes a name or an alias)")
+    for col in ("name", "also", "format", "precision", "int8 fast", "threads", "model RAM", "accel"):
+        table.add_column(col, no_wrap=col == "name")
+    for p in builtin_profiles().values():
+        table.add_row(
+            p.name, ", ".join(p.aliases[:2]), p.format, p.precision, "yes" if p.int8_speedup else "no",
+            str(p.threads), f"{p.model_ram_mb} MB", p.accelerator,
+        )
+    out.print(table)
+    out.print("Your own board: copy a profile from `edgec devices show NAME --toml` and pass it with --profile board.toml")
+
+
+@devices_app.command("show")
+@handles_errors
+def devices_show(
+    name: str = typer.Argument(..., help="Device name, alias, or path to a .toml profile."),
+    as_json: bool = typer.Option(False, "--json", help="Print the profile as JSON."),
+    as_toml: bool = typer.Option(False, "--toml", help="Print the profile file, to copy and edit for your board."),
+) -> None:
+    """Show every field of one device profile."""
+    from .devices import get_profile
+
+    profile = get_profile(name)
+    data = profile.to_dict()
+    if as_toml:
+        typer.echo(Path(profile.source).read_text(encoding="utf-8"), nl=False)
+        return
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    table = Table(title=f"{profile.name}: {profile.description}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in data.items():
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    table.add_row("file", profile.source)
+    out.print(table)
+
+
+def _floats(text: Optional[str], what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{what} {text!r} must be comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+
+
+@app.command()
+@handles_errors
+def convert(
+    model: str = typer.Argument(..., help="model.pt2 (torch.export), model.onnx, or pkg.module:factory."),
+    device: str = typer.Option("x86-64", "--device", "-d", help="Target device or alias (see `edgec devices`)."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="Your own device profile (.toml); overrides --device."),
+    fmt: str = typer.Option("auto", "--format", "-f", help="auto (the device's choice), onnx or tflite."),
+    precision: str = typer.Option("auto", "--precision", "-p", help="auto (the device's choice), fp32, fp16 or int8."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Sample inputs: .npz keyed by input name (+ optional 'labels'), or an image folder. Needed for int8; part is held out to verify."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder to write [default: build/<device>]."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights (.safetensors) for a pkg.module:factory model."),
+    input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="Input shape for factory models without --calib: 1x3x224x224 or name=1x3x224x224."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="HxW to resize calibration images to [default: the model's]."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean for images scaled to [0,1], e.g. 0.485,0.456,0.406."),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std for images, e.g. 0.229,0.224,0.225."),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Fail if any held-out sample's output cosine to the original is lower [default by precision]."),
+    min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Fail if classifier top-1 agreement with the original is lower (0-1) [default by precision]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout (progress stays on stderr)."),
+) -> None:
+    """Convert a model for one device and write a verified bundle.
+
+    \b
+    The bundle holds the model file, manifest.json (the runtime's contract), report.json
+    and report.md. It is written atomically: on any error nothing is left behind.
+    \b
+    Examples:
+      edgec convert model.pt2 --device rpi4 --calib calib.npz --out build/rpi4
+      edgec convert model.pt2 --device jetson --out build/jetson
+      edgec convert model.onnx --device x86 --precision int8 --calib calib.npz
+      edgec convert mypkg.nets:build --weights w.safetensors --device coral --calib images/ --image-size 96x96
+    """
+    from .sdk.calibration import ImageOptions
+    from .sdk.pipeline import ConvertConfig, convert as run_convert
+
+    size = None
+    if image_size is not None:
+        try:
+            h, w = (int(v) for v in image_size.lower().split("x"))
+            size = (h, w)
+        except ValueError:
+            raise InputError(f"--image-size {image_size!r} must look like 224x224") from None
+    image = ImageOptions(size=size, mean=_floats(mean, "--mean") or (0.0,), std=_floats(std, "--std") or (1.0,))
+    config = ConvertConfig(
+        device=str(profile) if profile else device,
+        format=fmt,
+        precision=precision,
+        out=out_dir,
+        force=force,
+        weights=weights,
+        input_shapes=tuple(input_shape or ()),
+        image=image,
+        min_cosine=min_cosine,
+        min_top1=min_top1,
+    )
+    err = _err_console()
+    result = run_convert(model, config, calib=calib, step=_stepper(err, quiet=False))
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+    if as_json:
+        typer.echo(json.dumps(result.report, indent=2))
+        return
+    _print_summary(result)
+
+
+def _print_summary(result: Any) -> None:
+    from .sdk.report import human_bytes
+
+    report = result.report
+    table = Table(title=f"{report['model']['source']} → {report['device']['name']} "
+                        f"({report['target']['format']} {report['target']['precision']})")
+    for col in ("model", "size", "latency p50", "cosine min", "top-1 agree", "accuracy"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in report["results"]:
+        fid = row.get("fidelity") or {}
+        lat = row.get("latency") or {}
+        table.add_row(
+            row["name"] + (" ★" if row.get("shipped") else ""),
+            human_bytes(row["size_bytes"]),
+            f"{lat['p50_ms']:.3f} ms" if lat else "—",
+            f"{fid['cosine_min']:.4f}" if fid else "—",
+            f"{100 * fid['top1_agreement']:.1f}%" if fid.get("top1_agreement") is not None else "—",
+            f"{100 * row['accuracy']:.1f}%" if row.get("accuracy") is not None else "—",
+        )
+    out.print(table)
+    s = report["summary"]
+    out.print(f"Shipped ★: {100 * s['size_vs_fp32']:.0f}% of fp32 size, {s['speedup_vs_fp32']:.2f}x fp32 speed "
+              f"(host-measured); verification passed: {'; '.join(report['verification']['checks'])}")
+    out.print(f"Bundle: {result.bundle}  (report.md has the details)")
+
+
+@app.command()
+@handles_errors
+def run(
+    bundle: Path = typer.Argument(..., help="Bundle folder written by `edgec convert`."),
+    input_path: Path = typer.Option(..., "--input", "-i", help=".npz with arrays keyed by input name (or one array)."),
+    output_path: Optional[Path] = typer.Option(None, "--output", "-o", help="Write outputs to this .npz, keyed by output name."),
+    force: bool = typer.Option(False, "--force", help="Replace --output if it exists."),
+) -> None:
+    """Run a bundle on inputs from an .npz with the edgec runtime (no torch needed).
+
+    \b
+    Example:
+      edgec run build/rpi4 --input sample.npz --output out.npz
+    """
+    import numpy as np
+
+    from .runtime import load
+
+    if output_path is not None and output_path.exists() and not force:
+        raise InputError(f"{output_path} already exists: pass --force to replace it")
+    model = load(bundle)
+    if not input_path.is_file():
+        raise InputError(f"input file {input_path} does not exist")
+    try:
+        with np.load(input_path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files if k != "labels"}
+    except Exception as exc:
+        raise InputError(f"cannot read {input_path} as .npz ({str(exc).splitlines()[0][:200]})") from None
+    if len(model.inputs) == 1 and len(arrays) == 1:
+        arrays = {model.inputs[0].name: next(iter(arrays.values()))}
+    start = time.perf_counter()
+    outputs = model.predict(arrays)
+    elapsed = time.perf_counter() - start
+    if output_path is not None:
+        tmp = output_path.with_name(f".{output_path.name}.tmp")
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **outputs)
+        os.replace(tmp, output_path)
+    batch = next(iter(arrays.values())).shape[0]
+    out.print(f"{model}: {batch} samples in {1e3 * elapsed:.1f} ms")
+    for name, value in outputs.items():
+        line = f"  {name}: {value.dtype}{list(value.shape)}"
+        if value.ndim == 2 and value.shape[1] > 1:
+            line += f"  top-1 of the first samples: {value.argmax(1)[:10].tolist()}"
+        out.print(line)
+    if output_path is not None:
+        out.print(f"Wrote {output_path}")
+
+
+@app.command()
+@handles_errors
+def quickstart(
+    workdir: Path = typer.Option(Path("edgec-quickstart"), "--workdir", help="Folder for the model, data and bundles."),
+    force: bool = typer.Option(False, "--force", help="Redo the quick start in an existing --workdir."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Train a CNN on real digits, convert it for rpi4 and x86-64, and compare fp32 vs int8.
+
+    \b
+    Trains on scikit-learn's handwritten digits (shipped with the package, nothing is
+    downloaded), converts the model at fp32 and int8 for both boards, runs every bundle
+    through the edgec runtime on held-out test digits, and prints accuracy, size and latency.
+    """
+    from .sdk.quickstart import rows_table, run_quickstart
+
+    err = _err_console()
+    summary = run_quickstart(workdir, force=force, step=_stepper(err, quiet=False))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    out.print(rows_table(summary["rows"], f"Digits CNN on {summary['test_samples']} held-out test digits "
+                                          f"(PyTorch accuracy {100 * summary['torch_test_accuracy']:.2f}%)"))
+    out.print(f"Latency: batch 1, p50, measured on this host. Bundles, data and reports: {workdir}/")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Device profiles: data files in ``profiles/*.toml`` loaded into frozen :class:`DeviceProfile`.
+
+Capabilities are fields, never ``if device == ...`` branches. A name resolves through the
+profile names and their aliases (``jetson`` -> ``jetson-orin-nano``); a mistyped name fails
+with the nearest names suggested.
+
+Example:
+    >>> from edgec.devices import get_profile
+    >>> get_profile("rpi").name
+    'rpi4'
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import MISSING, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..converters import FORMATS, PRECISIONS
+from ..errors import DeviceNotFoundError, ValidationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+ACCELERATORS = ("none", "cuda", "edgetpu")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What edgec needs to know about one board.
+
+    Attributes:
+        name: Canonical name (``rpi4``).
+        description: One line for people.
+        family: Board family (``rpi``, ``jetson``...).
+        aliases: Other names that resolve to this profile.
+        arch: CPU architecture (``aarch64``, ``x86_64``), recorded in the manifest.
+        cores: CPU cores.
+        threads: Inference threads the runtime uses on this board.
+        ram_mb: Board RAM.
+        model_ram_mb: RAM the models may use; a bundle whose model needs more fails the fit check.
+        storage_mb: Storage one bundle may take.
+        accelerator: ``none``, ``cuda`` or ``edgetpu``.
+        format: Preferred target format (``--format auto``).
+        precision: Preferred precision (``--precision auto``).
+        allowed_precisions: Precisions the board can run at all.
+        int8_speedup: Whether int8 kernels beat float ones on this board.
+        fp16_speedup: Whether fp16 arithmetic beats fp32 on this board.
+        int8_io: Whether int8 artifacts take and give int8 tensors (full-integer I/O).
+        execution_providers: onnxruntime providers to try, in order.
+        compute_capability: CUDA compute capability, when there is a CUDA GPU.
+        source: The file the profile was read from.
+    """
+
+    name: str
+    description: str
+    family: str
+    aliases: tuple[str, ...]
+    arch: str
+    cores: int
+    threads: int
+    ram_mb: int
+    model_ram_mb: int
+    storage_mb: int
+    accelerator: str
+    format: str
+    precision: str
+    allowed_precisions: tuple[str, ...]
+    int8_speedup: bool
+    fp16_speedup: bool
+    int8_io: bool
+    execution_providers: tuple[str, ...]
+    compute_capability: str | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"device profile {self.name!r} ({self.source or 'in memory'})"
+        if self.format not in FORMATS:
+            raise ValidationError(
+                f"{where}: format {self.format!r} is not one of {', '.join(FORMATS)}"
+            )
+        for p in (self.precision, *self.allowed_precisions):
+            if p not in PRECISIONS:
+                raise ValidationError(
+                    f"{where}: precision {p!r} is not one of {', '.join(PRECISIONS)}"
+                )
+        if self.precision not in self.allowed_precisions:
+            raise ValidationError(
+                f"{where}: preferred precision {self.precision!r} is not in "
+                f"allowed_precisions {list(self.allowed_precisions)}"
+            )
+        if self.accelerator not in ACCELERATORS:
+            raise ValidationError(
+                f"{where}: accelerator {self.accelerator!r} is not one of {', '.join(ACCELERATORS)}"
+            )
+        for field in ("cores", "threads", "ram_mb", "model_ram_mb", "storage_mb"):
+            if getattr(self, field) <= 0:
+                raise ValidationError(f"{where}: {field} must be a positive number")
+        if self.model_ram_mb > self.ram_mb:
+            raise ValidationError(f"{where}: model_ram_mb is larger than ram_mb")
+        if not self.execution_providers:
+            raise ValidationError(f"{where}: execution_providers must name at least one")
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> DeviceProfile:
+        """Read a profile file.
+
+        Raises:
+            ValidationError: The file is not valid TOML or misses a required field.
+        """
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DeviceNotFoundError(f"profile file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ValidationError(f"profile file {path} is not valid TOML: {exc}") from None
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "") -> DeviceProfile:
+        """Build a profile from the nested TOML layout (``[cpu]``, ``[memory]``, ...)."""
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, dict):
+                flat.update(value)
+            else:
+                flat[key] = value
+        if flat.get("accelerator") is None and "kind" in flat:
+            flat["accelerator"] = flat.pop("kind")
+        flat.pop("kind", None)
+        flat.setdefault("allowed_precisions", list(PRECISIONS))
+        flat.setdefault("aliases", [])
+        flat.setdefault("family", flat.get("name", ""))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(flat) - known)
+        name = flat.get("name", "?")
+        if unknown:
+            close = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
+            hints = ", ".join(f"{u}" + (f" (did you mean {c[0]}?)" if c else "") for u, c in close.items())
+            raise ValidationError(f"device profile {name!r} ({source}): unknown fields {hints}")
+        missing = sorted(f.name for f in fields(cls) if f.default is MISSING and f.name not in flat)
+        if missing:
+            raise ValidationError(
+                f"device profile {name!r} ({source}): missing fields {', '.join(missing)}"
+            )
+        for key in ("aliases", "allowed_precisions", "execution_providers"):
+            flat[key] = tuple(flat[key])
+        return cls(**flat, source=source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (for manifests and reports)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("aliases", "allowed_precisions", "execution_providers"):
+            out[key] = list(out[key])
+        out.pop("source")
+        return out
+
+
+@lru_cache(maxsize=1)
+def builtin_profiles() -> dict[str, DeviceProfile]:
+    """Every profile shipped with edgec, by canonical name."""
+    profiles = {}
+    for path in sorted(PROFILES_DIR.glob("*.toml")):
+        profile = DeviceProfile.from_toml(path)
+        profiles[profile.name] = profile
+    return profiles
+
+
+def _names() -> dict[str, str]:
+    """Every name and alias -> canonical name."""
+    names: dict[str, str] = {}
+    for profile in builtin_profiles().values():
+        names[profile.name] = profile.name
+        for alias in profile.aliases:
+            names.setdefault(alias, profile.name)
+    return names
+
+
+def get_profile(name_or_path: str | Path) -> DeviceProfile:
+    """Resolve a device name, alias or ``.toml`` profile path.
+
+    Args:
+        name_or_path: ``rpi4``, ``jetson`` or ``path/to/board.toml``.
+
+    Returns:
+        The profile.
+
+    Raises:
+        DeviceNotFoundError: No profile by that name; the message suggests the nearest names.
+    """
+    text = str(name_or_path)
+    if text.endswith(".toml"):
+        return DeviceProfile.from_toml(text)
+    names = _names()
+    key = text.strip().lower()
+    if key in names:
+        return builtin_profiles()[names[key]]
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise DeviceNotFoundError(
+        f"unknown device {text!r}: {hint}run `edgec devices` for the list, "
+        "or pass your own profile with --profile board.toml"
+    )

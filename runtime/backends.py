@@ -1,0 +1,129 @@
+"""Inference backends behind one protocol: onnxruntime and the TFLite interpreter.
+
+A backend runs a model file on arrays already in the model's own dtypes and names; the
+caller-facing work (dtype casts, int8 I/O, batching) lives in :mod:`edgec.runtime.model`.
+Only numpy and the backend's own runtime are imported, and only when a backend is opened.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .._quiet import quiet
+from ..errors import BundleError, MissingDependencyError
+
+log = logging.getLogger("edgec.runtime")
+
+
+class Backend(Protocol):
+    """Runs one model file."""
+
+    name: str
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the model on ``feeds`` (keyed by model tensor name); outputs in model order."""
+        ...
+
+
+class OnnxRuntimeBackend:
+    """onnxruntime, with the manifest's execution providers where this build has them."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, *, threads: int, providers: tuple[str, ...]) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MissingDependencyError("onnxruntime", "runtime", "to run ONNX bundles") from None
+        available = set(ort.get_available_providers())
+        chosen = [p for p in providers if p in available]
+        for p in providers:
+            if p not in available:
+                log.info("execution provider %s is not in this onnxruntime build; skipping it", p)
+        if "CPUExecutionProvider" not in chosen:
+            chosen.append("CPUExecutionProvider")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises its own non-exported exception types
+            raise BundleError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}") from None
+        self.providers = tuple(self.session.get_providers())
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.output_names, feeds)
+
+
+def _interpreter_class() -> Any:
+    """The first TFLite interpreter that imports: ai-edge-litert, tflite-runtime, TensorFlow."""
+    for module, attr in (
+        ("ai_edge_litert.interpreter", "Interpreter"),
+        ("tflite_runtime.interpreter", "Interpreter"),
+    ):
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ImportError:
+            continue
+    try:  # last resort on boards that already carry full TensorFlow
+        return importlib.import_module("tensorflow").lite.Interpreter
+    except ImportError:
+        raise MissingDependencyError(
+            "ai-edge-litert (or tflite-runtime)", "runtime", "to run TFLite bundles"
+        ) from None
+
+
+class TFLiteBackend:
+    """The TFLite interpreter, driven through the model's default signature."""
+
+    name = "tflite"
+
+    def __init__(self, path: Path, *, threads: int) -> None:
+        interpreter_cls = _interpreter_class()
+        try:
+            with quiet():  # the interpreter announces its XNNPACK delegate from C++
+                self.interpreter = interpreter_cls(model_path=str(path), num_threads=threads)
+                self.interpreter.allocate_tensors()
+                signatures = self.interpreter.get_signature_list()
+                if not signatures:
+                    raise ValueError("the model has no signature")
+                self.signature = next(iter(signatures))
+                self.runner = self.interpreter.get_signature_runner(self.signature)
+        except (ValueError, RuntimeError) as exc:
+            raise BundleError(f"the TFLite interpreter cannot load {path.name}: {_first_line(exc)}") from None
+        self.output_names = list(signatures[self.signature]["outputs"])
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self.runner(**feeds)
+        # The runner reuses its buffers between calls: copy before handing results out.
+        return [np.array(result[name], copy=True) for name in self.output_names]
+
+    def details(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Input and output details keyed by signature name (shape, dtype, quantization)."""
+        return self.runner.get_input_details(), self.runner.get_output_details()
+
+
+def open_backend(fmt: str, path: Path, *, threads: int, providers: tuple[str, ...]) -> Backend:
+    """Open ``path`` with the backend for format ``fmt``.
+
+    Raises:
+        BundleError: Unknown format, or the backend cannot load the file.
+        MissingDependencyError: The backend's runtime is not installed.
+    """
+    if fmt == "onnx":
+        return OnnxRuntimeBackend(path, threads=threads, providers=providers)
+    if fmt == "tflite":
+        return TFLiteBackend(path, threads=threads)
+    raise BundleError(f"bundle format {fmt!r} is not one this runtime serves (onnx, tflite)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,202 @@
+"""A loaded bundle: checks its files, opens its backend, and feeds it correctly.
+
+Callers pass float arrays (or integer token ids) keyed by input name and get float arrays
+back; int8 I/O is quantized and dequantized here from the manifest's scales and zero
+points, and models with a fixed batch of 1 are run sample by sample.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .backends import Backend, open_backend
+from .manifest import Manifest, TensorSpec, read_manifest, verify_files
+
+_QUANTIZED = ("int8", "uint8", "int16")
+
+
+def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Float -> the tensor's integer type with its scale and zero point (round, saturate)."""
+    assert spec.quantization is not None
+    info = np.iinfo(spec.dtype)
+    q = np.round(x.astype(np.float32) / spec.quantization.scale) + spec.quantization.zero_point
+    return np.clip(q, info.min, info.max).astype(spec.dtype)
+
+
+def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Integer tensor -> float32 with its scale and zero point."""
+    assert spec.quantization is not None
+    return ((q.astype(np.float32) - spec.quantization.zero_point) * spec.quantization.scale).astype(
+        np.float32
+    )
+
+
+class LoadedModel:
+    """A bundle ready to serve.
+
+    Attributes:
+        path: The bundle folder.
+        manifest: Its parsed manifest.
+        backend: The backend running its model file.
+        load_seconds: Wall time of hash checks plus backend start.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, backend: Backend, load_seconds: float) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.backend = backend
+        self.load_seconds = load_seconds
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.manifest.outputs
+
+    def __repr__(self) -> str:
+        ins = ", ".join(t.describe() for t in self.inputs)
+        return (
+            f"LoadedModel({self.path.name}: {self.manifest.format}/{self.manifest.precision}, "
+            f"backend={self.backend.name}, inputs=[{ins}])"
+        )
+
+    def predict(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
+        """Run the model.
+
+        Args:
+            inputs: Arrays keyed by input name, first axis the batch; a bare array for a
+                single-input model. Floats for float or int8-quantized inputs, integers for
+                integer inputs (token ids).
+
+        Returns:
+            Outputs keyed by name, float32 for every float or quantized output.
+
+        Raises:
+            InputError: A missing or unknown input, a wrong rank, dimension or dtype, or
+                inputs whose batch sizes differ.
+        """
+        feeds = self._prepare(inputs)
+        batch = next(iter(feeds.values())).shape[0] if self.inputs[0].shape else 1
+        if self._runs_one_by_one(batch):
+            parts = [self.backend.run({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(batch)]
+            raw = [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(self.outputs))]
+        else:
+            raw = self.backend.run(feeds)
+        return {spec.name: self._finish(value, spec) for spec, value in zip(self.outputs, raw)}
+
+    def _runs_one_by_one(self, batch: int) -> bool:
+        first = self.inputs[0].shape
+        return bool(first) and first[0] == 1 and batch > 1
+
+    def _prepare(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
+        if not isinstance(inputs, Mapping):
+            if len(self.inputs) != 1:
+                names = ", ".join(t.name for t in self.inputs)
+                raise InputError(f"this model takes {len(self.inputs)} inputs ({names}): pass a dict keyed by name")
+            inputs = {self.inputs[0].name: inputs}
+        expected = {t.name for t in self.inputs}
+        unknown = sorted(set(inputs) - expected)
+        missing = sorted(expected - set(inputs))
+        if unknown or missing:
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing)}")
+            if unknown:
+                parts.append(f"unknown {', '.join(unknown)}")
+            want = "; ".join(t.describe() for t in self.inputs)
+            raise InputError(f"inputs do not match the model ({'; '.join(parts)}): expected {want}")
+        feeds: dict[str, np.ndarray] = {}
+        batches = set()
+        for spec in self.inputs:
+            array = _check_array(np.asarray(inputs[spec.name]), spec)
+            if array.ndim:
+                batches.add(array.shape[0])
+            feeds[spec.model_name] = _to_model_dtype(array, spec)
+        if len(batches) > 1:
+            raise InputError(f"inputs have different batch sizes {sorted(batches)}: give every input the same first axis")
+        return feeds
+
+    @staticmethod
+    def _finish(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
+        if spec.quantization is not None and spec.dtype in _QUANTIZED:
+            return dequantize(value, spec)
+        if value.dtype == np.float16:
+            return value.astype(np.float32)
+        return value
+
+
+def _check_array(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    model_float = spec.dtype.startswith("float") or spec.quantization is not None
+    kind = array.dtype.kind
+    if model_float and kind not in "f":
+        hint = " (scale images to float first, as in training)" if kind in "iu" else ""
+        raise InputError(f"input {spec.name} must be a float array, got {array.dtype}{hint}: expected {spec.describe()}")
+    if not model_float and spec.dtype.startswith(("int", "uint")) and kind not in "iu":
+        raise InputError(f"input {spec.name} must be an integer array, got {array.dtype}: expected {spec.describe()}")
+    if spec.dtype == "bool" and kind != "b":
+        raise InputError(f"input {spec.name} must be a bool array, got {array.dtype}: expected {spec.describe()}")
+    if array.ndim != len(spec.shape):
+        raise InputError(
+            f"input {spec.name} has {array.ndim} dimensions {list(array.shape)}, expected "
+            f"{len(spec.shape)}: {spec.describe()}"
+        )
+    for axis, (got, want) in enumerate(zip(array.shape, spec.shape)):
+        if axis == 0 and want == 1:
+            continue  # a fixed batch of 1 is served sample by sample
+        if want is not None and got != want:
+            raise InputError(
+                f"input {spec.name} has shape {list(array.shape)}, but dimension {axis} must be "
+                f"{want}: expected {spec.describe()}"
+            )
+    return array
+
+
+def _to_model_dtype(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    if spec.quantization is not None and spec.dtype in _QUANTIZED:
+        return quantize(array, spec)
+    return np.ascontiguousarray(array, dtype=spec.dtype)
+
+
+def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True) -> LoadedModel:
+    """Load a bundle written by ``edgec convert``.
+
+    Every file's sha256 is checked before the model is opened. The backend comes from the
+    manifest's format; threads and execution providers from its device profile.
+
+    Args:
+        bundle: The bundle folder.
+        threads: Override the profile's thread count (e.g. to measure on another host).
+        verify: Check sha256 sums (leave on outside of benchmarks).
+
+    Returns:
+        A :class:`LoadedModel` whose ``predict`` takes and returns float arrays.
+
+    Raises:
+        BundleError: Not a bundle, a malformed manifest, or a model its backend refuses.
+        IntegrityError: A file does not match its sha256.
+        MissingDependencyError: The backend's runtime is not installed.
+
+    Example:
+        >>> model = load("build/rpi4")
+        >>> model.predict({"input": x})["output"].argmax(1)
+    """
+    start = time.perf_counter()
+    path = Path(bundle)
+    manifest = read_manifest(path)
+    if verify:
+        verify_files(path, manifest)
+    backend = open_backend(
+        manifest.format,
+        path / manifest.model_file,
+        threads=threads or manifest.threads,
+        providers=manifest.execution_providers,
+    )
+    return LoadedModel(path, manifest, backend, time.perf_counter() - start)

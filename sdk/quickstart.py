@@ -1,0 +1,123 @@
+"""``edgec quickstart``: train a CNN on real digits, convert it for two boards, compare.
+
+It trains the digits CNN (a few seconds on a CPU), saves it as ``model.pt2``, converts it
+for ``rpi4`` (TFLite) and ``x86-64`` (ONNX) at fp32 and int8, runs every bundle through
+the edgec runtime on the held-out test digits, and tabulates accuracy, size and latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BundleError
+from ..runtime import load
+from .evaluate import measure_latency
+from .pipeline import convert
+from .zoo import digits_cnn, digits_splits, evaluate_accuracy, export_pt2, seeded, train
+
+DEVICES = ("rpi4", "x86-64")
+PRECISIONS = ("fp32", "int8")
+
+
+def measure_bundle(bundle: Path, x: np.ndarray, y: np.ndarray, *, budget_s: float = 1.0) -> dict[str, Any]:
+    """Load a bundle with the runtime and measure test accuracy, file size and batch-1 latency."""
+    model = load(bundle)
+    name = model.inputs[0].name
+    logits = next(iter(model.predict({name: x}).values()))
+    one = {name: x[:1]}
+    latency = measure_latency(lambda: model.predict(one), threads=model.manifest.threads, budget_s=budget_s)
+    return {
+        "bundle": str(bundle),
+        "device": model.manifest.device["name"],
+        "format": model.manifest.format,
+        "precision": model.manifest.precision,
+        "accuracy": float((logits.argmax(1) == y).mean()),
+        "size_bytes": (bundle / model.manifest.model_file).stat().st_size,
+        "latency_p50_ms": latency.p50_ms,
+    }
+
+
+def compare_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add each row's size ratio, speed-up and accuracy change against its fp32 sibling."""
+    base = {(r["device"], r["format"]): r for r in rows if r["precision"] == "fp32"}
+    for r in rows:
+        ref = base.get((r["device"], r["format"]))
+        r["size_vs_fp32"] = r["size_bytes"] / ref["size_bytes"] if ref else None
+        r["speedup_vs_fp32"] = ref["latency_p50_ms"] / r["latency_p50_ms"] if ref else None
+        r["accuracy_delta_points"] = 100 * (r["accuracy"] - ref["accuracy"]) if ref else None
+    return rows
+
+
+def rows_table(rows: list[dict[str, Any]], title: str) -> Any:
+    """A rich table of measured rows (see :func:`measure_bundle`)."""
+    from rich.table import Table
+
+    from .report import human_bytes
+
+    table = Table(title=title)
+    labelled = any("model" in r for r in rows)
+    cols = (("model",) if labelled else ()) + ("device", "fmt", "prec", "accuracy", "Δ acc", "size", "vs fp32", "p50", "speed-up")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("model", "device", "fmt", "prec") else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(
+            *((r.get("model", ""),) if labelled else ()), r["device"], r["format"], r["precision"], f"{100 * r['accuracy']:.2f}%",
+            "" if r["accuracy_delta_points"] is None else f"{r['accuracy_delta_points']:+.2f}",
+            human_bytes(r["size_bytes"]),
+            "" if r["size_vs_fp32"] is None else f"{100 * r['size_vs_fp32']:.0f}%",
+            f"{r['latency_p50_ms']:.3f}ms",
+            "" if r["speedup_vs_fp32"] is None else f"{r['speedup_vs_fp32']:.2f}x",
+        )
+    return table
+
+
+@contextlib.contextmanager
+def _silent(_: str) -> Iterator[None]:
+    yield
+
+
+def run_quickstart(
+    workdir: str | Path = "edgec-quickstart",
+    *,
+    force: bool = False,
+    devices: tuple[str, ...] = DEVICES,
+    step: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None,
+    epochs: int = 10,
+) -> dict[str, Any]:
+    """Run the quick start in ``workdir``; return the model's fp32 test accuracy and the rows.
+
+    Raises:
+        BundleError: ``workdir`` exists and ``force`` is not set.
+    """
+    step = step or _silent
+    work = Path(workdir)
+    if work.exists() and not force:
+        raise BundleError(f"{work} already exists: pass --force to redo the quick start there, or choose --workdir")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    data = digits_splits()
+    with step(f"Training the digits CNN on {len(data.x_train)} real handwritten digits"):
+        model = train(seeded(digits_cnn), data.x_train, data.y_train, epochs=epochs)
+        torch_acc = evaluate_accuracy(model, data.x_test, data.y_test)
+        export_pt2(model, data.x_train, work / "model.pt2")
+        np.savez(work / "calib.npz", x=data.x_calib, labels=data.y_calib)
+        np.savez(work / "test.npz", x=data.x_test, labels=data.y_test)
+    rows = []
+    for device in devices:
+        for precision in PRECISIONS:
+            out = work / "bundles" / f"{device}-{precision}"
+            with step(f"Converting for {device} at {precision}"):
+                convert(work / "model.pt2", device=device, precision=precision, calib=work / "calib.npz", out=out)
+            with step(f"Measuring {device} {precision} on {len(data.x_test)} test digits"):
+                rows.append(measure_bundle(out, data.x_test, data.y_test))
+    summary = {"torch_test_accuracy": torch_acc, "test_samples": len(data.x_test), "rows": compare_rows(rows)}
+    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary

@@ -1,0 +1,91 @@
+"""Render a conversion report (the dict in ``report.json``) as Markdown for people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, fmt: str = "{:.4f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown page: what was shipped, what it cost, how it was checked."""
+    target = report["target"]
+    device = report["device"]
+    lines = [
+        f"# edgec report: {report['model']['source']} → {device['name']} "
+        f"({target['format']} {target['precision']})",
+        "",
+        f"{device['description']}. Precision {target['precision']}: {target['precision_reason']}.",
+        "",
+        "| model | size | latency p50 (batch 1) | speed-up | cosine (min) | top-1 agreement | accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = report["results"][0]["latency"]["p50_ms"] if report["results"][0].get("latency") else None
+    for row in report["results"]:
+        lat = row.get("latency") or {}
+        p50 = lat.get("p50_ms")
+        speed = f"{base / p50:.2f}x" if base and p50 else "—"
+        fid = row.get("fidelity") or {}
+        name = f"**{row['name']} (shipped)**" if row.get("shipped") else row["name"]
+        lines.append(
+            f"| {name} | {human_bytes(row.get('size_bytes'))} | {_num(p50, '{:.3f} ms')} | {speed} | "
+            f"{_num(fid.get('cosine_min'))} | {_pct(fid.get('top1_agreement'))} | {_pct(row.get('accuracy'))} |"
+        )
+    summary = report["summary"]
+    lines += ["", "## Summary", ""]
+    lines.append(f"- Size: {_pct(summary['size_vs_fp32'])} of the fp32 {target['format']} artifact "
+                 f"({human_bytes(summary['size_bytes'])}).")
+    if summary.get("speedup_vs_fp32"):
+        lines.append(f"- Speed: {summary['speedup_vs_fp32']:.2f}x the fp32 {target['format']} artifact, "
+                     f"{summary['speedup_vs_original']:.2f}x the original, on this host.")
+    if summary.get("accuracy_drop_points") is not None:
+        lines.append(f"- Accuracy: {summary['accuracy_drop_points']:+.2f} points vs the original "
+                     f"on {report['data']['holdout_samples']} held-out labelled samples.")
+    verification = report["verification"]
+    lines += ["", "## Verification", ""]
+    lines.append(f"- {'Passed' if verification['passed'] else 'FAILED'}: " + "; ".join(verification["checks"]) + ".")
+    lines.append(f"- Compared on {report['data']['holdout_samples']} held-out samples"
+                 + (" (synthetic inputs: no --calib was given, so this checks the conversion, not accuracy)."
+                    if report["data"]["synthetic"] else " that were not used for calibration."))
+    fit = report["fit"]
+    lines += ["", f"## Fit on {device['name']}", ""]
+    lines.append(f"- Storage: {human_bytes(fit['size_bytes'])} of a {fit['storage_mb']} MB budget.")
+    if fit.get("ram_delta_bytes") is not None:
+        lines.append(f"- RAM added by loading (measured on this host): {human_bytes(fit['ram_delta_bytes'])} "
+                     f"of a {fit['model_ram_mb']} MB model budget.")
+    for problem in fit["problems"]:
+        lines.append(f"- **Does not fit:** {problem}")
+    data = report["data"]
+    lines += ["", "## Data", ""]
+    lines.append(f"- Source: {data['source']}; {data['calibration_samples']} samples for calibration, "
+                 f"{data['holdout_samples']} held out for verification.")
+    for warning in data["warnings"]:
+        lines.append(f"- Warning: {warning}")
+    if target.get("recipe"):
+        lines += ["", "## Recipe", ""]
+        lines += [f"- {k}: {v}" for k, v in target["recipe"].items()]
+    if report.get("notes"):
+        lines += ["", "## Notes", ""]
+        lines += [f"- {note}" for note in report["notes"]]
+    host = report["host"]
+    lines += ["", "## Host and versions", ""]
+    lines.append(f"- Latency measured on this host ({host['machine']}, {host['threads']} threads), "
+                 f"not on the {device['name']}: use it to compare rows, not as the board's latency.")
+    lines.append("- " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+    return "\n".join(lines) + "\n"
