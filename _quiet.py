@@ -8,6 +8,7 @@ attached to the error if the step fails. ``EDGEC_VERBOSE=1`` turns the capture o
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -33,6 +34,9 @@ def quiet() -> Iterator[Captured]:
     if os.environ.get("EDGEC_VERBOSE"):
         yield captured
         return
+    # Some libraries print through Python's sys.stdout (which a host program may have
+    # replaced), others straight to the descriptors: catch both.
+    streams = io.StringIO()
     with _lock, tempfile.TemporaryFile() as sink:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -40,7 +44,8 @@ def quiet() -> Iterator[Captured]:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
-            yield captured
+            with contextlib.redirect_stdout(streams), contextlib.redirect_stderr(streams):
+                yield captured
         finally:
             with contextlib.suppress(Exception):
                 sys.stdout.flush()
@@ -50,4 +55,5 @@ def quiet() -> Iterator[Captured]:
             os.close(saved[0])
             os.close(saved[1])
             sink.seek(0)
-            captured.text = sink.read()[-50_000:].decode("utf-8", errors="replace")
+            text = sink.read()[-50_000:].decode("utf-8", errors="replace") + streams.getvalue()[-50_000:]
+            captured.text = text

@@ -9,6 +9,7 @@ runtime serves larger batches sample by sample.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,9 @@ class TFLiteConverter:
             for sample in used.samples()
         ]
         try:
-            with quiet() as log:
+            with quiet() as log, warnings.catch_warnings():
+                # Calibration keeps every intermediate tensor on purpose, and warns about it.
+                warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
                 result = _calibrate_min_max(fp32, quantizer.get_quantization_recipe(), signature_data)
                 quantizer.quantize(result, enable_progress_report=False).export_model(str(out), overwrite=True)
         except Exception as exc:

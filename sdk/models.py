@@ -130,6 +130,53 @@ def _flatten(out: Any) -> list[Any]:
     return [out]
 
 
+def precheck(model: Any) -> None:
+    """Cheap checks on a model argument (no framework import), so obvious mistakes fail first.
+
+    Raises:
+        ModelLoadError: A missing path, a folder, a pickle, or an unknown kind of file.
+    """
+    if not isinstance(model, (str, Path)):
+        return
+    path = Path(model)
+    if not path.exists():
+        if FACTORY_RE.match(str(model)):
+            return
+        raise ModelLoadError(
+            f"model file {path} does not exist: pass a .pt2 or .onnx file, or pkg.module:factory"
+        )
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder: pass a model file (.pt2, .onnx) or pkg.module:factory")
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise ModelLoadError(
+            f"refusing to load {path.name}: pickled checkpoints can run arbitrary code when "
+            "loaded. Export a program with torch.export.save(torch.export.export(model, args), "
+            "'model.pt2'), or save the weights with safetensors and pass "
+            "pkg.module:factory --weights model.safetensors"
+        )
+    if suffix in (".keras", ".h5"):
+        raise ModelLoadError(
+            f"{path.name}: this edgec build has no Keras loader yet; export the model to ONNX "
+            "(tf2onnx) or convert it from its PyTorch source"
+        )
+    if suffix == ".tflite":
+        raise ModelLoadError(
+            f"{path.name} is already a TFLite model: edgec converts from .pt2, .onnx or "
+            "pkg.module:factory; to serve a .tflite, convert its source model"
+        )
+    if suffix not in (".pt2", ".onnx"):
+        raise ModelLoadError(
+            f"cannot tell what kind of model {path.name} is from its suffix {suffix or '(none)'}: "
+            "expected .pt2 (torch.export), .onnx, or pkg.module:factory"
+        )
+    if suffix == ".pt2" and not zipfile.is_zipfile(path):
+        raise ModelLoadError(
+            f"{path.name} is not a torch.export archive (a .pt2 is a zip file); it may be "
+            "truncated or corrupt: save it again with torch.export.save"
+        )
+
+
 def load_model(
     model: Any,
     *,
@@ -150,18 +197,12 @@ def load_model(
         ModelLoadError: The file is missing, corrupt, of an unknown kind, or unsafe to load.
         MissingDependencyError: The framework for this kind of model is not installed.
     """
+    precheck(model)
     if isinstance(model, (str, Path)):
-        text = str(model)
-        path = Path(text)
+        path = Path(model)
         if path.exists():
-            if path.is_dir():
-                raise ModelLoadError(f"{path} is a folder: pass a model file (.pt2, .onnx) or pkg.module:factory")
             return _load_file(path, weights=weights)
-        if FACTORY_RE.match(text):
-            return _from_module(_call_factory(text), label=text, weights=weights, example=example)
-        raise ModelLoadError(
-            f"model file {path} does not exist: pass a .pt2 or .onnx file, or pkg.module:factory"
-        )
+        return _from_module(_call_factory(str(model)), label=str(model), weights=weights, example=example)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.export.ExportedProgram):
         return _from_program(model, label="ExportedProgram", size_bytes=_state_bytes(model.state_dict))
@@ -174,34 +215,9 @@ def load_model(
 
 
 def _load_file(path: Path, *, weights: str | Path | None) -> SourceModel:
-    suffix = path.suffix.lower()
-    if suffix in PICKLE_SUFFIXES:
-        raise ModelLoadError(
-            f"refusing to load {path.name}: pickled checkpoints can run arbitrary code when "
-            "loaded. Export a program with torch.export.save(torch.export.export(model, args), "
-            "'model.pt2'), or save the weights with safetensors and pass "
-            "pkg.module:factory --weights model.safetensors"
-        )
     if weights is not None:
-        raise ModelLoadError(f"--weights applies to pkg.module:factory models, not to {suffix} files")
-    if suffix == ".pt2":
-        return _load_pt2(path)
-    if suffix == ".onnx":
-        return _load_onnx(path)
-    if suffix in (".keras", ".h5"):
-        raise ModelLoadError(
-            f"{path.name}: Keras models need the `tf` extra and convert to TFLite only; "
-            "this edgec build has no Keras loader yet: export to ONNX or .pt2 first"
-        )
-    if suffix == ".tflite":
-        raise ModelLoadError(
-            f"{path.name} is already a TFLite model: edgec converts from .pt2, .onnx or "
-            "pkg.module:factory; to serve a .tflite, convert its source model"
-        )
-    raise ModelLoadError(
-        f"cannot tell what kind of model {path.name} is from its suffix {suffix or '(none)'}: "
-        "expected .pt2 (torch.export), .onnx, or pkg.module:factory"
-    )
+        raise ModelLoadError(f"--weights applies to pkg.module:factory models, not to {path.suffix} files")
+    return _load_pt2(path) if path.suffix.lower() == ".pt2" else _load_onnx(path)
 
 
 _unsafe_guard = threading.Lock()
@@ -245,11 +261,6 @@ def _weights_only_loading() -> Iterator[None]:
 
 def _load_pt2(path: Path) -> SourceModel:
     torch = require_torch()
-    if not zipfile.is_zipfile(path):
-        raise ModelLoadError(
-            f"{path.name} is not a torch.export archive (a .pt2 is a zip file); it may be "
-            "truncated or corrupt: save it again with torch.export.save"
-        )
     try:
         with _weights_only_loading():
             program = torch.export.load(str(path))

@@ -29,7 +29,7 @@ from ..runtime.model import LoadedModel, load
 from .bundle import check_out_dir, publish, staging, versions
 from .calibration import ImageOptions, SampleSet, load_samples
 from .evaluate import Fidelity, accuracy, compare, measure_latency, rss_bytes, run_batched
-from .models import SourceModel, example_from_shapes, load_model
+from .models import SourceModel, example_from_shapes, load_model, precheck
 from .report import to_markdown
 
 # Sanity floors per precision. They catch broken conversions; accuracy budgets for
@@ -188,13 +188,9 @@ def convert(
     step = step or _silent_step
     started = time.perf_counter()
 
+    precheck(model)
     profile = profile or get_profile(cfg.device)
     fmt, precision, reason = resolve_target(profile, cfg.format, cfg.precision)
-    if precision == "int8" and calib is None:
-        raise CalibrationError(
-            f"{fmt} int8 for {profile.name} needs calibration data: pass --calib data.npz "
-            "(100-500 representative inputs), or choose --precision fp16/fp32"
-        )
     out = Path(cfg.out or Path("build") / profile.name)
     check_out_dir(out, force=cfg.force)
     converter = FORMATS[fmt].converter()
@@ -202,6 +198,11 @@ def convert(
     with step("Loading model"):
         example = _example(calib, cfg)
         source = load_model(model, weights=cfg.weights, example=example)
+    if precision == "int8" and calib is None:
+        raise CalibrationError(
+            f"{fmt} int8 for {profile.name} needs calibration data: pass --calib data.npz "
+            "(100-500 representative inputs), or choose --precision fp16/fp32"
+        )
     warnings: list[str] = []
     with step("Checking sample data"):
         calib_set, holdout, data_info = _split_samples(calib, source, precision, cfg, warnings)

@@ -1,0 +1,127 @@
+"""The CLI through typer's CliRunner: exit codes, one-line errors, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgec.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_devices_table_and_show():
+    result = invoke("devices")
+    assert result.exit_code == 0
+    for name in ("rpi4", "rpi5", "jetson-nano", "jetson-orin-nano", "coral-edgetpu", "x86-64"):
+        assert name in result.stdout
+    shown = invoke("devices", "show", "rpi4", "--json")
+    assert shown.exit_code == 0
+    assert json.loads(shown.stdout)["format"] == "tflite"
+    assert 'name = "rpi4"' in invoke("devices", "show", "rpi", "--toml").stdout
+
+
+def test_convert_then_run(assets, tmp_path, digits):
+    out = tmp_path / "rpi4"
+    result = invoke("convert", assets / "model.pt2", "--device", "rpi4", "--calib", assets / "calib.npz",
+                    "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["target"] == {**report["target"], "format": "tflite", "precision": "int8"}
+    assert report["verification"]["passed"] is True
+    ran = invoke("run", out, "--input", assets / "test.npz", "--output", tmp_path / "out.npz")
+    assert ran.exit_code == 0, ran.output
+    with np.load(tmp_path / "out.npz") as npz:
+        logits = npz["output"]
+    assert logits.shape == (len(digits.x_test), 10)
+    assert (logits.argmax(1) == digits.y_test).mean() > 0.95
+    again = invoke("run", out, "--input", assets / "test.npz", "--output", tmp_path / "out.npz")
+    assert again.exit_code == 1 and "--force" in again.output
+
+
+def _bad_calib(tmp_path, **arrays):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def _truncated(src, dst):
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 2])
+    return dst
+
+
+def _pickle(tmp_path):
+    torch.save({"w": torch.zeros(1)}, tmp_path / "model.pt")
+    return tmp_path / "model.pt"
+
+
+BAD = {
+    "missing file": (lambda a, t: ["convert", t / "nope.pt2"], "does not exist"),
+    "not a model": (lambda a, t: ["convert", (t / "x.onnx").write_text("hi") and t / "x.onnx"], "not a valid ONNX model"),
+    "truncated onnx": (lambda a, t: ["convert", _truncated(a / "model.onnx", t / "m.onnx")], "corrupt"),
+    "truncated pt2": (lambda a, t: ["convert", _truncated(a / "model.pt2", t / "m.pt2")], "corrupt"),
+    "tflite as input": (lambda a, t: ["convert", (t / "m.tflite").write_bytes(b"TFL3") and t / "m.tflite"], "already a TFLite model"),
+    "pickle": (lambda a, t: ["convert", _pickle(t)], "refusing to load model.pt"),
+    "unknown device": (lambda a, t: ["convert", a / "model.pt2", "--device", "rpi44"], "did you mean rpi4"),
+    "unknown precision": (lambda a, t: ["convert", a / "model.pt2", "--precision", "int4"], "unknown precision 'int4'"),
+    "int8 without calib": (lambda a, t: ["convert", a / "model.pt2", "--device", "rpi4"], "needs calibration data"),
+    "calib wrong name": (lambda a, t: ["convert", a / "model.pt2", "--calib",
+                                       _bad_calib(t, a1=np.zeros((40, 1, 8, 8), np.float32), a2=np.zeros((40, 1, 8, 8), np.float32))],
+                         "no array for input input"),
+    "calib wrong shape": (lambda a, t: ["convert", a / "model.pt2", "--calib", _bad_calib(t, x=np.zeros((40, 1, 6, 6), np.float32))],
+                          "dimension 2 must be 8"),
+    "calib wrong dtype": (lambda a, t: ["convert", a / "model.pt2", "--calib", _bad_calib(t, x=np.zeros((40, 1, 8, 8), np.uint8))],
+                          "is uint8, but the model takes float32"),
+    "onnx to tflite": (lambda a, t: ["convert", a / "model.onnx", "--format", "tflite", "--precision", "fp32"],
+                       "TFLite export takes PyTorch models"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_exit_1_and_no_partial_bundle(assets, tmp_path, case, no_leftovers):
+    build, message = BAD[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    args = build(assets, work)
+    result = invoke(*args, "--out", tmp_path / "bundle")
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert no_leftovers(tmp_path, "bundle")
+
+
+def test_existing_output_folder_is_refused_without_force(assets, tmp_path):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = invoke("convert", assets / "model.pt2", "--precision", "fp32", "--out", out)
+    assert result.exit_code == 1 and "already exists: pass --force" in result.output
+    assert (out / "keep.txt").read_text() == "mine"
+    forced = invoke("convert", assets / "model.pt2", "--precision", "fp32", "--out", out, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
+    assert not list(tmp_path.glob(".bundle.*"))
+
+
+def test_verification_failure_leaves_nothing_behind(assets, tmp_path, no_leftovers):
+    # fp16 cannot reach a cosine of exactly 1.0 on every sample: the check must fail loudly.
+    result = invoke("convert", assets / "model.pt2", "--device", "x86-64", "--precision", "fp16",
+                    "--calib", assets / "calib.npz", "--min-cosine", "1.0", "--out", tmp_path / "bundle")
+    assert result.exit_code == 1
+    assert "does not match the original" in result.output
+    assert no_leftovers(tmp_path, "bundle")
+
+
+def test_run_rejects_inputs_that_do_not_fit(bundles, tmp_path):
+    np.savez(tmp_path / "bad.npz", x=np.zeros((2, 3, 8, 8), np.float32))
+    result = invoke("run", bundles("onnx", "fp32").bundle, "--input", tmp_path / "bad.npz")
+    assert result.exit_code == 1 and "dimension 1 must be 1" in result.output

@@ -1,0 +1,78 @@
+"""Shared fixtures: a CNN trained on real digits, its exports, sample files and bundles.
+
+Expensive things are built once per session; tests copy what they mutate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgec.sdk.zoo import digits_cnn, digits_splits, evaluate_accuracy, export_pt2, seeded, train  # noqa: E402
+
+FAST = {"latency_budget_s": 0.05}
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return digits_splits()
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits):
+    model = train(seeded(digits_cnn), digits.x_train, digits.y_train, epochs=6)
+    return model
+
+
+@pytest.fixture(scope="session")
+def torch_accuracy(digits_model, digits):
+    return evaluate_accuracy(digits_model, digits.x_test, digits.y_test)
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory, digits_model, digits) -> Path:
+    """model.pt2, model.onnx, calib.npz (with labels), test.npz in one folder."""
+    root = tmp_path_factory.mktemp("assets")
+    export_pt2(digits_model, digits.x_train, root / "model.pt2")
+    np.savez(root / "calib.npz", x=digits.x_calib, labels=digits.y_calib)
+    np.savez(root / "test.npz", x=digits.x_test)
+    from edgec import convert
+
+    onnx_bundle = convert(root / "model.pt2", device="x86-64", precision="fp32", out=root / "onnx-fp32", **FAST)
+    (root / "model.onnx").write_bytes((onnx_bundle.bundle / "model.onnx").read_bytes())
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory, assets):
+    """One bundle per (format, precision), built lazily and cached for the session."""
+    from edgec import convert
+
+    root = tmp_path_factory.mktemp("bundles")
+    built: dict[tuple[str, str], object] = {}
+    devices = {"onnx": "x86-64", "tflite": "rpi4"}
+
+    def get(fmt: str, precision: str):
+        key = (fmt, precision)
+        if key not in built:
+            built[key] = convert(
+                assets / "model.pt2", device=devices[fmt], format=fmt, precision=precision,
+                calib=assets / "calib.npz", out=root / f"{fmt}-{precision}", **FAST,
+            )
+        return built[key]
+
+    return get
+
+
+@pytest.fixture
+def no_leftovers():
+    """Check that neither a bundle nor any staging folder for it exists under a parent."""
+
+    def check(parent: Path, name: str) -> bool:
+        return not (parent / name).exists() and not list(parent.glob(f".{name}.*"))
+
+    return check
