@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up (first run only) and run the test suite. "No tests collected" is a failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+./scripts/bootstrap.sh || exit 1
+.venv/bin/python -m pytest -q "$@"
+status=$?
+if [ "$status" -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$status"
