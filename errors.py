@@ -7,6 +7,12 @@ how to fix it; the CLI prints ``str(error)`` as one line and exits with code 1.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (libraries' messages run to pages)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class EdgecError(Exception):
     """Base class: an error the user can act on (bad input, missing extra, failed check)."""
 

@@ -13,13 +13,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, MissingDependencyError
+from ..errors import first_line as _first_line
 from ..runtime.manifest import TensorSpec
 from .base import MAX_CALIBRATION_SAMPLES
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 class OnnxConverter:

@@ -16,16 +16,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, MissingDependencyError
+from ..errors import first_line as _first_line
 from ..runtime.manifest import Quantization, TensorSpec
 from .base import MAX_CALIBRATION_SAMPLES
 
 _ARG = re.compile(r"^args_(\d+)$")
 _OUT = re.compile(r"^output_(\d+)$")
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _ordered(names: list[str], pattern: re.Pattern[str]) -> list[str]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from .._quiet import quiet
 from ..errors import BundleError, MissingDependencyError
+from ..errors import first_line as _first_line
 
 log = logging.getLogger("edgec.runtime")
 
@@ -123,7 +124,3 @@ def open_backend(fmt: str, path: Path, *, threads: int, providers: tuple[str, ..
         return TFLiteBackend(path, threads=threads)
     raise BundleError(f"bundle format {fmt!r} is not one this runtime serves (onnx, tflite)")
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
