@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ._version import __version__
-from .errors import EdgecError, InputError
+from .errors import EdgecError, InputError, first_line
 
 app = typer.Typer(
     name="edgec",
@@ -55,8 +55,7 @@ def handles_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except EdgecError as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            typer.echo(f"error: {message}", err=True)
+            typer.echo(f"error: {first_line(exc, 2000)}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: nothing was written", err=True)
@@ -278,7 +277,7 @@ def run(
         with np.load(input_path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files if k != "labels"}
     except Exception as exc:
-        raise InputError(f"cannot read {input_path} as .npz ({str(exc).splitlines()[0][:200]})") from None
+        raise InputError(f"cannot read {input_path} as .npz ({first_line(exc, 200)})") from None
     if len(model.inputs) == 1 and len(arrays) == 1:
         arrays = {model.inputs[0].name: next(iter(arrays.values()))}
     start = time.perf_counter()

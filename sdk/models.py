@@ -29,7 +29,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import MissingDependencyError, ModelLoadError
+from .._quiet import quiet
+from ..errors import MissingDependencyError, ModelLoadError, first_line
 from ..runtime.manifest import TensorSpec
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar")
@@ -267,7 +268,7 @@ def _load_pt2(path: Path) -> SourceModel:
     except ModelLoadError as exc:
         raise ModelLoadError(f"{path.name}: {exc}") from None
     except Exception as exc:  # torch raises many types for damaged archives
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc, 200)
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             detail = "it holds pickled objects that are not plain tensors, which edgec refuses to unpickle"
         raise ModelLoadError(f"cannot load {path.name} as a torch.export program: {detail}") from None
@@ -342,7 +343,7 @@ def load_weights(module: Any, weights: str | Path) -> None:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc, 200)
         raise ModelLoadError(f"cannot read weights {path.name}: {detail}") from None
     if not isinstance(state, Mapping):
         raise ModelLoadError(f"{path.name} does not hold a state_dict (a mapping of tensor names to tensors)")
@@ -398,25 +399,18 @@ def _from_module(
     args = tuple(torch.from_numpy(np.ascontiguousarray(batch[n])) for n in names)
     dim = torch.export.Dim("batch", min=1, max=4096)
     try:
-        with _quiet_export():
+        with quiet():
             program = torch.export.export(module, args, dynamic_shapes=tuple({0: dim} for _ in names))
     except Exception:
         try:  # a model that fixes its batch (e.g. a reshape to 1) exports with batch 1
             single = tuple(a[:1] for a in args)
-            with _quiet_export():
+            with quiet():
                 program = torch.export.export(module, single)
         except Exception as exc:
-            detail = str(exc).strip().splitlines()[0][:300]
+            detail = first_line(exc)
             raise ModelLoadError(f"torch.export cannot trace {label}: {detail}") from None
     return _from_program(program, label=label, size_bytes=_state_bytes(module.state_dict()))
 
-
-@contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
-    from .._quiet import quiet
-
-    with quiet():
-        yield
 
 
 def example_from_shapes(shapes: Sequence[str]) -> dict[str, np.ndarray]:
@@ -444,7 +438,7 @@ def _load_onnx(path: Path) -> OnnxSource:
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(model)
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc, 200)
         raise ModelLoadError(
             f"{path.name} is not a valid ONNX model ({detail}); it may be truncated or corrupt: export it again"
         ) from None
@@ -458,7 +452,7 @@ def _load_onnx(path: Path) -> OnnxSource:
         options.log_severity_level = 3
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelLoadError(f"onnxruntime cannot load {path.name}: {str(exc).splitlines()[0][:200]}") from None
+        raise ModelLoadError(f"onnxruntime cannot load {path.name}: {first_line(exc, 200)}") from None
     inputs = tuple(_onnx_spec(i) for i in session.get_inputs())
     outputs = tuple(_onnx_spec(o) for o in session.get_outputs())
     return OnnxSource(path, path.name, inputs, outputs, path.stat().st_size, session)

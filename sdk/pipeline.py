@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..converters import FORMATS, PRECISIONS, check_precision, get_format
+from ..converters import FORMATS, check_precision, get_format
 from ..devices import DeviceProfile, get_profile
 from ..errors import CalibrationError, ValidationError, VerificationError
 from ..runtime.backends import open_backend
@@ -112,7 +112,8 @@ Step = Callable[[str], contextlib.AbstractContextManager[Any]]
 
 
 @contextlib.contextmanager
-def _silent_step(_: str) -> Iterator[None]:
+def silent_step(_: str) -> Iterator[None]:
+    """A progress hook that shows nothing (the Python API's default)."""
     yield
 
 
@@ -185,7 +186,7 @@ def convert(
     if "input_shapes" in options:
         options["input_shapes"] = tuple(options["input_shapes"])
     cfg = replace(config or ConvertConfig(), **options)
-    step = step or _silent_step
+    step = step or silent_step
     started = time.perf_counter()
 
     precheck(model)
@@ -237,6 +238,7 @@ def convert(
                 fp32_model = None
                 fp32_path.rename(final_path)
             final_pre = _open_unpublished(final_path, fmt, precision, converter, source, profile, threads)
+            inputs, outputs = final_pre.inputs, final_pre.outputs
             final_fid = compare(ref_out, run_batched(_as_list(final_pre), holdout.batches(64)), holdout.labels)
             checks, passed = _verify(final_fid, precision, cfg)
             if not passed:
@@ -253,13 +255,13 @@ def convert(
             lat_fp32 = measure_latency(lambda: fp32_model.predict(one), threads=threads, budget_s=cfg.latency_budget_s) if fp32_model else None
             lat_final = measure_latency(lambda: final_pre.predict(one), threads=threads, budget_s=cfg.latency_budget_s)
             fp32_size = fp32_path.stat().st_size if fp32_path.exists() else final_path.stat().st_size
-            del fp32_model, final_pre
+            fp32_model = final_pre = None  # release both backends before the memory probe below
             fp32_path.unlink(missing_ok=True)
 
         with step("Writing bundle"):
-            inputs, outputs = converter.io_specs(final_path, source)
             rss_before = rss_bytes()
-            probe = _open_unpublished(final_path, fmt, precision, converter, source, profile, threads)
+            probe = _open_unpublished(final_path, fmt, precision, converter, source, profile, threads,
+                                      specs=(inputs, outputs))
             probe.predict(one)
             rss_after = rss_bytes()
             del probe
@@ -378,10 +380,11 @@ def _split_samples(
 
 
 def _open_unpublished(
-    path: Path, fmt: str, precision: str, converter: Any, source: SourceModel, profile: DeviceProfile, threads: int
+    path: Path, fmt: str, precision: str, converter: Any, source: SourceModel, profile: DeviceProfile, threads: int,
+    *, specs: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]] | None = None,
 ) -> LoadedModel:
     """Open an artifact through the runtime's own feeding code, before it has a manifest."""
-    inputs, outputs = converter.io_specs(path, source)
+    inputs, outputs = specs or converter.io_specs(path, source)
     manifest = Manifest(format=fmt, precision=precision, model_file=path.name, inputs=inputs, outputs=outputs,
                         device=profile.to_dict(), files={})
     backend = open_backend(fmt, path, threads=threads, providers=profile.execution_providers)

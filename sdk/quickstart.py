@@ -7,10 +7,8 @@ the edgec runtime on the held-out test digits, and tabulates accuracy, size and 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import numpy as np
 from ..errors import BundleError
 from ..runtime import load
 from .evaluate import measure_latency
-from .pipeline import convert
+from .pipeline import Step, convert, silent_step
 from .zoo import digits_cnn, digits_splits, evaluate_accuracy, export_pt2, seeded, train
 
 DEVICES = ("rpi4", "x86-64")
@@ -85,17 +83,13 @@ def rows_table(rows: list[dict[str, Any]], title: str) -> Any:
     return table
 
 
-@contextlib.contextmanager
-def _silent(_: str) -> Iterator[None]:
-    yield
-
 
 def run_quickstart(
     workdir: str | Path = "edgec-quickstart",
     *,
     force: bool = False,
     devices: tuple[str, ...] = DEVICES,
-    step: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None,
+    step: Step | None = None,
     epochs: int = 10,
 ) -> dict[str, Any]:
     """Run the quick start in ``workdir``; return the model's fp32 test accuracy and the rows.
@@ -103,7 +97,7 @@ def run_quickstart(
     Raises:
         BundleError: ``workdir`` exists and ``force`` is not set.
     """
-    step = step or _silent
+    step = step or silent_step
     work = Path(workdir)
     if work.exists() and not force:
         raise BundleError(f"{work} already exists: pass --force to redo the quick start there, or choose --workdir")
