@@ -166,8 +166,10 @@ def convert(
     device: str = typer.Option("x86-64", "--device", "-d", help="Target device or alias (see `edgec devices`)."),
     profile: Optional[Path] = typer.Option(None, "--profile", help="Your own device profile (.toml); overrides --device."),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto (the device's choice), onnx or tflite."),
-    precision: str = typer.Option("auto", "--precision", "-p", help="auto (the device's choice), fp32, fp16 or int8."),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="Sample inputs: .npz keyed by input name (+ optional 'labels'), or an image folder. Needed for int8; part is held out to verify."),
+    precision: str = typer.Option("auto", "--precision", "-p", help="auto: try int8 recipes, then fp16, fp32, and ship the fastest within the budget. fp32, fp16 or int8: that precision, plain."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Sample inputs: .npz keyed by input name (+ optional 'labels'), or an image folder. Needed for static int8; without --eval part is held out to verify."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help="Held-out inputs (.npz, same layout as --calib, optional 'labels') to measure candidates on; never used to calibrate."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Budget for --precision auto: top-1 accuracy drop allowed, in points (needs labels) [default: 1.0 with labels]."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder to write [default: build/<device>]."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights (.safetensors) for a pkg.module:factory model."),
@@ -175,7 +177,7 @@ def convert(
     image_size: Optional[str] = typer.Option(None, "--image-size", help="HxW to resize calibration images to [default: the model's]."),
     mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean for images scaled to [0,1], e.g. 0.485,0.456,0.406."),
     std: Optional[str] = typer.Option(None, "--std", help="Per-channel std for images, e.g. 0.229,0.224,0.225."),
-    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Fail if any held-out sample's output cosine to the original is lower [default by precision]."),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Budget for --precision auto: lowest per-sample output cosine to the original [default: 0.99 without labels]; a sanity floor otherwise."),
     min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Fail if classifier top-1 agreement with the original is lower (0-1) [default by precision]."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout (progress stays on stderr)."),
 ) -> None:
@@ -187,6 +189,8 @@ def convert(
     \b
     Examples:
       edgec convert model.pt2 --device rpi4 --calib calib.npz --out build/rpi4
+      edgec convert model.pt2 --device x86 --calib calib.npz --eval test.npz --max-drop 0.5
+      edgec convert encoder.pt2 --device rpi5 --calib sentences.npz --min-cosine 0.99
       edgec convert model.pt2 --device jetson --out build/jetson
       edgec convert model.onnx --device x86 --precision int8 --calib calib.npz
       edgec convert mypkg.nets:build --weights w.safetensors --device coral --calib images/ --image-size 96x96
@@ -211,11 +215,12 @@ def convert(
         weights=weights,
         input_shapes=tuple(input_shape or ()),
         image=image,
+        max_drop=max_drop,
         min_cosine=min_cosine,
         min_top1=min_top1,
     )
     err = _err_console()
-    result = run_convert(model, config, calib=calib, step=_stepper(err, quiet=False))
+    result = run_convert(model, config, calib=calib, eval_data=eval_data, step=_stepper(err, quiet=False))
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
     if as_json:
@@ -244,10 +249,32 @@ def _print_summary(result: Any) -> None:
             f"{100 * row['accuracy']:.1f}%" if row.get("accuracy") is not None else "—",
         )
     out.print(table)
+    if report.get("search"):
+        _print_candidates(report["search"])
     s = report["summary"]
     out.print(f"Shipped ★: {100 * s['size_vs_fp32']:.0f}% of fp32 size, {s['speedup_vs_fp32']:.2f}x fp32 speed "
               f"(host-measured); verification passed: {'; '.join(report['verification']['checks'])}")
     out.print(f"Bundle: {result.bundle}  (report.md has the details)")
+
+
+def _print_candidates(search: dict[str, Any]) -> None:
+    from .sdk.report import human_bytes
+
+    table = Table(title=f"Candidates (budget: {search['budget']})")
+    for col in ("candidate", "size", "speed-up", "cosine min", "top-1 drop", "result"):
+        table.add_column(col, justify="left" if col in ("candidate", "result") else "right")
+    for c in search["candidates"]:
+        fid = c.get("fidelity") or {}
+        drop = c.get("drop_points")
+        table.add_row(
+            c["label"] + (" ★" if c["status"] == "shipped" else ""),
+            human_bytes(c["size_bytes"]) if c.get("size_bytes") else "—",
+            f"{c['speedup_vs_fp32']:.2f}x" if c.get("speedup_vs_fp32") else "—",
+            f"{fid['cosine_min']:.4f}" if fid else "—",
+            f"{drop:.2f} pt" if drop is not None else "—",
+            c["status"] + (f": {c['reason']}" if c["reason"] and c["status"] not in ("shipped", "within budget") else ""),
+        )
+    out.print(table)
 
 
 @app.command()

@@ -1,10 +1,12 @@
-"""The converter protocol every target format implements."""
+"""The converter protocol every target format implements, and the recipes it takes."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ..errors import ValidationError
 from ..runtime.manifest import TensorSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -15,11 +17,91 @@ if TYPE_CHECKING:  # pragma: no cover
 # Calibration past this many samples costs time and rarely moves int8 ranges.
 MAX_CALIBRATION_SAMPLES = 512
 
+MODES = ("static", "dynamic", "weight-only")
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to quantize one artifact.
+
+    Attributes:
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        mode: For int8: ``static`` (int8 weights and activations, ranges calibrated on
+            samples), ``dynamic`` (int8 weights, activations quantized at run time) or
+            ``weight-only`` (int8 weights, float compute).
+        calibration: For static int8: ``minmax``, ``percentile`` or ``entropy``.
+        smoothing: SmoothQuant strength (0-1): moves activation outliers into the weights of
+            the layers that read them before quantizing; ``None`` for none.
+        keep_float: Layers left in float (mixed precision).
+        only: Quantize these layers and nothing else (sensitivity analysis).
+
+    Example:
+        >>> Recipe("int8", mode="dynamic", keep_float=("node_MatMul_121",)).label()
+        'int8 dynamic, 1 layer float'
+    """
+
+    precision: str = "int8"
+    mode: str = "static"
+    calibration: str = "minmax"
+    smoothing: float | None = None
+    keep_float: tuple[str, ...] = ()
+    only: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValidationError(f"unknown int8 mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValidationError(f"unknown calibration {self.calibration!r}: choose one of {', '.join(CALIBRATIONS)}")
+        if self.smoothing is not None and not 0.0 < self.smoothing < 1.0:
+            raise ValidationError(f"smoothing must be between 0 and 1, got {self.smoothing}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.precision == "int8" and (self.mode == "static" or self.smoothing is not None)
+
+    def label(self) -> str:
+        """A short human name: ``int8 static entropy, smoothed 0.7, 2 layers float``."""
+        if self.precision != "int8":
+            return self.precision
+        parts = [f"int8 {self.mode}" + (f" {self.calibration}" if self.mode == "static" else "")]
+        if self.smoothing is not None:
+            parts.append(f"smoothed {self.smoothing:g}")
+        if self.keep_float:
+            n = len(self.keep_float)
+            parts.append(f"{n} layer{'s' if n != 1 else ''} float")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["keep_float"] = list(self.keep_float)
+        data["only"] = list(self.only) if self.only is not None else None
+        return data
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer whose weights int8 would quantize.
+
+    Attributes:
+        name: The name the converter's recipes use (ONNX node name, TFLite output tensor).
+        display: A readable name (the PyTorch module path where it is known).
+        op: Operator type (``Conv``, ``MatMul``, ``FULLY_CONNECTED``...).
+        params: Number of weight elements.
+    """
+
+    name: str
+    display: str
+    op: str
+    params: int
+
 
 class Converter(Protocol):
     """Exports a source model to one format and quantizes the result."""
 
     format: str
+    calibrations: tuple[str, ...]
+    modes: tuple[str, ...]
 
     def export(self, source: SourceModel, path: Path) -> None:
         """Write the fp32 artifact for ``source`` to ``path``.
@@ -34,12 +116,16 @@ class Converter(Protocol):
         fp32: Path,
         out: Path,
         *,
-        precision: str,
+        recipe: Recipe,
         source: SourceModel,
         calib: SampleSet | None,
         profile: DeviceProfile,
     ) -> dict[str, object]:
-        """Write ``fp32`` at ``precision`` to ``out``; return the recipe used (for the report)."""
+        """Write ``fp32`` quantized by ``recipe`` to ``out``; return what was done (for the report)."""
+        ...
+
+    def layers(self, fp32: Path) -> list[Layer]:
+        """The layers of ``fp32`` that int8 quantizes, in graph order."""
         ...
 
     def io_specs(self, path: Path, source: SourceModel) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

@@ -15,12 +15,21 @@ import numpy as np
 from ..errors import ConversionError, MissingDependencyError
 from ..errors import first_line as _first_line
 from ..runtime.manifest import TensorSpec
-from .base import MAX_CALIBRATION_SAMPLES
+from .base import MAX_CALIBRATION_SAMPLES, Layer, Recipe
+
+# Layers whose weights int8 quantizes; dynamic int8 covers only the ones onnxruntime has
+# integer kernels for at run time (MatMulInteger, Gather of int8 tables).
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
+DYNAMIC_OPS = ("MatMul", "Gather", "Attention", "LSTM")
+# Percentile calibration clips activation ranges at this percentile of |x|.
+PERCENTILE = 99.99
 
 
 
 class OnnxConverter:
     format = "onnx"
+    calibrations = ("minmax", "percentile", "entropy")
+    modes = ("static", "dynamic")
 
     def export(self, source: Any, path: Path) -> None:
         if source.kind == "onnx":
@@ -59,26 +68,20 @@ class OnnxConverter:
         fp32: Path,
         out: Path,
         *,
-        precision: str,
+        recipe: Recipe,
         source: Any,
         calib: Any,
         profile: Any,
     ) -> dict[str, object]:
         try:
             import onnx
-            from onnxruntime.quantization import (
-                CalibrationDataReader,
-                CalibrationMethod,
-                QuantFormat,
-                QuantType,
-                quantize_static,
-            )
+            from onnxruntime.quantization import QuantType, quantize_dynamic
             from onnxruntime.quantization.shape_inference import quant_pre_process
         except ImportError:
             raise MissingDependencyError("onnxruntime", "sdk", "to quantize ONNX models") from None
         from .._quiet import quiet
 
-        if precision == "fp16":
+        if recipe.precision == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
             try:
@@ -89,54 +92,61 @@ class OnnxConverter:
                 raise ConversionError(f"ONNX fp16 conversion failed: {_first_line(exc)}") from None
             return {"tool": "onnxruntime.transformers.float16", "io": "float32"}
 
-        if precision != "int8":
-            raise ConversionError(f"ONNX converter cannot produce precision {precision!r}")
-        if calib is None or len(calib) == 0:
+        if recipe.precision != "int8" or recipe.mode not in self.modes:
+            raise ConversionError(f"the ONNX converter cannot produce {recipe.label()}")
+        if recipe.needs_calibration and (calib is None or len(calib) == 0):
             raise ConversionError("int8 needs calibration data: pass --calib")
+        used = calib.take(slice(0, MAX_CALIBRATION_SAMPLES)) if calib is not None else None
         dynamic_batch = all(t.shape[:1] == (None,) for t in source.inputs)
         batch = 16 if dynamic_batch else 1
-        used = calib.take(slice(0, MAX_CALIBRATION_SAMPLES))
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self._it = iter(used.batches(batch))
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(self._it, None)
-
-        # TensorRT takes symmetric int8 activations only; onnxruntime's CPU kernels take both.
-        tensorrt = "TensorrtExecutionProvider" in profile.execution_providers
-        extra = {"ActivationSymmetric": True, "WeightSymmetric": True} if tensorrt else {}
         prepared = out.with_name(out.stem + ".pre.onnx")
         log = None
+        done: dict[str, object] = {"tool": f"onnxruntime.quantization.quantize_{recipe.mode}", "io": "float32"}
         try:
             with quiet() as log:
                 quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-                quantize_static(
-                    str(prepared),
-                    str(out),
-                    Reader(),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    extra_options=extra,
-                )
+                if recipe.smoothing is not None:
+                    smoothed = _smooth(prepared, used, batch, recipe.smoothing, skip=set(recipe.keep_float))
+                    done["smoothing"] = f"SmoothQuant alpha {recipe.smoothing:g} on {smoothed} MatMul layers"
+                selection = {
+                    "nodes_to_exclude": list(recipe.keep_float),
+                    "nodes_to_quantize": list(recipe.only) if recipe.only is not None else None,
+                }
+                if recipe.mode == "dynamic":
+                    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                                     op_types_to_quantize=list(DYNAMIC_OPS), **selection)
+                    done.update(weights="int8 per-channel symmetric", activations="int8, quantized at run time")
+                else:
+                    done.update(_quantize_static(prepared, out, used, batch, recipe, profile, selection))
         except Exception as exc:
             tail = f"\n{log.tail()}" if log and log.text else ""
-            raise ConversionError(f"ONNX int8 quantization failed: {_first_line(exc)}{tail}") from None
+            raise ConversionError(f"ONNX {recipe.label()} quantization failed: {_first_line(exc)}{tail}") from None
         finally:
             prepared.unlink(missing_ok=True)
-        return {
-            "tool": "onnxruntime.quantization.quantize_static",
-            "format": "QDQ",
-            "weights": "int8 per-channel symmetric",
-            "activations": "int8 per-tensor" + (" symmetric" if tensorrt else ""),
-            "calibration": "minmax",
-            "calibration_samples": len(used),
-            "io": "float32",
-        }
+        if used is not None and recipe.needs_calibration:
+            done["calibration_samples"] = len(used)
+        if recipe.keep_float:
+            done["float_layers"] = list(recipe.keep_float)
+        return done
+
+    def layers(self, fp32: Path) -> list[Layer]:
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(fp32))
+        weights = {i.name: i for i in model.graph.initializer}
+        found = []
+        for node in model.graph.node:
+            if node.op_type not in WEIGHT_OPS:
+                continue
+            w = next((weights[i] for i in node.input if i in weights and len(weights[i].dims) >= 2), None)
+            if w is None or w.data_type != onnx.TensorProto.FLOAT:
+                continue
+            scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+            parts = [x.strip(" '") for x in scopes.strip("[]").split(",") if x.strip(" '")]
+            display = parts[-2] if len(parts) >= 2 else node.name
+            found.append(Layer(node.name, display, node.op_type, int(numpy_helper.to_array(w).size)))
+        return found
 
     def io_specs(self, path: Path, source: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         from ..sdk.models import _onnx_spec
@@ -154,6 +164,100 @@ class OnnxConverter:
                 f"exported ONNX inputs {[t.name for t in inputs]} do not match the model's {want}"
             )
         return inputs, outputs
+
+
+def _quantize_static(
+    prepared: Path, out: Path, used: Any, batch: int, recipe: Recipe, profile: Any, selection: dict[str, Any]
+) -> dict[str, object]:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(used.batches(batch))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    # TensorRT takes symmetric int8 activations only; onnxruntime's CPU kernels take both.
+    tensorrt = "TensorrtExecutionProvider" in profile.execution_providers
+    extra: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True} if tensorrt else {}
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[recipe.calibration]
+    if recipe.calibration == "percentile":
+        extra["CalibPercentile"] = PERCENTILE
+    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=method, extra_options=extra, **selection)
+    calibration = recipe.calibration + (f" ({PERCENTILE}th percentile)" if recipe.calibration == "percentile" else "")
+    return {"format": "QDQ", "weights": "int8 per-channel symmetric",
+            "activations": "int8 per-tensor" + (" symmetric" if tensorrt else ""), "calibration": calibration}
+
+
+def _smooth(path: Path, used: Any, batch: int, alpha: float, skip: set[str]) -> int:
+    """SmoothQuant, in place: divide each MatMul input's channels by ``s`` and multiply the
+    matching weight rows by ``s``, with ``s = max|x|^alpha / max|w|^(1 - alpha)``.
+
+    The product is unchanged in float; int8 then sees activations without the few huge
+    channels transformers are known for, at the price of slightly wider weights. MatMuls
+    reading the same tensor (query, key, value) share one ``s`` and one ``Mul``; the division
+    cannot be folded into the op before (a LayerNorm whose output also feeds the residual,
+    or GELU). Returns the number of MatMul layers smoothed.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    weights = {i.name: i for i in model.graph.initializer}
+    groups: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        w = weights.get(n.input[1]) if n.op_type == "MatMul" and len(n.input) > 1 else None
+        if w is not None and n.name not in skip and len(w.dims) == 2 and w.data_type == onnx.TensorProto.FLOAT:
+            groups.setdefault(n.input[0], []).append(n)
+    if not groups:
+        return 0
+    acts = list(groups)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_tensor_value_info(a, onnx.TensorProto.FLOAT, None) for a in acts if a not in known)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    amax: dict[str, np.ndarray] = {}
+    for feeds in used.batches(batch):
+        for name, value in zip(acts, session.run(acts, feeds)):
+            v = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+            amax[name] = np.maximum(amax[name], v) if name in amax else v
+    muls = []
+    for act, nodes in groups.items():
+        mats = [numpy_helper.to_array(weights[n.input[1]]) for n in nodes]
+        wmax = np.max([np.abs(w).max(axis=1) for w in mats], axis=0)
+        s = np.clip(np.maximum(amax[act], 1e-5) ** alpha / np.maximum(wmax, 1e-5) ** (1 - alpha), 1e-2, 1e2)
+        s = s.astype(np.float32)
+        for n, w in zip(nodes, mats):
+            weights[n.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), n.input[1]))
+        scale, smoothed = f"{act}_smooth_scale", f"{act}_smoothed"
+        model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), scale))
+        muls.append(helper.make_node("Mul", [act, scale], [smoothed], name=f"{act}_smooth"))
+        for n in nodes:
+            n.input[0] = smoothed
+    # Each Mul goes right after the node producing its input (graph inputs: first).
+    producers = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    order = sorted(range(len(muls)), key=lambda i: producers.get(muls[i].input[0], -1))
+    nodes = list(model.graph.node)
+    for i in reversed(order):
+        nodes.insert(producers.get(muls[i].input[0], -1) + 1, muls[i])
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    return sum(len(v) for v in groups.values())
 
 
 CONVERTER = OnnxConverter()

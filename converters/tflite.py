@@ -18,7 +18,11 @@ import numpy as np
 from ..errors import ConversionError, MissingDependencyError
 from ..errors import first_line as _first_line
 from ..runtime.manifest import Quantization, TensorSpec
-from .base import MAX_CALIBRATION_SAMPLES
+from .base import MAX_CALIBRATION_SAMPLES, Layer, Recipe
+
+# Ops whose constant weights int8 quantizes.
+WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE", "BATCH_MATMUL",
+              "EMBEDDING_LOOKUP", "GATHER")
 
 _ARG = re.compile(r"^args_(\d+)$")
 _OUT = re.compile(r"^output_(\d+)$")
@@ -46,6 +50,9 @@ def _signature(path: Path) -> tuple[Any, list[str], list[str]]:
 
 class TFLiteConverter:
     format = "tflite"
+    # ai-edge-quantizer calibrates by min/max; histogram methods are onnxruntime's.
+    calibrations = ("minmax",)
+    modes = ("static", "dynamic", "weight-only")
 
     def export(self, source: Any, path: Path) -> None:
         if source.kind != "torch":
@@ -80,7 +87,7 @@ class TFLiteConverter:
         fp32: Path,
         out: Path,
         *,
-        precision: str,
+        recipe: Recipe,
         source: Any,
         calib: Any,
         profile: Any,
@@ -90,60 +97,87 @@ class TFLiteConverter:
         try:
             with quiet():
                 import ai_edge_quantizer as aeq
-                from ai_edge_quantizer import qtyping, recipe
+                from ai_edge_quantizer import qtyping
                 from ai_edge_quantizer.algorithm_manager import AlgorithmName
         except ImportError:
             raise MissingDependencyError("ai-edge-quantizer", "sdk", "to quantize TFLite models") from None
 
         quantizer = aeq.Quantizer(str(fp32))
+        every = qtyping.TFLOperationName.ALL_SUPPORTED
         log = None
-        if precision == "fp16":
-            quantizer.add_weight_only_config(
-                ".*", qtyping.TFLOperationName.ALL_SUPPORTED, 16, algorithm_key=AlgorithmName.FLOAT_CASTING
-            )
-            try:
-                with quiet() as log:
-                    quantizer.quantize(enable_progress_report=False).export_model(str(out), overwrite=True)
-            except Exception as exc:
-                tail = f"\n{log.tail()}" if log and log.text else ""
-                raise ConversionError(f"TFLite fp16 conversion failed: {_first_line(exc)}{tail}") from None
-            return {"tool": "ai-edge-quantizer", "recipe": "weight-only float16", "io": "float32"}
-
-        if precision != "int8":
-            raise ConversionError(f"TFLite converter cannot produce precision {precision!r}")
-        if calib is None or len(calib) == 0:
-            raise ConversionError("int8 needs calibration data: pass --calib")
-        quantizer.load_quantization_recipe(recipe.static_wi8_ai8())
-        if not profile.int8_io:
-            # Keep float at the graph edges: the model quantizes its own input and
-            # dequantizes its output, so callers on the board feed floats directly.
-            for io in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
-                quantizer.update_quantization_recipe(".*", io, algorithm_key=AlgorithmName.NO_QUANTIZE)
-        _, arg_names, _ = _signature(fp32)
-        used = calib.take(slice(0, MAX_CALIBRATION_SAMPLES))
-        signature_data = [
-            {arg: sample[t.name].astype(np.float32) if t.dtype.startswith("float") else sample[t.name].astype(np.int32)
-             for arg, t in zip(arg_names, source.inputs)}
-            for sample in used.samples()
-        ]
+        if recipe.precision == "fp16":
+            quantizer.add_weight_only_config(".*", every, 16, algorithm_key=AlgorithmName.FLOAT_CASTING)
+            done: dict[str, object] = {"tool": "ai-edge-quantizer", "recipe": "weight-only float16", "io": "float32"}
+        elif (recipe.precision == "int8" and recipe.mode in self.modes and recipe.calibration in self.calibrations
+              and recipe.smoothing is None):
+            if recipe.needs_calibration and (calib is None or len(calib) == 0):
+                raise ConversionError("int8 needs calibration data: pass --calib")
+            add = {
+                "static": lambda rx: quantizer.add_static_config(rx, every, 8, 8),
+                "dynamic": lambda rx: quantizer.add_dynamic_config(rx, every, 8),
+                "weight-only": lambda rx: quantizer.add_weight_only_config(rx, every, 8),
+            }[recipe.mode]
+            for rx in [".*"] if recipe.only is None else [_exact(name) for name in recipe.only]:
+                add(rx)
+            for name in recipe.keep_float:
+                quantizer.update_quantization_recipe(_exact(name), every, algorithm_key=AlgorithmName.NO_QUANTIZE)
+            if recipe.mode == "static" and not profile.int8_io:
+                # Keep float at the graph edges: the model quantizes its own input and
+                # dequantizes its output, so callers on the board feed floats directly.
+                for io in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+                    quantizer.update_quantization_recipe(".*", io, algorithm_key=AlgorithmName.NO_QUANTIZE)
+            done = {
+                "tool": "ai-edge-quantizer",
+                "recipe": {"static": "static_wi8_ai8", "dynamic": "dynamic_wi8_afp32",
+                           "weight-only": "weight_only_wi8_afp32"}[recipe.mode],
+                "weights": "int8 per-channel symmetric",
+                "activations": {"static": "int8 per-tensor", "dynamic": "int8, quantized at run time",
+                                "weight-only": "float"}[recipe.mode],
+                "io": "int8" if recipe.mode == "static" and profile.int8_io else "float32",
+            }
+        else:
+            raise ConversionError(f"the TFLite converter cannot produce {recipe.label()}")
+        if recipe.keep_float:
+            done["float_layers"] = list(recipe.keep_float)
         try:
             with quiet() as log, warnings.catch_warnings():
                 # Calibration keeps every intermediate tensor on purpose, and warns about it.
                 warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
-                result = _calibrate_min_max(fp32, quantizer.get_quantization_recipe(), signature_data)
-                quantizer.quantize(result, enable_progress_report=False).export_model(str(out), overwrite=True)
+                calibration = None
+                if recipe.needs_calibration:
+                    used = calib.take(slice(0, MAX_CALIBRATION_SAMPLES))
+                    calibration = _calibrate_min_max(fp32, quantizer.get_quantization_recipe(),
+                                                     _signature_data(fp32, source, used))
+                    done.update(calibration="minmax (true running min/max over every sample)",
+                                calibration_samples=len(used))
+                quantizer.quantize(calibration, enable_progress_report=False).export_model(str(out), overwrite=True)
         except Exception as exc:
             tail = f"\n{log.tail()}" if log and log.text else ""
-            raise ConversionError(f"TFLite int8 quantization failed: {_first_line(exc)}{tail}") from None
-        return {
-            "tool": "ai-edge-quantizer",
-            "recipe": "static_wi8_ai8",
-            "weights": "int8 per-channel symmetric",
-            "activations": "int8 per-tensor",
-            "calibration": "minmax (true running min/max over every sample)",
-            "calibration_samples": len(used),
-            "io": "int8" if profile.int8_io else "float32",
-        }
+            raise ConversionError(f"TFLite {recipe.label()} quantization failed: {_first_line(exc)}{tail}") from None
+        return done
+
+    def layers(self, fp32: Path) -> list[Layer]:
+        from .._quiet import quiet
+
+        with quiet():
+            from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
+        model = fb.read_model(str(fp32))
+        graph = model.subgraphs[0]
+        found = []
+        for index, op in enumerate(graph.operators):
+            try:
+                op_name = fb.get_op_name_by_index(model, 0, index)
+            except KeyError:  # an op the quantizer has no name for: it cannot quantize it either
+                continue
+            if op_name not in WEIGHT_OPS:
+                continue
+            sizes = [int(np.prod(graph.tensors[i].shape)) for i in op.inputs
+                     if i >= 0 and len(graph.tensors[i].shape) >= 2 and model.buffers[graph.tensors[i].buffer].data is not None]
+            if not sizes:
+                continue
+            scope = fb.get_op_scope(op, graph.tensors)
+            found.append(Layer(scope, _module_path(scope), op_name, max(sizes)))
+        return found
 
     def io_specs(self, path: Path, source: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         runner, arg_names, out_names = _signature(path)
@@ -173,6 +207,32 @@ def _calibrate_min_max(fp32: Path, model_recipe: Any, samples: list[dict[str, np
     calib = calibrator.Calibrator(fp32.read_bytes(), qsv_update_func=qsv_utils.min_max_update)
     calib.calibrate({"serving_default": samples}, manager)
     return calib.get_model_qsvs()
+
+
+def _signature_data(fp32: Path, source: Any, used: Any) -> list[dict[str, np.ndarray]]:
+    """Samples keyed by the TFLite signature's argument names, in the dtypes it takes."""
+    _, arg_names, _ = _signature(fp32)
+    return [
+        {arg: sample[t.name].astype(np.float32) if t.dtype.startswith("float") else sample[t.name].astype(np.int32)
+         for arg, t in zip(arg_names, source.inputs)}
+        for sample in used.samples()
+    ]
+
+
+def _exact(scope: str) -> str:
+    """A recipe regex that selects exactly the op with this scope."""
+    return f"^{re.escape(scope)}$"
+
+
+def _module_path(scope: str) -> str:
+    """``pkg.Model/x.Encoder_encoder/x.Linear_dense;`` -> ``encoder.dense`` (the torch module path)."""
+    first = scope.split(";")[0]
+    attrs = []
+    for segment in first.split("/"):
+        cls = segment.rsplit(".", 1)[-1]
+        if "_" in cls:
+            attrs.append(cls.split("_", 1)[1])
+    return ".".join(attrs) or first
 
 
 def _spec(name: str, tensor: str, detail: dict[str, Any]) -> TensorSpec:

