@@ -257,6 +257,59 @@ def _print_summary(result: Any) -> None:
     out.print(f"Bundle: {result.bundle}  (report.md has the details)")
 
 
+@app.command()
+@handles_errors
+def analyze(
+    model: str = typer.Argument(..., help="model.pt2, model.onnx, or pkg.module:factory."),
+    device: str = typer.Option("x86-64", "--device", "-d", help="Target device or alias (see `edgec devices`)."),
+    fmt: str = typer.Option("auto", "--format", "-f", help="auto (the device's choice), onnx or tflite."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration inputs (.npz keyed by input name, optional 'labels')."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help="Held-out inputs to measure on [default: a share of --calib]."),
+    mode: str = typer.Option("static", "--mode", help="int8 mode to quantize each layer with: static, dynamic or weight-only."),
+    calibration: str = typer.Option("minmax", "--calibration", help="Static int8 calibration: minmax, percentile or entropy."),
+    smoothing: Optional[float] = typer.Option(None, "--smoothing", help="SmoothQuant strength (0-1) before quantizing (ONNX)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights (.safetensors) for a pkg.module:factory model."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write [default: build/analyze-<device>]."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    top: int = typer.Option(15, "--top", help="Rows to print."),
+) -> None:
+    """Rank layers by the output error int8 adds when each alone is quantized.
+
+    \b
+    Writes sensitivity.json, sensitivity.md and sensitivity.png. The layers at the top are
+    the ones `edgec convert --precision auto` keeps in float when plain int8 misses the budget.
+    \b
+    Examples:
+      edgec analyze model.pt2 --device rpi4 --calib calib.npz
+      edgec analyze encoder.pt2 --device x86 --calib sentences.npz --mode dynamic --out build/sens
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .converters.base import Recipe
+    from .sdk.analyze import analyze as run_analyze
+
+    recipe = Recipe("int8", mode, calibration, smoothing)
+    err = _err_console()
+    with Progress(TextColumn("Layers"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("layers", total=None)
+        result = run_analyze(model, device=device, format=fmt, calib=calib, eval_data=eval_data, recipe=recipe,
+                             out=out_dir, force=force, weights=weights, step=_stepper(err, quiet=False),
+                             progress=lambda done, total: bar.update(task, completed=done, total=total))
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+    table = Table(title=f"Per-layer sensitivity ({result.recipe.label()}), most harmful first")
+    for col in ("#", "layer", "op", "weights", "error", "cosine min"):
+        table.add_column(col, justify="left" if col in ("layer", "op") else "right")
+    for i, layer in enumerate(result.layers[:top], start=1):
+        table.add_row(str(i), layer.layer.display, layer.layer.op, f"{layer.layer.params:,}",
+                      f"{layer.error:.2e}", f"{layer.cosine_min:.4f}")
+    out.print(table)
+    total = sum(x.layer.params for x in result.layers)
+    out.print(f"{len(result.layers)} layers, {total:,} weights. "
+              f"Written: {result.out}/sensitivity.md, sensitivity.png, sensitivity.json")
+
+
 def _print_candidates(search: dict[str, Any]) -> None:
     from .sdk.report import human_bytes
 

@@ -225,14 +225,16 @@ def _exact(scope: str) -> str:
 
 
 def _module_path(scope: str) -> str:
-    """``pkg.Model/x.Encoder_encoder/x.Linear_dense;`` -> ``encoder.dense`` (the torch module path)."""
+    """``pkg.Model/x.Encoder_encoder/x.Linear_dense;`` -> ``encoder.dense (Linear)``: the torch module
+    path of the op's output (for fused ops, the last module fused: ``2 (ReLU)``)."""
     first = scope.split(";")[0]
-    attrs = []
+    attrs, last = [], ""
     for segment in first.split("/"):
         cls = segment.rsplit(".", 1)[-1]
         if "_" in cls:
-            attrs.append(cls.split("_", 1)[1])
-    return ".".join(attrs) or first
+            last, attr = cls.split("_", 1)
+            attrs.append(attr)
+    return f"{'.'.join(attrs)} ({last})" if attrs and last else first
 
 
 def _spec(name: str, tensor: str, detail: dict[str, Any]) -> TensorSpec:

@@ -211,7 +211,7 @@ def convert(
     converter = FORMATS[fmt].converter()
 
     with step("Loading model"):
-        example = _example(calib, cfg)
+        example = example_inputs(calib, cfg)
         source = load_model(model, weights=cfg.weights, example=example)
     if precision == "int8" and calib is None:
         raise CalibrationError(
@@ -220,7 +220,7 @@ def convert(
         )
     warnings: list[str] = []
     with step("Checking sample data"):
-        calib_set, holdout, data_info = _split_samples(calib, eval_data, source, precision, cfg, warnings)
+        calib_set, holdout, data_info = split_samples(calib, eval_data, source, precision, cfg, warnings)
         if calib_set is not None:
             findings = diagnose(calib_set, holdout, eval_given=eval_data is not None)
             data_info["doctor"] = [f.to_dict() for f in findings]
@@ -241,22 +241,14 @@ def convert(
         timings["export"] = time.perf_counter() - t
         recipe: dict[str, object] = {}
         threads = max(1, min(profile.threads, os.cpu_count() or 1))
-        # A source traced with a fixed batch of 1 takes one sample at a time.
-        ref_batch = 1 if any(t.shape[:1] == (1,) for t in source.inputs) else 64
         with step("Running the original on held-out samples"):
-            ref_out = run_batched(source.run, holdout.batches(ref_batch))
+            ref_out = reference_outputs(source, holdout)
         ref_acc = accuracy(ref_out, holdout.labels)
         one = next(holdout.samples())
         outcome = None
         t = time.perf_counter()
         if precision == "auto":
-            def measure(path: Path, prec: str, limit: int | None = None) -> Measured:
-                model = _open_unpublished(path, fmt, prec, converter, source, profile, threads)
-                part = holdout if limit is None else holdout.take(slice(0, limit))
-                ref = ref_out if limit is None else [r[: len(part)] for r in ref_out]
-                fid = compare(ref, run_batched(_as_list(model), part.batches(64)), part.labels)
-                return Measured(fid, path.stat().st_size, run_one=lambda: model.predict(one))
-
+            measure = make_measure(fmt, converter, source, profile, threads, holdout, ref_out)
             precisions = [p for p in ("int8", "fp16", "fp32")
                           if p in profile.allowed_precisions and p in FORMATS[fmt].precisions]
             if "int8" in precisions and not profile.int8_speedup and precisions != ["int8"]:
@@ -389,7 +381,32 @@ def convert(
     return ConvertResult(bundle=bundle, manifest=manifest, report=report, warnings=warnings)
 
 
-def _example(calib: Any, cfg: ConvertConfig) -> dict[str, np.ndarray] | None:
+def make_measure(
+    fmt: str, converter: Any, source: SourceModel, profile: DeviceProfile, threads: int,
+    holdout: SampleSet, ref_out: list[np.ndarray],
+) -> Callable[..., Measured]:
+    """``measure(path, precision, limit=None)``: an artifact's fidelity on the held-out samples,
+    through the runtime's own feeding code, with a hook to time it on one sample."""
+    one = next(holdout.samples())
+
+    def measure(path: Path, precision: str, limit: int | None = None) -> Measured:
+        model = _open_unpublished(path, fmt, precision, converter, source, profile, threads)
+        part = holdout if limit is None else holdout.take(slice(0, limit))
+        ref = ref_out if limit is None else [r[: len(part)] for r in ref_out]
+        fid = compare(ref, run_batched(_as_list(model), part.batches(64)), part.labels)
+        return Measured(fid, path.stat().st_size, run_one=lambda: model.predict(one))
+
+    return measure
+
+
+def reference_outputs(source: SourceModel, holdout: SampleSet) -> list[np.ndarray]:
+    """The original model's outputs on the held-out samples."""
+    # A source traced with a fixed batch of 1 takes one sample at a time.
+    ref_batch = 1 if any(t.shape[:1] == (1,) for t in source.inputs) else 64
+    return run_batched(source.run, holdout.batches(ref_batch))
+
+
+def example_inputs(calib: Any, cfg: ConvertConfig) -> dict[str, np.ndarray] | None:
     """Example inputs for tracing a module: --input-shape, else the first calibration sample."""
     if cfg.input_shapes:
         return example_from_shapes(cfg.input_shapes)
@@ -406,7 +423,7 @@ def _example(calib: Any, cfg: ConvertConfig) -> dict[str, np.ndarray] | None:
     return None
 
 
-def _split_samples(
+def split_samples(
     calib: Any, eval_data: Any, source: SourceModel, precision: str, cfg: ConvertConfig, warnings: list[str]
 ) -> tuple[SampleSet | None, SampleSet, dict[str, Any]]:
     quantized = precision in ("int8", "auto")

@@ -57,6 +57,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     if summary.get("accuracy_drop_points") is not None:
         lines.append(f"- Accuracy: {summary['accuracy_drop_points']:+.2f} points vs the original "
                      f"on {report['data']['holdout_samples']} held-out labelled samples.")
+    if report.get("search"):
+        lines += search_markdown(report["search"])
     verification = report["verification"]
     lines += ["", "## Verification", ""]
     lines.append(f"- {'Passed' if verification['passed'] else 'FAILED'}: " + "; ".join(verification["checks"]) + ".")
@@ -89,3 +91,38 @@ def to_markdown(report: dict[str, Any]) -> str:
                  f"not on the {device['name']}: use it to compare rows, not as the board's latency.")
     lines.append("- " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
     return "\n".join(lines) + "\n"
+
+
+def search_markdown(search: dict[str, Any]) -> list[str]:
+    """The candidates table and the sensitivity ranking of a ``--precision auto`` search."""
+    lines = ["", "## Candidates tried", "",
+             f"Budget: {search['budget']}. Speed-ups are against fp32, timed in alternating rounds on this host.", "",
+             "| candidate | float layers | size | vs fp32 | speed-up | cosine min | cosine mean | top-1 drop | result |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in search["candidates"]:
+        fid = c.get("fidelity") or {}
+        floats = ", ".join(c["float_layers"]) if c["float_layers"] else "—"
+        name = f"**{c['label']}**" if c["status"] == "shipped" else c["label"]
+        result = c["status"] + (f": {c['reason']}" if c.get("reason") else "")
+        lines.append(
+            f"| {name} | {floats} | {human_bytes(c.get('size_bytes'))} | {_pct(c.get('size_vs_fp32'))} | "
+            f"{_num(c.get('speedup_vs_fp32'), '{:.2f}x')} | {_num(fid.get('cosine_min'))} | "
+            f"{_num(fid.get('cosine_mean'))} | {_num(c.get('drop_points'), '{:.2f} pt')} | {result} |"
+        )
+    sens = search.get("sensitivity") or {}
+    if sens.get("layers"):
+        lines += sensitivity_markdown(sens["layers"], sens["recipe"])
+    return lines
+
+
+def sensitivity_markdown(layers: list[dict[str, Any]], recipe: str | None, top: int = 15) -> list[str]:
+    """The most sensitive layers: output error when each alone is quantized."""
+    lines = ["", "## Per-layer sensitivity", "",
+             f"Each layer quantized alone ({recipe}); error = 1 − mean cosine to the original's outputs.", "",
+             "| # | layer | op | weights | error | cosine min |", "|---|---|---|---|---|---|"]
+    for i, layer in enumerate(layers[:top], start=1):
+        lines.append(f"| {i} | {layer['display']} | {layer['op']} | {layer['params']:,} | "
+                     f"{layer['error']:.2e} | {layer['cosine_min']:.4f} |")
+    if len(layers) > top:
+        lines.append(f"| | … {len(layers) - top} more in report.json | | | | |")
+    return lines
