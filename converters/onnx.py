@@ -177,9 +177,13 @@ def _quantize_static(
         quantize_static,
     )
 
+    # Histogram calibrators stack every batch's outputs into one array: batches must all
+    # have the same size, so they get one sample at a time.
+    size = batch if recipe.calibration == "minmax" else 1
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = iter(used.batches(batch))
+            self._it = iter(used.batches(size))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)

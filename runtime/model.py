@@ -162,7 +162,15 @@ def _check_array(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
 def _to_model_dtype(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     if spec.quantization is not None and spec.dtype in _QUANTIZED:
         return quantize(array, spec)
-    return np.ascontiguousarray(array, dtype=spec.dtype)
+    target = np.dtype(spec.dtype)
+    if array.dtype.kind in "iu" and target.kind in "iu" and array.size and target != array.dtype:
+        # TFLite takes int64 token ids as int32: narrow only what fits.
+        info = np.iinfo(target)
+        lo, hi = int(array.min()), int(array.max())
+        if lo < info.min or hi > info.max:
+            raise InputError(f"input {spec.name} has values in [{lo}, {hi}], outside {spec.dtype}: "
+                             f"expected {spec.describe()}")
+    return np.ascontiguousarray(array, dtype=target)
 
 
 def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True) -> LoadedModel:

@@ -266,6 +266,10 @@ def convert(
                              calib=calib_set, measure=measure, budget=budget, reference_accuracy=ref_acc,
                              threads=threads, latency_budget_s=cfg.latency_budget_s, step=step)
             precision, recipe = outcome.recipe.precision, outcome.done
+            tried_int8 = [c for c in outcome.candidates if c.recipe.precision == "int8" and c.measured is not None]
+            if precision != "int8" and tried_int8:
+                warnings.append(f"no int8 recipe met the budget ({budget.describe()}) after {len(tried_int8)} "
+                                f"tries; shipping {outcome.recipe.label()} instead (report.md lists each candidate)")
             reason = f"{outcome.recipe.label()}: {reason}"
             if precision != "fp32":
                 outcome.path.rename(final_path)

@@ -35,11 +35,12 @@ def torch_accuracy(digits_model, digits):
 
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory, digits_model, digits) -> Path:
-    """model.pt2, model.onnx, calib.npz (with labels), test.npz in one folder."""
+    """model.pt2, model.onnx, calib.npz (with labels), test.npz, eval.npz (test with labels) in one folder."""
     root = tmp_path_factory.mktemp("assets")
     export_pt2(digits_model, digits.x_train, root / "model.pt2")
     np.savez(root / "calib.npz", x=digits.x_calib, labels=digits.y_calib)
     np.savez(root / "test.npz", x=digits.x_test)
+    np.savez(root / "eval.npz", x=digits.x_test, labels=digits.y_test)
     from edgec import convert
 
     onnx_bundle = convert(root / "model.pt2", device="x86-64", precision="fp32", out=root / "onnx-fp32", **FAST)

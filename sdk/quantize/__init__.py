@@ -344,10 +344,18 @@ def search(
     chosen = _first_ok(run(r) for r in ints)
     sens: list[LayerSensitivity] = []
     sens_of: str | None = None
-    if chosen is None and ints and len(layers) > 1:
+    # Mixed precision leaves float ops, which a full-integer board (Coral) cannot run.
+    if chosen is None and ints and len(layers) > 1 and profile.allowed_precisions != ("int8",):
         over = [c for c in candidates if c.status == "over budget" and c.recipe.precision == "int8"]
         if over:
-            basis = max(over, key=lambda c: (c.measured.fidelity.cosine_mean, c.measured.fidelity.accuracy or 0))
+            # The closest miss by the budget's own measure is the best start for mixed precision.
+            if budget.max_drop is not None:
+                def closeness(c: Candidate) -> tuple[float, ...]:
+                    return (c.measured.fidelity.accuracy or 0.0, c.measured.fidelity.cosine_mean)
+            else:
+                def closeness(c: Candidate) -> tuple[float, ...]:
+                    return (c.measured.fidelity.cosine_min, c.measured.fidelity.cosine_mean)
+            basis = max(over, key=closeness)
             sens_of = basis.recipe.label()
             with step(f"Per-layer sensitivity of {sens_of}"):
                 sens = sensitivity(converter, fp32, work, basis.recipe, layers, source=source, calib=calib,
@@ -357,22 +365,23 @@ def search(
             chosen = _first_ok(run(replace(basis.recipe, keep_float=tuple(ranked[:k]))) for k in steps)
     if chosen is None:
         chosen = _first_ok(run(r) for r in floats)
-    else:
+    if chosen is not None:
         seen = {c.recipe for c in candidates}
         for r in [*ints, *floats]:
             if r not in seen:
                 candidates.append(Candidate(r, status="not needed", reason=f"{chosen.recipe.label()} fits the budget"))
-    if chosen is None:
-        lines = [f"  {c.recipe.label()}: {c.status}" + (f" ({c.reason})" if c.reason else "") for c in candidates]
-        raise VerificationError(
-            f"no candidate fits the budget ({budget.describe()}) for {profile.name}; tried:\n" + "\n".join(lines)
-            + "\nRelax --max-drop/--min-cosine, give more representative --calib data, or fine-tune with "
-            "edgec.sdk.quantize.qat"
-        )
-    chosen.status = "shipped"
     order = {(r[0] if isinstance(r, tuple) else r): i for i, r in enumerate(plan)}
     mixed_at = max((order[r] for r in ints), default=0) + 0.5
     candidates.sort(key=lambda c: order.get(c.recipe, mixed_at))
+    if chosen is None:
+        summary = "; ".join(f"{c.recipe.label()}: {c.status}" + (f" ({c.reason})" if c.reason else "")
+                            for c in candidates)
+        raise VerificationError(
+            f"no candidate fits the budget ({budget.describe()}) for {profile.name}. Tried: {summary}. "
+            "Relax --max-drop/--min-cosine, give more representative --calib data, or fine-tune with "
+            "edgec.sdk.quantize.qat"
+        )
+    chosen.status = "shipped"
     path = tried[chosen.recipe]
     for recipe, other in tried.items():
         if recipe != chosen.recipe and other != fp32:

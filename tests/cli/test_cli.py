@@ -64,6 +64,12 @@ def _pickle(tmp_path):
     return tmp_path / "model.pt"
 
 
+def _scaled(src, dst):
+    with np.load(src) as data:
+        np.savez(dst, **{k: data[k] * 255 if k != "labels" else data[k] for k in data.files})
+    return dst
+
+
 BAD = {
     "missing file": (lambda a, t: ["convert", t / "nope.pt2"], "does not exist"),
     "not a model": (lambda a, t: ["convert", (t / "x.onnx").write_text("hi") and t / "x.onnx"], "not a valid ONNX model"),
@@ -81,6 +87,16 @@ BAD = {
                           "dimension 2 must be 8"),
     "calib wrong dtype": (lambda a, t: ["convert", a / "model.pt2", "--calib", _bad_calib(t, x=np.zeros((40, 1, 8, 8), np.uint8))],
                           "is uint8, but the model takes float32"),
+    "max-drop without labels": (lambda a, t: ["convert", a / "model.pt2", "--calib", a / "calib.npz", "--eval",
+                                              a / "test.npz", "--max-drop", "0.5"], "--max-drop needs labels"),
+    "budget out of range": (lambda a, t: ["convert", a / "model.pt2", "--max-drop", "-1"], "points of top-1 accuracy"),
+    "nothing fits": (lambda a, t: ["convert", a / "model.pt2", "--device", "coral", "--calib", a / "calib.npz",
+                                   "--min-cosine", "0.99999"], "Tried: int8 static minmax: over budget"),
+    "calib 0-255": (lambda a, t: ["convert", a / "model.pt2", "--calib", _scaled(a / "calib.npz", t / "c.npz"),
+                                  "--eval", a / "eval.npz"], "preprocessed differently"),
+    "analyze without data": (lambda a, t: ["analyze", a / "model.pt2"], "pass --calib"),
+    "analyze bad mode": (lambda a, t: ["analyze", a / "model.pt2", "--calib", a / "calib.npz", "--mode", "fancy"],
+                         "unknown int8 mode 'fancy'"),
     "onnx to tflite": (lambda a, t: ["convert", a / "model.onnx", "--format", "tflite", "--precision", "fp32"],
                        "TFLite export takes PyTorch models"),
 }
@@ -125,3 +141,17 @@ def test_run_rejects_inputs_that_do_not_fit(bundles, tmp_path):
     np.savez(tmp_path / "bad.npz", x=np.zeros((2, 3, 8, 8), np.float32))
     result = invoke("run", bundles("onnx", "fp32").bundle, "--input", tmp_path / "bad.npz")
     assert result.exit_code == 1 and "dimension 1 must be 1" in result.output
+
+
+def test_analyze_writes_table_markdown_and_png(assets, tmp_path):
+    out = tmp_path / "sens"
+    result = invoke("analyze", assets / "model.pt2", "--device", "rpi4", "--calib", assets / "calib.npz",
+                    "--eval", assets / "eval.npz", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "Per-layer sensitivity (int8 static minmax)" in result.stdout
+    data = json.loads((out / "sensitivity.json").read_text())
+    errors = [layer["error"] for layer in data["layers"]]
+    assert len(errors) == 4 and errors == sorted(errors, reverse=True) and min(errors) >= 0
+    assert {layer["op"] for layer in data["layers"]} >= {"CONV_2D", "FULLY_CONNECTED"}
+    assert (out / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Per-layer sensitivity" in (out / "sensitivity.md").read_text()
