@@ -1,0 +1,172 @@
+"""A small training loop on plain torch: the user's data, an optimizer, epochs, a callback.
+
+Data is any of: an ``.npz`` path or dict of arrays keyed by input name plus ``labels``;
+``(inputs, labels)`` arrays; or an iterable of ``(x, y)`` batches (a ``DataLoader``), where
+``x`` is a tensor or a tuple of tensors. Used by quantization-aware training and compression.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CalibrationError, ValidationError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass
+class History:
+    """Per-epoch training loss and whatever the callback returned."""
+
+    loss: list[float] = field(default_factory=list)
+    metrics: list[Any] = field(default_factory=list)
+
+
+def arrays_from(data: Any, input_names: list[str] | None = None) -> tuple[tuple[np.ndarray, ...], np.ndarray] | None:
+    """``(inputs, labels)`` arrays from an ``.npz`` path, a dict or a pair; ``None`` for an iterable of batches.
+
+    Raises:
+        CalibrationError: No ``labels``, an unknown input name, or mismatched lengths.
+    """
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if not path.is_file():
+            raise CalibrationError(f"training data {path} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
+        except Exception as exc:
+            raise CalibrationError(f"training data {path} is not a readable .npz file ({exc})") from None
+    if isinstance(data, dict):
+        if "labels" not in data:
+            raise CalibrationError("training data needs a `labels` array beside the inputs")
+        names = [k for k in data if k != "labels"]
+        missing = [n for n in input_names or [] if n not in data]
+        single = len(names) == 1 and input_names is not None and len(input_names) == 1  # one array, one input
+        if missing and not single:
+            raise CalibrationError(f"training data has no array for input(s) {', '.join(missing)}; "
+                                   f"it has {', '.join(names)}")
+        if input_names and not missing:
+            names = list(input_names)
+        xs = tuple(np.asarray(data[n]) for n in names)
+        labels = np.asarray(data["labels"])
+    elif isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], np.ndarray):
+        x, labels = data
+        xs = tuple(x) if isinstance(x, (tuple, list)) else (np.asarray(x),)
+    else:
+        return None
+    if any(len(x) != len(labels) for x in xs):
+        raise CalibrationError(f"training data: {len(labels)} labels but inputs of {[len(x) for x in xs]} samples")
+    return tuple(x.astype(np.float32) if x.dtype == np.float64 else x for x in xs), labels.astype(np.int64)
+
+
+def batches(data: Any, *, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
+            input_names: list[str] | None = None) -> Callable[[int], Iterator[tuple[tuple[Any, ...], Any]]]:
+    """A function ``epoch -> iterator of (inputs tuple, labels)`` tensors over ``data``."""
+    import torch
+
+    arrays = arrays_from(data, input_names)
+    if arrays is None:
+        if not isinstance(data, Iterable):
+            raise CalibrationError(f"cannot train on {type(data).__name__}: pass an .npz, a dict, "
+                                   "(inputs, labels) arrays or an iterable of (x, y) batches")
+
+        def from_iterable(epoch: int) -> Iterator[tuple[tuple[Any, ...], Any]]:
+            for x, y in data:
+                xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+                yield tuple(torch.as_tensor(v) for v in xs), torch.as_tensor(y)
+
+        return from_iterable
+    xs, labels = arrays
+    tensors = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in xs)
+    y = torch.from_numpy(labels)
+
+    def from_arrays(epoch: int) -> Iterator[tuple[tuple[Any, ...], Any]]:
+        n = len(y)
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+                 if shuffle else torch.arange(n))
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            yield tuple(t[idx] for t in tensors), y[idx]
+
+    return from_arrays
+
+
+def fit(
+    model: Any,
+    data: Any,
+    *,
+    epochs: int = 3,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    loss: Callable[[Any, Any, tuple[Any, ...]], Any] | None = None,
+    callback: Callable[[int, Any], Any] | None = None,
+    train_mode: Callable[[Any], None] | None = None,
+    eval_mode: Callable[[Any], None] | None = None,
+    input_names: list[str] | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> History:
+    """Train ``model`` in place.
+
+    Args:
+        model: A ``torch.nn.Module`` (or an exported graph module).
+        data: See the module docstring.
+        epochs: Passes over ``data``.
+        optimizer: ``adam``, ``adamw`` or ``sgd`` (momentum 0.9).
+        lr: Learning rate (cosine-annealed to zero over the epochs).
+        loss: ``loss(outputs, labels, inputs)``; default cross-entropy on the first output.
+        callback: Called after each epoch with ``(epoch, model)``, in eval mode; what it
+            returns goes into ``History.metrics``.
+        train_mode, eval_mode: How to switch modes (exported graph modules need their own).
+        seed: Shuffling and initialisation seed.
+        progress: ``progress(epoch, epochs, mean_loss)`` after each epoch.
+
+    Raises:
+        ValidationError: Bad epochs, learning rate or optimizer.
+    """
+    import torch
+
+    if epochs < 1:
+        raise ValidationError(f"epochs must be at least 1, got {epochs}")
+    if lr <= 0:
+        raise ValidationError(f"learning rate must be positive, got {lr}")
+    if optimizer not in OPTIMIZERS:
+        raise ValidationError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = {
+        "adam": lambda: torch.optim.Adam(params, lr=lr),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr),
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, momentum=0.9),
+    }[optimizer]()
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    loss = loss or (lambda out, y, _: torch.nn.functional.cross_entropy(out[0] if isinstance(out, (tuple, list)) else out, y))
+    train_mode = train_mode or (lambda m: m.train())
+    eval_mode = eval_mode or (lambda m: m.eval())
+    epoch_batches = batches(data, batch_size=batch_size, seed=seed, input_names=input_names)
+    history = History()
+    for epoch in range(epochs):
+        train_mode(model)
+        total, count = 0.0, 0
+        for xs, y in epoch_batches(epoch):
+            opt.zero_grad()
+            value = loss(model(*xs), y, xs)
+            value.backward()
+            opt.step()
+            total += float(value.detach()) * len(y)
+            count += len(y)
+        sched.step()
+        eval_mode(model)
+        history.loss.append(total / max(count, 1))
+        if callback is not None:
+            history.metrics.append(callback(epoch, model))
+        if progress is not None:
+            progress(epoch + 1, epochs, history.loss[-1])
+    return history
