@@ -215,6 +215,39 @@ def load_model(
     )
 
 
+def load_module(model: Any, *, weights: str | Path | None = None, what: str = "model") -> Any:
+    """A trainable ``torch.nn.Module`` from ``pkg.module:factory`` (+ weights), a module, or a ``.pt2``.
+
+    A ``.pt2`` gives the exported graph as a module: it trains, but it has no Conv or Linear
+    submodules left for structured pruning to remove channels from.
+
+    Raises:
+        ModelLoadError: Not loadable as a torch module (an ``.onnx`` file, a bad factory...).
+    """
+    torch = require_torch()
+    precheck(model)
+    if isinstance(model, torch.nn.Module):
+        if weights is not None:
+            load_weights(model, weights)
+        return model
+    if isinstance(model, (str, Path)) and Path(model).exists():
+        path = Path(model)
+        if path.suffix.lower() != ".pt2":
+            raise ModelLoadError(f"{what} {path.name} is not a PyTorch model: training needs a .pt2 or "
+                                 "pkg.module:factory (with --weights)")
+        if weights is not None:
+            raise ModelLoadError("--weights applies to pkg.module:factory models, not to .pt2 files")
+        return _load_pt2(path).module()
+    if isinstance(model, (str, Path)):
+        module = _call_factory(str(model))
+        if not isinstance(module, torch.nn.Module):
+            raise ModelLoadError(f"{model} returned a {type(module).__name__}, not a torch.nn.Module")
+        if weights is not None:
+            load_weights(module, weights)
+        return module
+    raise ModelLoadError(f"cannot train a {type(model).__name__}: pass pkg.module:factory, a .pt2 or an nn.Module")
+
+
 def _load_file(path: Path, *, weights: str | Path | None) -> SourceModel:
     if weights is not None:
         raise ModelLoadError(f"--weights applies to pkg.module:factory models, not to {path.suffix} files")

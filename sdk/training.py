@@ -110,6 +110,8 @@ def fit(
     train_mode: Callable[[Any], None] | None = None,
     eval_mode: Callable[[Any], None] | None = None,
     input_names: list[str] | None = None,
+    extra_params: list[Any] | None = None,
+    after_step: Callable[[], None] | None = None,
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> History:
@@ -125,6 +127,8 @@ def fit(
         callback: Called after each epoch with ``(epoch, model)``, in eval mode; what it
             returns goes into ``History.metrics``.
         train_mode, eval_mode: How to switch modes (exported graph modules need their own).
+        extra_params: More parameters to train with the model's (distillation adapters).
+        after_step: Called after every optimizer step (to re-apply pruning masks).
         seed: Shuffling and initialisation seed.
         progress: ``progress(epoch, epochs, mean_loss)`` after each epoch.
 
@@ -140,7 +144,7 @@ def fit(
     if optimizer not in OPTIMIZERS:
         raise ValidationError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     torch.manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
     opt = {
         "adam": lambda: torch.optim.Adam(params, lr=lr),
         "adamw": lambda: torch.optim.AdamW(params, lr=lr),
@@ -160,6 +164,8 @@ def fit(
             value = loss(model(*xs), y, xs)
             value.backward()
             opt.step()
+            if after_step is not None:
+                after_step()
             total += float(value.detach()) * len(y)
             count += len(y)
         sched.step()

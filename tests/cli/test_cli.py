@@ -155,3 +155,49 @@ def test_analyze_writes_table_markdown_and_png(assets, tmp_path):
     assert {layer["op"] for layer in data["layers"]} >= {"CONV_2D", "FULLY_CONNECTED"}
     assert (out / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Per-layer sensitivity" in (out / "sensitivity.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def factory_weights(digits_model, tmp_path_factory):
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("weights") / "cnn.safetensors"
+    save_file({k: v.contiguous() for k, v in digits_model.state_dict().items()}, str(path))
+    return path
+
+
+def test_compress_factory_with_distillation_then_convert(assets, factory_weights, tmp_path):
+    out = tmp_path / "small.pt2"
+    result = invoke("compress", "edgec.sdk.zoo:digits_cnn", "--weights", factory_weights, "--data", assets / "calib.npz",
+                    "--eval", assets / "eval.npz", "--prune", "0.5", "--structured", "--epochs", "1", "--threads", "1",
+                    "--distill-from", "edgec.sdk.zoo:digits_cnn", "--teacher-weights", factory_weights, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "channels −50%" in result.stdout
+    report = json.loads((tmp_path / "small.report.json").read_text())
+    assert report["summary"]["params_vs_original"] < 0.35
+    converted = invoke("convert", out, "--device", "x86-64", "--precision", "fp32", "--out", tmp_path / "b")
+    assert converted.exit_code == 0, converted.output
+
+
+COMPRESS_BAD = {
+    "sparsity 1": (["--prune", "1"], "outside [0, 1)"),
+    "unknown layer": (["--skip", "33"], "did you mean 3"),
+    "bad feature pair": (["--feature", "3"], "must look like student_layer=teacher_layer"),
+    "teacher mismatch": ([], "teacher 1 outputs [2, 5] but the student outputs [2, 10]"),
+    "onnx model": ([], "is not a PyTorch model"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPRESS_BAD))
+def test_compress_bad_input_is_one_line_exit_1(assets, factory_weights, tmp_path, case):
+    extra, message = COMPRESS_BAD[case]
+    model = assets / "model.onnx" if case == "onnx model" else "edgec.sdk.zoo:digits_cnn"
+    weights = [] if case == "onnx model" else ["--weights", factory_weights]
+    if case == "teacher mismatch":  # digits_mlp has 10 classes too; give it a 5-class head instead
+        extra = ["--distill-from", "tests_fixtures_five:model"]
+    result = invoke("compress", model, *weights, "--data", assets / "calib.npz", "--out", tmp_path / "x.pt2",
+                    "--epochs", "1", *extra)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not list(tmp_path.glob("x*"))
