@@ -380,6 +380,63 @@ def compress(
     out.print(f"Wrote {result.model} and {result.model.stem}.report.md / .report.json / .png")
 
 
+@app.command()
+@handles_errors
+def serve(
+    config: Path = typer.Option(..., "--config", "-c", help="runtime.toml: models, memory budget, batcher limits, port."),
+    port: Optional[int] = typer.Option(None, "--port", help="Override the config's port."),
+    host: Optional[str] = typer.Option(None, "--host", help="Override the config's host (default 127.0.0.1: loopback only)."),
+) -> None:
+    """Serve bundles over HTTP: a memory-bounded model cache and a dynamic batcher per model.
+
+    \b
+    Endpoints: GET /health, /ready, /v1/models, /v1/stats, /metrics (Prometheus);
+    POST /v1/models/NAME/predict (JSON, .npy or .npz body), POST /v1/models/NAME/reload.
+    Ctrl-C or SIGTERM stops taking connections and finishes queued requests.
+    \b
+    Example runtime.toml:
+      port = 8080
+      budget_mb = 512
+      [batcher]
+      max_batch_size = 8
+      max_queue_delay_ms = 2
+      [[models]]
+      name = "digits"
+      path = "build/rpi4"
+    """
+    import dataclasses
+    import logging
+    import signal
+
+    from .runtime.server import ServeConfig, Server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = ServeConfig.from_toml(config)
+    overrides = {k: v for k, v in (("port", port), ("host", host)) if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    if not cfg.models:
+        raise InputError(f"{config} lists no [[models]] to serve")
+    try:
+        server = Server(cfg)
+    except OSError as exc:
+        raise InputError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}; pick another --port") from None
+    err = _err_console()
+    for name, why in server.runtime.failed.items():
+        err.print(f"[yellow]warning:[/] model {name} is not served: {why}")
+    err.print(f"edgec serving {len(server.runtime.batchers)} model(s) on {server.url} (Ctrl-C to stop)")
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        err.print("stopping: finishing queued requests")
+    finally:
+        server.stop(drain=True)
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _print_candidates(search: dict[str, Any]) -> None:
     from .sdk.report import human_bytes
 

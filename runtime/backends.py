@@ -36,7 +36,7 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, *, threads: int, providers: tuple[str, ...]) -> None:
+    def __init__(self, path: Path, *, threads: int, providers: tuple[str, ...], lean: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -56,11 +56,29 @@ class OnnxRuntimeBackend:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if lean:
+            # Under a memory budget: no arena that keeps every peak allocation for reuse
+            # (the known cause of RSS growing to GiBs), and no pre-packed weight copies.
+            options.enable_cpu_mem_arena = False
+            options.add_session_config_entry("session.disable_prepacking", "1")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own non-exported exception types
-            raise BundleError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}") from None
+            if chosen == ["CPUExecutionProvider"]:
+                raise BundleError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}") from None
+            # A provider that is built in but cannot start here (no GPU, driver mismatch):
+            # fall back to the CPU and say why.
+            log.warning("execution providers %s failed for %s (%s); falling back to CPU",
+                        ", ".join(chosen[:-1]), path.name, _first_line(exc))
+            try:
+                self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            except Exception as exc2:
+                raise BundleError(f"onnxruntime cannot load {path.name}: {_first_line(exc2)}") from None
         self.providers = tuple(self.session.get_providers())
+        for p in chosen:
+            if p not in self.providers:
+                log.warning("execution provider %s did not start for %s; running on %s",
+                            p, path.name, ", ".join(self.providers))
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -115,7 +133,7 @@ class TFLiteBackend:
         return self.runner.get_input_details(), self.runner.get_output_details()
 
 
-def open_backend(fmt: str, path: Path, *, threads: int, providers: tuple[str, ...]) -> Backend:
+def open_backend(fmt: str, path: Path, *, threads: int, providers: tuple[str, ...], lean: bool = False) -> Backend:
     """Open ``path`` with the backend for format ``fmt``.
 
     Raises:
@@ -123,7 +141,7 @@ def open_backend(fmt: str, path: Path, *, threads: int, providers: tuple[str, ..
         MissingDependencyError: The backend's runtime is not installed.
     """
     if fmt == "onnx":
-        return OnnxRuntimeBackend(path, threads=threads, providers=providers)
+        return OnnxRuntimeBackend(path, threads=threads, providers=providers, lean=lean)
     if fmt == "tflite":
         return TFLiteBackend(path, threads=threads)
     raise BundleError(f"bundle format {fmt!r} is not one this runtime serves (onnx, tflite)")

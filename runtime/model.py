@@ -173,7 +173,7 @@ def _to_model_dtype(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=target)
 
 
-def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True) -> LoadedModel:
+def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True, lean: bool = False) -> LoadedModel:
     """Load a bundle written by ``edgec convert``.
 
     Every file's sha256 is checked before the model is opened. The backend comes from the
@@ -183,6 +183,7 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True)
         bundle: The bundle folder.
         threads: Override the profile's thread count (e.g. to measure on another host).
         verify: Check sha256 sums (leave on outside of benchmarks).
+        lean: Trade a little speed for memory (no onnxruntime arena): for memory budgets.
 
     Returns:
         A :class:`LoadedModel` whose ``predict`` takes and returns float arrays.
@@ -206,5 +207,6 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True)
         path / manifest.model_file,
         threads=threads or manifest.threads,
         providers=manifest.execution_providers,
+        lean=lean,
     )
     return LoadedModel(path, manifest, backend, time.perf_counter() - start)

@@ -201,3 +201,40 @@ def test_compress_bad_input_is_one_line_exit_1(assets, factory_weights, tmp_path
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.output
     assert not list(tmp_path.glob("x*"))
+
+
+def test_serve_runs_until_sigterm_and_exits_cleanly(bundles, tmp_path, digits):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    config = tmp_path / "runtime.toml"
+    config.write_text(f'port = 0\nbudget_mb = 128\n[[models]]\nname = "digits"\npath = "{bundles("onnx", "fp32").bundle}"\n')
+    proc = subprocess.Popen([sys.executable, "-c", "from edgec.cli import main; main()", "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        url = None
+        deadline = time.time() + 60
+        while url is None and time.time() < deadline:
+            line = proc.stderr.readline()
+            found = re.search(r"on (http://[\d.]+:\d+)", line)
+            url = found.group(1) if found else None
+        assert url, "server did not announce its address"
+        body = json.dumps({"inputs": digits.x_test[:2].tolist()}).encode()
+        req = urllib.request.Request(url + "/v1/models/digits/predict", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200 and len(json.loads(resp.read())["outputs"]["output"]) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_serve_config_errors_are_one_line(tmp_path):
+    bad = tmp_path / "runtime.toml"
+    bad.write_text('port = 8080\nbudget = 5\n')
+    result = invoke("serve", "--config", bad)
+    assert result.exit_code == 1 and "unknown config key(s): budget" in result.output
+    assert "does not exist" in invoke("serve", "--config", tmp_path / "nope.toml").output

@@ -33,11 +33,19 @@ def test_runtime_serves_bundles_with_host_frameworks_blocked(bundles, assets, fm
     script = BLOCKER + textwrap.dedent(
         f"""
         import numpy as np
-        import edgec.runtime, edgec.runtime.backends, edgec.runtime.model, edgec.runtime.manifest
+        import importlib, pkgutil
+        import edgec.runtime
+        for info in pkgutil.iter_modules(edgec.runtime.__path__):  # every runtime module
+            importlib.import_module("edgec.runtime." + info.name)
         model = edgec.runtime.load({str(bundle)!r})
         x = np.load({str(assets / "test.npz")!r})["x"]
         out = model.predict(x)["output"]
         assert out.shape == (len(x), 10), out.shape
+        from edgec.runtime.server import Runtime, ServeConfig
+        rt = Runtime(ServeConfig.from_dict({{"models": [{{"name": "m", "path": {str(bundle)!r}}}]}}))
+        served = rt.predict("m", {{"input": x[:3]}})["output"]
+        assert np.allclose(served, out[:3], atol=1e-5), (served, out[:3])
+        rt.close()
         heavy = [m for m in sys.modules if m.split(".")[0] in ("torch", "tensorflow", "onnx") or m.startswith("edgec.sdk")]
         assert not heavy, heavy
         print("ok", out.argmax(1)[:5].tolist())

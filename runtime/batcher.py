@@ -1,0 +1,255 @@
+"""A memory-bounded dynamic batcher per model.
+
+Requests queue up to ``max_queue`` requests and ``max_bytes`` of input; a full queue rejects
+at once (backpressure) instead of growing. A worker takes up to ``max_batch_size`` requests,
+waiting at most ``max_queue_delay_ms`` after the first for more, runs them as one batch and
+hands each caller its rows. Requests past their deadline are dropped before they run.
+Models with a fixed batch of 1 are fed one sample at a time by :class:`LoadedModel`. Under
+memory pressure the batch size halves and an alert is raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import EdgecError, InputError
+
+log = logging.getLogger("edgec.runtime")
+
+
+class QueueFullError(EdgecError):
+    """The batcher's queue is full; retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineError(EdgecError):
+    """A request's deadline passed before it ran."""
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """Batching limits.
+
+    Attributes:
+        max_batch_size: Most samples run together.
+        max_queue_delay_ms: Longest wait after the first queued request for more to join.
+        max_queue: Most requests waiting.
+        max_bytes: Most input bytes waiting.
+    """
+
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 2.0
+    max_queue: int = 64
+    max_bytes: int = 64 * 2**20
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_queue < 1 or self.max_bytes < 1 or self.max_queue_delay_ms < 0:
+            raise EdgecError("batcher limits must be positive")
+
+
+@dataclass
+class BatcherStats:
+    requests: int = 0
+    rejected: int = 0
+    expired: int = 0
+    errors: int = 0
+    batches: int = 0
+    samples: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+    pressure_alerts: int = 0
+
+
+@dataclass
+class _Request:
+    feeds: dict[str, np.ndarray]
+    rows: int
+    nbytes: int
+    deadline: float | None
+    future: Future = field(default_factory=Future)
+
+
+class Batcher:
+    """Batches requests for one model.
+
+    Args:
+        name: The model's name (for messages).
+        predict: ``predict(feeds) -> dict of outputs`` (a :class:`LoadedModel`'s, usually
+            looked up through the cache for each batch).
+        config: Limits.
+        pressure: ``pressure() -> bool``: the system is short of memory.
+        alert: Called with a message when the batch size is cut for memory pressure.
+    """
+
+    def __init__(self, name: str, predict: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+                 config: BatcherConfig | None = None, *, pressure: Callable[[], bool] | None = None,
+                 alert: Callable[[str], None] | None = None) -> None:
+        self.name = name
+        self.config = config or BatcherConfig()
+        self._predict = predict
+        self._pressure = pressure or (lambda: False)
+        self._alert = alert or (lambda msg: log.warning(msg))
+        self._queue: deque[_Request] = deque()
+        self._bytes = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self.batch_limit = self.config.max_batch_size
+        self.stats = BatcherStats()
+        self._last_batch_s = 0.0
+        self._worker = threading.Thread(target=self._run, name=f"edgec-batcher-{name}", daemon=True)
+        self._worker.start()
+
+    def submit(self, feeds: dict[str, np.ndarray], *, deadline_s: float | None = None) -> Future:
+        """Queue one request (any number of rows); its future resolves to its outputs.
+
+        Raises:
+            QueueFullError: The queue is at ``max_queue`` requests or ``max_bytes``.
+            InputError: Inputs whose batch sizes differ.
+        """
+        rows = {int(v.shape[0]) if np.ndim(v) else 1 for v in feeds.values()}
+        if len(rows) != 1:
+            raise InputError(f"inputs have different batch sizes: {sorted(rows)}")
+        nbytes = sum(int(np.asarray(v).nbytes) for v in feeds.values())
+        deadline = time.monotonic() + deadline_s if deadline_s is not None else None
+        with self._cond:
+            self.stats.requests += 1
+            if self._closing:
+                self.stats.rejected += 1
+                raise QueueFullError(f"model {self.name} is shutting down", retry_after_s=1.0)
+            if len(self._queue) >= self.config.max_queue or self._bytes + nbytes > self.config.max_bytes:
+                self.stats.rejected += 1
+                retry = max(0.001, self._last_batch_s * (len(self._queue) / max(self.batch_limit, 1) + 1))
+                raise QueueFullError(
+                    f"model {self.name} is busy: {len(self._queue)} requests ({self._bytes} bytes) queued, "
+                    f"limits {self.config.max_queue} requests / {self.config.max_bytes} bytes", retry_after_s=retry)
+            request = _Request(feeds, rows.pop(), nbytes, deadline)
+            self._queue.append(request)
+            self._bytes += nbytes
+            self._cond.notify()
+        return request.future
+
+    def queue_depth(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def describe(self) -> dict[str, Any]:
+        with self._cond:
+            return {"config": asdict(self.config), "batch_limit": self.batch_limit, "queue_depth": len(self._queue),
+                    "queued_bytes": self._bytes, "stats": asdict(self.stats)}
+
+    def close(self, drain: bool = True, timeout: float = 10.0) -> None:
+        """Stop taking requests; finish the queued ones (``drain``) or fail them."""
+        with self._cond:
+            self._closing = True
+            if not drain:
+                while self._queue:
+                    req = self._queue.popleft()
+                    req.future.set_exception(QueueFullError(f"model {self.name} shut down", retry_after_s=1.0))
+                self._bytes = 0
+            self._cond.notify_all()
+        self._worker.join(timeout)
+
+    # -- worker ---------------------------------------------------------------------------
+    def _take(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            first_at = time.monotonic()
+            limit = self.batch_limit
+            wait_until = first_at + self.config.max_queue_delay_ms / 1000
+            while sum(r.rows for r in self._queue) < limit and not self._closing:
+                left = wait_until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            taken: list[_Request] = []
+            rows = 0
+            while self._queue and (not taken or rows + self._queue[0].rows <= limit):
+                req = self._queue.popleft()
+                self._bytes -= req.nbytes
+                taken.append(req)
+                rows += req.rows
+            return taken
+
+    def _run(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            self._check_pressure()
+            now = time.monotonic()
+            live = []
+            for req in taken:
+                if req.deadline is not None and now > req.deadline:
+                    self.stats.expired += 1
+                    req.future.set_exception(DeadlineError(f"the request to {self.name} passed its deadline in the queue"))
+                elif req.future.set_running_or_notify_cancel():
+                    live.append(req)
+            if live:
+                self._execute(live)
+
+    def _execute(self, reqs: list[_Request]) -> None:
+        names = list(reqs[0].feeds)
+        started = time.perf_counter()
+        try:
+            if len(reqs) == 1 or any(list(r.feeds) != names for r in reqs):
+                groups = [[r] for r in reqs]
+            else:
+                groups = [reqs]
+            for group in groups:
+                try:
+                    feeds = (group[0].feeds if len(group) == 1
+                             else {n: np.concatenate([r.feeds[n] for r in group], axis=0) for n in names})
+                    out = self._predict(feeds)
+                except Exception as exc:
+                    if len(group) > 1:  # one bad request must not fail its batch-mates
+                        for r in group:
+                            self._execute_one(r)
+                        continue
+                    self.stats.errors += 1
+                    group[0].future.set_exception(exc)
+                    continue
+                start = 0
+                for r in group:
+                    r.future.set_result({k: v[start:start + r.rows] for k, v in out.items()})
+                    start += r.rows
+                size = sum(r.rows for r in group)
+                self.stats.batches += 1
+                self.stats.samples += size
+                self.stats.batch_sizes[size] = self.stats.batch_sizes.get(size, 0) + 1
+        finally:
+            self._last_batch_s = time.perf_counter() - started
+
+    def _execute_one(self, req: _Request) -> None:
+        try:
+            out = self._predict(req.feeds)
+        except Exception as exc:
+            self.stats.errors += 1
+            req.future.set_exception(exc)
+            return
+        req.future.set_result(out)
+        self.stats.batches += 1
+        self.stats.samples += req.rows
+        self.stats.batch_sizes[req.rows] = self.stats.batch_sizes.get(req.rows, 0) + 1
+
+    def _check_pressure(self) -> None:
+        if self._pressure():
+            if self.batch_limit > 1:
+                self.batch_limit = max(1, self.batch_limit // 2)
+                self.stats.pressure_alerts += 1
+                self._alert(f"memory pressure: batch size for {self.name} cut to {self.batch_limit}")
+        elif self.batch_limit < self.config.max_batch_size:
+            self.batch_limit = min(self.config.max_batch_size, self.batch_limit * 2)

@@ -1,0 +1,120 @@
+"""The memory-bounded model cache and the dynamic batcher, on real bundles."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from edgec.errors import BundleError, InputError
+from edgec.runtime import load
+from edgec.runtime.batcher import Batcher, BatcherConfig, DeadlineError, QueueFullError
+from edgec.runtime.cache import ModelCache
+
+
+@pytest.fixture
+def three(bundles):
+    return {"a": bundles("onnx", "fp32").bundle, "b": bundles("onnx", "int8").bundle, "c": bundles("tflite", "int8").bundle}
+
+
+def test_hits_misses_and_measured_cost(three):
+    cache = ModelCache(2**30)
+    cache.register("a", three["a"])
+    cache.get("a")
+    cache.get("a")
+    (entry,) = cache.describe()["loaded"]
+    files = sum(p.stat().st_size for p in three["a"].iterdir())
+    assert entry["file_bytes"] == files and entry["bytes"] >= files
+    assert entry["load_seconds"] > 0 and entry["warmup_seconds"] > 0
+    assert (cache.stats.hits, cache.stats.misses) == (1, 1)
+
+
+def test_lru_eviction_under_a_byte_budget_never_evicts_pinned(three):
+    probe = ModelCache(2**30)
+    for name, path in three.items():
+        probe.register(name, path)
+        probe.get(name)
+    costs = {e["name"]: e["bytes"] for e in probe.describe()["loaded"]}
+    cache = ModelCache(int(costs["a"] + 1.5 * max(costs["b"], costs["c"])))
+    cache.register("a", three["a"], pinned=True)
+    cache.register("b", three["b"])
+    cache.register("c", three["c"])
+    cache.get("a"), cache.get("b"), cache.get("c")
+    loaded = {e["name"] for e in cache.describe()["loaded"]}
+    assert loaded == {"a", "c"} and cache.stats.evictions == 1
+    assert cache.used_bytes() <= cache.budget_bytes
+    cache.get("b")  # back in: c (least recently used, unpinned) goes
+    assert {e["name"] for e in cache.describe()["loaded"]} == {"a", "b"}
+
+
+def test_a_model_larger_than_the_budget_is_refused(three):
+    cache = ModelCache(1000)
+    cache.register("a", three["a"])
+    with pytest.raises(BundleError, match="cannot fit the cache budget"):
+        cache.get("a")
+    assert cache.describe()["loaded"] == [] and cache.stats.load_failures == 1
+
+
+def test_reload_failure_keeps_the_old_version(three, tmp_path):
+    cache = ModelCache(2**30)
+    cache.register("a", three["a"])
+    before = cache.get("a")
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(BundleError):
+        cache.reload("a", tmp_path)
+    assert cache.get("a") is before
+    cache.reload("a", three["b"])
+    assert cache.get("a").manifest.precision == "int8"
+
+
+class Gate:
+    """Holds the batcher's worker inside a real predict until released."""
+
+    def __init__(self, model):
+        self.model, self.entered, self.release = model, threading.Event(), threading.Event()
+
+    def __call__(self, feeds):
+        self.entered.set()
+        self.release.wait(10)
+        return self.model.predict(feeds)
+
+
+def test_full_queue_rejects_at_once_and_bad_requests_fail_alone(bundles, digits):
+    gate = Gate(load(bundles("onnx", "fp32").bundle))
+    batcher = Batcher("m", gate, BatcherConfig(max_batch_size=8, max_queue_delay_ms=0, max_queue=2))
+    first = batcher.submit({"input": digits.x_test[:1]})
+    assert gate.entered.wait(5)  # the worker is busy with the first request
+    good = batcher.submit({"input": digits.x_test[1:3]})
+    bad = batcher.submit({"input": np.zeros((1, 1, 6, 6), np.float32)})
+    with pytest.raises(QueueFullError) as info:
+        batcher.submit({"input": digits.x_test[:1]})
+    assert info.value.retry_after_s > 0 and "2 requests" in str(info.value)
+    gate.release.set()
+    assert first.result(10)["output"].shape == (1, 10)
+    assert good.result(10)["output"].shape == (2, 10)
+    with pytest.raises(InputError, match="dimension 2 must be 8"):
+        bad.result(10)
+    assert batcher.stats.rejected == 1 and batcher.stats.errors == 1
+    batcher.close()
+
+
+def test_expired_requests_never_run_and_pressure_shrinks_batches(bundles, digits):
+    model = load(bundles("onnx", "fp32").bundle)
+    alerts = []
+    batcher = Batcher("m", model.predict, BatcherConfig(max_batch_size=8), pressure=lambda: True, alert=alerts.append)
+    with pytest.raises(DeadlineError):
+        batcher.submit({"input": digits.x_test[:1]}, deadline_s=-1).result(10)
+    batcher.submit({"input": digits.x_test[:1]}).result(10)
+    assert batcher.stats.expired == 1
+    assert batcher.batch_limit < 8 and alerts and "memory pressure" in alerts[0]
+    batcher.close()
+
+
+def test_batch_one_tflite_models_serve_batched_requests(bundles, digits):
+    model = load(bundles("tflite", "int8").bundle)
+    batcher = Batcher("m", model.predict, BatcherConfig(max_batch_size=8, max_queue_delay_ms=20))
+    futures = [batcher.submit({"input": digits.x_test[i:i + 2]}) for i in range(0, 8, 2)]
+    outs = np.concatenate([f.result(10)["output"] for f in futures])
+    np.testing.assert_allclose(outs, model.predict(digits.x_test[:8])["output"], atol=1e-6)
+    batcher.close()

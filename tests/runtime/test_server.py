@@ -1,0 +1,147 @@
+"""The local API over real HTTP on loopback: real bundles, real onnxruntime and TFLite."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from edgec.runtime import load
+from edgec.runtime.server import ServeConfig, Server
+
+
+def call(url, method="GET", body=None, ctype="application/json", headers=None):
+    data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": ctype, **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+@pytest.fixture
+def served(bundles, tmp_path):
+    onnx_dir, tflite_dir = bundles("onnx", "fp32").bundle, bundles("tflite", "int8").bundle
+    tampered = tmp_path / "tampered"
+    shutil.copytree(onnx_dir, tampered)
+    model_file = tampered / "model.onnx"
+    model_file.write_bytes(model_file.read_bytes()[:-10] + b"0123456789")
+    config = ServeConfig.from_dict({
+        "port": 0, "budget_mb": 256, "max_request_mb": 1,
+        "batcher": {"max_batch_size": 16, "max_queue_delay_ms": 5, "max_queue": 256},
+        "models": [{"name": "digits", "path": str(onnx_dir), "pinned": True},
+                   {"name": "digits-int8", "path": str(tflite_dir)},
+                   {"name": "broken", "path": str(tampered)}],
+    })
+    server = Server(config).start()
+    yield server
+    server.stop()
+
+
+def test_health_models_and_a_refused_tampered_bundle(served):
+    assert call(served.url + "/health")[0] == 200
+    status, _, body = call(served.url + "/ready")
+    assert status == 503 and "sha256" in json.loads(body)["failed"]["broken"]  # refused, and said why
+    models = {m["name"]: m for m in json.loads(call(served.url + "/v1/models")[2])["models"]}
+    assert models["digits"]["loaded"] and models["digits-int8"]["loaded"] and not models["broken"]["loaded"]
+    assert "1, 8, 8" in models["digits"]["inputs"][0]
+
+
+@pytest.mark.parametrize("name", ["digits", "digits-int8"])
+def test_predict_json_npy_npz_match_the_bundle(served, bundles, digits, name):
+    x = digits.x_test[:5]
+    fmt_precision = ("onnx", "fp32") if name == "digits" else ("tflite", "int8")
+    expected = next(iter(load(bundles(*fmt_precision).bundle).predict(x).values()))
+    status, _, body = call(f"{served.url}/v1/models/{name}/predict", "POST", {"inputs": x.tolist()})
+    assert status == 200, body
+    got = np.array(next(iter(json.loads(body)["outputs"].values())))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    buf = io.BytesIO()
+    np.save(buf, x)
+    status, headers, body = call(f"{served.url}/v1/models/{name}/predict", "POST", buf.getvalue(),
+                                 "application/x-npy", {"Accept": "application/x-npz"})
+    assert status == 200 and headers["Content-Type"] == "application/x-npz"
+    with np.load(io.BytesIO(body)) as npz:
+        np.testing.assert_allclose(next(iter(npz.values())), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, digits):
+    url = served.url + "/v1/models/digits/predict"
+    cases = [
+        ({"inputs": {"image": digits.x_test[:1].tolist()}}, 400, "unknown image"),
+        ({"inputs": np.zeros((1, 1, 6, 6)).tolist()}, 400, "dimension 2 must be 8"),
+        ({"inputs": [["a", "b"]]}, 400, "not a rectangular array of numbers"),
+        ({"wrong": 1}, 400, '"inputs"'),
+    ]
+    for body, status, message in cases:
+        got, _, raw = call(url, "POST", body)
+        assert got == status and message in json.loads(raw)["error"], raw
+    assert call(served.url + "/v1/models/nope/predict", "POST", {"inputs": [1]})[0] == 404
+    too_big = b"{" + b" " * (2 * 2**20) + b"}"
+    status, _, raw = call(url, "POST", too_big)
+    assert status == 413 and "limit" in json.loads(raw)["error"]
+    assert call(url, "POST", {"inputs": digits.x_test[:1].tolist()})[0] == 200
+
+
+def test_reload_to_a_broken_bundle_keeps_the_old_version(served, tmp_path, bundles, digits):
+    before = {m["name"]: m for m in json.loads(call(served.url + "/v1/models")[2])["models"]}["digits"]["version"]
+    broken = tmp_path / "half"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    status, _, raw = call(served.url + "/v1/models/digits/reload", "POST", {"path": str(broken)})
+    assert status == 409 and "manifest" in json.loads(raw)["error"]
+    after = {m["name"]: m for m in json.loads(call(served.url + "/v1/models")[2])["models"]}["digits"]["version"]
+    assert after == before
+    assert call(served.url + "/v1/models/digits/predict", "POST", {"inputs": digits.x_test[:1].tolist()})[0] == 200
+    # A good reload swaps it in.
+    status, _, raw = call(served.url + "/v1/models/digits/reload", "POST", {"path": str(bundles("onnx", "int8").bundle)})
+    assert status == 200 and json.loads(raw)["reloaded"]["precision"] == "int8"
+
+
+def test_concurrent_clients_are_batched_and_all_answered(served, bundles, digits):
+    expected = next(iter(load(bundles("onnx", "fp32").bundle).predict(digits.x_test[:64]).values())).argmax(1)
+
+    def one(i):
+        status, _, raw = call(served.url + "/v1/models/digits/predict", "POST", {"inputs": digits.x_test[i:i + 1].tolist()})
+        return status, int(np.argmax(json.loads(raw)["outputs"]["output"][0])) if status == 200 else raw
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, [i % 64 for i in range(256)]))
+    assert all(status == 200 for status, _ in results)
+    assert [label for _, label in results] == [int(expected[i % 64]) for i in range(256)]
+    stats = json.loads(call(served.url + "/v1/stats")[2])
+    sizes = {int(k): v for k, v in stats["batchers"]["digits"]["stats"]["batch_sizes"].items()}
+    assert max(sizes) > 1  # requests from different clients shared a batch
+    assert stats["latency"]["digits"]["requests"] >= 256 and stats["latency"]["digits"]["p99_ms"] > 0
+    metrics = call(served.url + "/metrics")[2].decode()
+    assert 'edgec_requests_total{model="digits"}' in metrics and "edgec_cache_hits_total" in metrics
+
+
+def test_a_full_queue_answers_429_with_a_retry_hint(bundles, digits):
+    config = ServeConfig.from_dict({"port": 0, "batcher": {"max_bytes": 100},
+                                    "models": [{"name": "digits", "path": str(bundles("onnx", "fp32").bundle)}]})
+    server = Server(config).start()
+    try:
+        status, headers, raw = call(server.url + "/v1/models/digits/predict", "POST",
+                                    {"inputs": digits.x_test[:4].tolist()})
+        assert status == 429 and int(headers["Retry-After"]) >= 1 and "busy" in json.loads(raw)["error"]
+    finally:
+        server.stop()
+
+
+def test_graceful_stop_drains_queued_requests(bundles, digits):
+    config = ServeConfig.from_dict({"port": 0, "batcher": {"max_batch_size": 4, "max_queue_delay_ms": 50},
+                                    "models": [{"name": "digits", "path": str(bundles("onnx", "fp32").bundle)}]})
+    server = Server(config).start()
+    futures = [server.runtime.batchers["digits"].submit({"input": digits.x_test[i:i + 1]}) for i in range(20)]
+    threading.Thread(target=server.stop).start()
+    assert all(f.result(timeout=30)["output"].shape == (1, 10) for f in futures)
