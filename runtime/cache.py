@@ -9,6 +9,7 @@ OOM killer picks the whole process.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -47,6 +48,20 @@ def available_bytes() -> int | None:
     except ImportError:
         return None
     return int(psutil.virtual_memory().available)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by an evicted model back to the OS (glibc keeps it otherwise).
+
+    Without this, RSS after an eviction stays at its peak and the next load pushes the
+    process past its budget although the model's memory was freed.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
 
 
 @dataclass
@@ -201,6 +216,9 @@ class ModelCache:
                 return False
             self.stats.evictions += 1
         log.info("evicted model %s (%d bytes)", name, entry.bytes)
+        del entry
+        gc.collect()
+        release_freed_memory()
         return True
 
     def relieve_pressure(self) -> list[str]:
@@ -257,6 +275,7 @@ class ModelCache:
                 raise BundleError(f"model {name} ({file_bytes} bytes on disk) cannot fit the cache budget "
                                   f"of {self.budget_bytes} bytes")
             self._make_room(file_bytes, keep=name)
+            release_freed_memory()
             before = rss_bytes()
             started = time.perf_counter()
             try:
