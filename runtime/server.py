@@ -32,6 +32,8 @@ from .batcher import Batcher, BatcherConfig, DeadlineError, QueueFullError
 from .cache import ModelCache, available_bytes, rss_bytes
 
 log = logging.getLogger("edgec.runtime")
+# Oversized bodies up to this size are read and dropped before the 413 goes out.
+DRAIN_LIMIT = 64 * 2**20
 _ROUTE = re.compile(r"^/v1/models/([A-Za-z0-9_.\-]+)/(predict|reload)$")
 
 
@@ -397,6 +399,15 @@ class _Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         length = int(self.headers.get("Content-Length") or 0)
         if length > self.max_body:
+            # Read (and drop) a moderately oversized body so the client gets to read the 413
+            # instead of a broken pipe; past the drain limit, just answer and hang up.
+            if length <= DRAIN_LIMIT:
+                left = length
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 1 << 16))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
             self.close_connection = True
             self._error(413, f"body of {length} bytes is over the {self.max_body} byte limit")
             return
