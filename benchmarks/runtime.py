@@ -7,7 +7,7 @@ RSS is what a board running ``edgec.runtime`` would see). Then, on this host:
 1. per-request overhead of ``LoadedModel.predict`` and of the batcher path over a bare
    ``InferenceSession.run`` / TFLite signature call at batch 1 (p50, alternating rounds);
 2. throughput of 16 concurrent clients over HTTP (keep-alive, .npy bodies), dynamic batching
-   on vs off, for a CNN;
+   on vs off, for a CNN, and the same clients in-process (no HTTP);
 3. RSS above the pre-load baseline while six ~17 MB models are loaded and evicted in turn
    under a 128 MB cache budget (sampled every millisecond), against the budget;
 4. cold load (+ warm-up) and warm hit times from the cache's own statistics.
@@ -126,6 +126,35 @@ def throughput(root: Path, x: np.ndarray, clients: int = 16, seconds: float = 5.
     return rows
 
 
+def throughput_in_process(root: Path, x: np.ndarray, clients: int = 16, seconds: float = 3.0) -> list[dict]:
+    """The same comparison without HTTP: ``clients`` threads calling ``Runtime.predict``."""
+    from edgec.runtime.server import Runtime, ServeConfig
+
+    rows = []
+    for label, batch in (("unbatched (max_batch_size 1)", 1), ("batched (max_batch_size 16)", 16)):
+        rt = Runtime(ServeConfig.from_dict({"batcher": {"max_batch_size": batch, "max_queue_delay_ms": 2,
+                                                        "max_queue": 256},
+                                            "models": [{"name": "cnn", "path": str(root / "cnn-onnx")}]}))
+        name = rt.cache.get("cnn").inputs[0].name
+        stop = time.perf_counter() + seconds
+        counts = [0] * clients
+
+        def client(k: int) -> None:
+            i = k
+            while time.perf_counter() < stop:
+                rt.predict("cnn", {name: x[i % 64:i % 64 + 1]})
+                counts[k] += 1
+                i += clients
+
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(client, range(clients)))
+        sizes = rt.batchers["cnn"].describe()["stats"]["batch_sizes"]
+        rt.close()
+        rows.append({"mode": label, "requests_per_s": sum(counts) / seconds,
+                     "mean_batch": sum(int(k) * v for k, v in sizes.items()) / max(1, sum(sizes.values()))})
+    return rows
+
+
 def memory(root: Path, budget_mb: float = 128.0, rounds: int = 3) -> dict:
     from edgec.runtime.cache import ModelCache, rss_bytes
 
@@ -179,6 +208,7 @@ def main() -> None:
         x = np.load(root / "test.npy")
         over = overhead(root, x)
         thr = throughput(root, x)
+        inproc = throughput_in_process(root, x)
         mem = memory(root)
     t = Table(title="Per-request overhead at batch 1 over the bare backend call (p50, alternating rounds; goal ≤ 5%)")
     for col in ("bundle", "bare", "predict()", "overhead", "via batcher", "overhead"):
@@ -196,6 +226,13 @@ def main() -> None:
         t.add_row(r["mode"], f"{r['requests_per_s']:.0f}", f"{r['mean_batch']:.1f}",
                   f"{r['requests_per_s'] / thr[0]['requests_per_s']:.2f}x")
     console.print(t)
+    t = Table(title="The same 16 clients in-process (Runtime.predict, no HTTP), 3 s each")
+    for col in ("mode", "requests/s", "mean batch", "vs unbatched"):
+        t.add_column(col, justify="left" if col == "mode" else "right")
+    for r in inproc:
+        t.add_row(r["mode"], f"{r['requests_per_s']:.0f}", f"{r['mean_batch']:.1f}",
+                  f"{r['requests_per_s'] / inproc[0]['requests_per_s']:.2f}x")
+    console.print(t)
     t = Table(title="Cache under a memory budget: six models cycled 3 times (goal: peak ≤ budget + 10%)")
     for col in ("budget", "model file", "peak RSS above baseline", "loads", "evictions", "cold load", "warm-up", "warm hit"):
         t.add_column(col, justify="right")
@@ -204,7 +241,8 @@ def main() -> None:
               f"{mem['warm_hit_us']:.1f} µs")
     console.print(t)
     if args.json:
-        args.json.write_text(json.dumps({"overhead": over, "throughput": thr, "memory": mem}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"overhead": over, "throughput": thr, "in_process": inproc, "memory": mem},
+                                        indent=2) + "\n")
 
 
 if __name__ == "__main__":
