@@ -218,21 +218,16 @@ def main() -> None:
                   f"{100 * r['predict_overhead']:+.1f}%", f"{r['batcher_p50_ms'] * 1e3:.1f} µs",
                   f"{100 * r['batcher_overhead']:+.1f}%")
     console.print(t)
-    t = Table(title="16 concurrent HTTP clients (keep-alive, .npy bodies), digits CNN (width 128, ONNX fp32), 5 s each "
-                    "(goal: batched ≥ 1.5x)")
-    for col in ("mode", "requests/s", "mean batch", "vs unbatched"):
-        t.add_column(col, justify="left" if col == "mode" else "right")
-    for r in thr:
-        t.add_row(r["mode"], f"{r['requests_per_s']:.0f}", f"{r['mean_batch']:.1f}",
-                  f"{r['requests_per_s'] / thr[0]['requests_per_s']:.2f}x")
-    console.print(t)
-    t = Table(title="The same 16 clients in-process (Runtime.predict, no HTTP), 3 s each")
-    for col in ("mode", "requests/s", "mean batch", "vs unbatched"):
-        t.add_column(col, justify="left" if col == "mode" else "right")
-    for r in inproc:
-        t.add_row(r["mode"], f"{r['requests_per_s']:.0f}", f"{r['mean_batch']:.1f}",
-                  f"{r['requests_per_s'] / inproc[0]['requests_per_s']:.2f}x")
-    console.print(t)
+    for title, rows in (("16 concurrent HTTP clients (keep-alive, .npy bodies), digits CNN (width 128, ONNX fp32), "
+                         "5 s each (goal: batched ≥ 1.5x)", thr),
+                        ("The same 16 clients in-process (Runtime.predict, no HTTP), 3 s each", inproc)):
+        t = Table(title=title)
+        for col in ("mode", "requests/s", "mean batch", "vs unbatched"):
+            t.add_column(col, justify="left" if col == "mode" else "right")
+        for r in rows:
+            t.add_row(r["mode"], f"{r['requests_per_s']:.0f}", f"{r['mean_batch']:.1f}",
+                      f"{r['requests_per_s'] / rows[0]['requests_per_s']:.2f}x")
+        console.print(t)
     t = Table(title="Cache under a memory budget: six models cycled 3 times (goal: peak ≤ budget + 10%)")
     for col in ("budget", "model file", "peak RSS above baseline", "loads", "evictions", "cold load", "warm-up", "warm hit"):
         t.add_column(col, justify="right")

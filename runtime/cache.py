@@ -126,15 +126,18 @@ class ModelCache:
         threads: Threads per model (default: each bundle's profile).
         min_available_bytes: Evict when the system has less than this available.
         loader: ``loader(path) -> LoadedModel`` (default: :func:`edgec.runtime.load`, lean).
+        memory: How to read this process's memory (default: :func:`rss_bytes`).
     """
 
     def __init__(self, budget_bytes: int, *, threads: int | None = None, min_available_bytes: int | None = None,
-                 loader: Callable[[Path], LoadedModel] | None = None) -> None:
+                 loader: Callable[[Path], LoadedModel] | None = None,
+                 memory: Callable[[], int] = rss_bytes) -> None:
         if budget_bytes <= 0:
             raise EdgecError("the cache budget must be positive")
         self.budget_bytes = budget_bytes
         self.min_available_bytes = min_available_bytes
         self._loader = loader or (lambda p: load(p, threads=threads, lean=True))
+        self._memory = memory
         self._paths: dict[str, Path] = {}
         self._pinned: set[str] = set()
         self._entries: OrderedDict[str, Entry] = OrderedDict()
@@ -181,6 +184,12 @@ class ModelCache:
             self.stats.misses += 1
             path = self._paths[name]
         return self._load(name, path).model
+
+    def peek(self, name: str) -> LoadedModel | None:
+        """The model if it is loaded, without loading it or counting a hit."""
+        with self._lock:
+            entry = self._entries.get(name)
+            return entry.model if entry is not None else None
 
     def preload(self, names: list[str] | None = None) -> list[str]:
         """Load and warm up ``names`` (default: all registered, pinned first); return the failures."""
@@ -276,7 +285,7 @@ class ModelCache:
                                   f"of {self.budget_bytes} bytes")
             self._make_room(file_bytes, keep=name)
             release_freed_memory()
-            before = rss_bytes()
+            before = self._memory()
             started = time.perf_counter()
             try:
                 model = self._loader(path)
@@ -286,7 +295,7 @@ class ModelCache:
                 self.stats.load_failures += 1
                 raise
             warmed = time.perf_counter()
-            rss = rss_bytes() - before
+            rss = self._memory() - before
             version = bundle_version(path)
             entry = Entry(name, version, model, file_bytes, rss, name in self._pinned, loaded - started, warmed - loaded)
             with self._lock:

@@ -231,16 +231,10 @@ class Runtime:
         for m in self.config.models:
             row: dict[str, Any] = {"name": m.name, "path": str(m.path), "pinned": m.pinned,
                                    "loaded": m.name in loaded, "error": self.failed.get(m.name)}
-            if m.name in loaded:
-                row.update(version=loaded[m.name]["version"], bytes=loaded[m.name]["bytes"])
-            if m.name in self.cache.names and m.name in self.batchers:
-                model_spec = None
-                try:
-                    model_spec = self.cache.get(m.name) if m.name in loaded else None
-                except EdgecError:
-                    pass
-                if model_spec is not None:
-                    row["inputs"] = [t.describe() for t in model_spec.inputs]
+            model = self.cache.peek(m.name)
+            if m.name in loaded and model is not None:
+                row.update(version=loaded[m.name]["version"], bytes=loaded[m.name]["bytes"],
+                           inputs=[t.describe() for t in model.inputs])
             out.append(row)
         return out
 

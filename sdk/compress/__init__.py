@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -162,7 +162,6 @@ def compress(
     resolve_layers(student, cfg.skip)
     teacher_models = [load_module(t, weights=teacher_weights if i == 0 else None, what="teacher")
                       for i, t in enumerate(teachers)]
-    arrays = arrays_from(data)
     first = next(batches(data, batch_size=cfg.batch_size, shuffle=False)(0))
     example = tuple(x[:2] for x in first[0])
     _check_fits(student, example, first[1], "student")
@@ -175,12 +174,11 @@ def compress(
         if got != want:
             raise CalibrationError(f"eval data has samples of shape {', '.join(str(list(g)) for g in got)} but the "
                                    f"training data {', '.join(str(list(w)) for w in want)}: preprocess both alike")
-    distiller = (Distiller(student, teacher_models, example, temperature=cfg.temperature, alpha=cfg.alpha,
-                           features=cfg.features, beta=cfg.beta) if teacher_models else None)
-    if distiller is None and cfg.features:
+    if teacher_models:  # check teachers and feature layers now, before any training
+        Distiller(student, teacher_models, example, temperature=cfg.temperature, alpha=cfg.alpha,
+                  features=cfg.features, beta=cfg.beta).close()
+    elif cfg.features:
         raise ValidationError("feature distillation needs a teacher: pass --distill-from")
-    if distiller is not None:
-        distiller.close()  # hooks are re-attached to the student after each pruning step
 
     with tempfile.TemporaryDirectory(prefix="edgec-compress-") as tmp:
         work = Path(tmp)
@@ -226,7 +224,7 @@ def compress(
             say(f"step {k}: {label}: {result.params:,} parameters, {result.speedup_b1:.2f}x at batch 1, "
                 f"{result.speedup_b64:.2f}x at batch 64, {_pct(result.accuracy)} accuracy")
 
-        report = _report(cfg, steps, model, teachers, arrays is not None)
+        report = _report(cfg, steps, model, teachers)
         report["plot"] = outputs[3].name
         staged = [work / f"out{i}{p.suffix}" for i, p in enumerate(outputs)]
         _export_pt2(student, example, staged[0])
@@ -234,8 +232,8 @@ def compress(
         staged[2].write_text(_markdown(report), encoding="utf-8")
         _plot(steps, staged[3], report["title"])
         out.parent.mkdir(parents=True, exist_ok=True)
-        for src, dst in zip(staged, outputs):
-            os.replace(src, dst) if src.stat().st_dev == dst.parent.stat().st_dev else dst.write_bytes(src.read_bytes())
+        for src, dst in zip(staged, outputs):  # all four were written: now move them into place
+            shutil.move(str(src), str(dst))
     return CompressResult(out, report, steps)
 
 
@@ -357,7 +355,7 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
 
-def _report(cfg: CompressConfig, steps: list[StepResult], model: Any, teachers: Sequence[Any], _: bool) -> dict[str, Any]:
+def _report(cfg: CompressConfig, steps: list[StepResult], model: Any, teachers: Sequence[Any]) -> dict[str, Any]:
     first, last = steps[0], steps[-1]
     notes = []
     if not cfg.structured and cfg.prune > 0:
