@@ -3,7 +3,8 @@
 Requests queue up to ``max_queue`` requests and ``max_bytes`` of input; a full queue rejects
 at once (backpressure) instead of growing. A worker takes up to ``max_batch_size`` requests,
 waiting at most ``max_queue_delay_ms`` after the first for more, runs them as one batch and
-hands each caller its rows. Requests past their deadline are dropped before they run.
+hands each caller its rows. A request that finds the model idle and the queue empty runs
+at once in the caller's thread; requests arriving meanwhile queue and are batched. Requests past their deadline are dropped before they run.
 Models with a fixed batch of 1 are fed one sample at a time by :class:`LoadedModel`. Under
 memory pressure the batch size halves and an alert is raised.
 """
@@ -107,6 +108,7 @@ class Batcher:
         self.batch_limit = self.config.max_batch_size
         self.stats = BatcherStats()
         self._last_batch_s = 0.0
+        self._run_lock = threading.Lock()  # one batch runs at a time (TFLite interpreters are not thread-safe)
         self._worker = threading.Thread(target=self._run, name=f"edgec-batcher-{name}", daemon=True)
         self._worker.start()
 
@@ -134,9 +136,23 @@ class Batcher:
                     f"model {self.name} is busy: {len(self._queue)} requests ({self._bytes} bytes) queued, "
                     f"limits {self.config.max_queue} requests / {self.config.max_bytes} bytes", retry_after_s=retry)
             request = _Request(feeds, rows.pop(), nbytes, deadline)
-            self._queue.append(request)
-            self._bytes += nbytes
-            self._cond.notify()
+            # An idle model runs the request at once in the caller's thread: there is nobody
+            # to batch with, and the hand-off to the worker would cost more than the wait saves.
+            inline = not self._queue and self._run_lock.acquire(blocking=False)
+            if not inline:
+                self._queue.append(request)
+                self._bytes += nbytes
+                self._cond.notify()
+        if inline:
+            try:
+                self._check_pressure()
+                if deadline is not None and time.monotonic() > deadline:
+                    self.stats.expired += 1
+                    request.future.set_exception(DeadlineError(f"the request to {self.name} passed its deadline"))
+                elif request.future.set_running_or_notify_cancel():
+                    self._execute([request])
+            finally:
+                self._run_lock.release()
         return request.future
 
     def queue_depth(self) -> int:
@@ -199,7 +215,8 @@ class Batcher:
                 elif req.future.set_running_or_notify_cancel():
                     live.append(req)
             if live:
-                self._execute(live)
+                with self._run_lock:
+                    self._execute(live)
 
     def _execute(self, reqs: list[_Request]) -> None:
         names = list(reqs[0].feeds)

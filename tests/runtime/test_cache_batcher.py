@@ -85,7 +85,7 @@ def test_reload_failure_keeps_the_old_version(three, tmp_path):
 
 
 class Gate:
-    """Holds the batcher's worker inside a real predict until released."""
+    """Holds whoever runs the model inside a real predict until released."""
 
     def __init__(self, model):
         self.model, self.entered, self.release = model, threading.Event(), threading.Event()
@@ -99,15 +99,19 @@ class Gate:
 def test_full_queue_rejects_at_once_and_bad_requests_fail_alone(bundles, digits):
     gate = Gate(load(bundles("onnx", "fp32").bundle))
     batcher = Batcher("m", gate, BatcherConfig(max_batch_size=8, max_queue_delay_ms=0, max_queue=2))
-    first = batcher.submit({"input": digits.x_test[:1]})
-    assert gate.entered.wait(5)  # the worker is busy with the first request
+    holder = {}
+    busy = threading.Thread(target=lambda: holder.update(first=batcher.submit({"input": digits.x_test[:1]})))
+    busy.start()  # an idle model runs a request in its caller's thread: here, a client of its own
+    assert gate.entered.wait(5)  # the model is busy with the first request
+    queued_while_busy = batcher.queue_depth()
     good = batcher.submit({"input": digits.x_test[1:3]})
     bad = batcher.submit({"input": np.zeros((1, 1, 6, 6), np.float32)})
     with pytest.raises(QueueFullError) as info:
         batcher.submit({"input": digits.x_test[:1]})
     assert info.value.retry_after_s > 0 and "2 requests" in str(info.value)
     gate.release.set()
-    assert first.result(10)["output"].shape == (1, 10)
+    busy.join(10)
+    assert queued_while_busy == 0 and holder["first"].result(10)["output"].shape == (1, 10)
     assert good.result(10)["output"].shape == (2, 10)
     with pytest.raises(InputError, match="dimension 2 must be 8"):
         bad.result(10)
