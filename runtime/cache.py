@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -28,16 +29,16 @@ from .model import LoadedModel, load
 log = logging.getLogger("edgec.runtime")
 
 
-def rss_bytes() -> int:
-    """This process's resident memory (Linux ``/proc``; psutil elsewhere)."""
+def rss_bytes() -> int | None:
+    """This process's resident memory (Linux ``/proc``; psutil elsewhere; None without either)."""
     try:
         with open("/proc/self/statm") as fh:
-            import os
-
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
-        import psutil
-
+        try:
+            import psutil
+        except ImportError:
+            return None
         return int(psutil.Process().memory_info().rss)
 
 
@@ -131,7 +132,7 @@ class ModelCache:
 
     def __init__(self, budget_bytes: int, *, threads: int | None = None, min_available_bytes: int | None = None,
                  loader: Callable[[Path], LoadedModel] | None = None,
-                 memory: Callable[[], int] = rss_bytes) -> None:
+                 memory: Callable[[], int | None] = rss_bytes) -> None:
         if budget_bytes <= 0:
             raise EdgecError("the cache budget must be positive")
         self.budget_bytes = budget_bytes
@@ -285,7 +286,7 @@ class ModelCache:
                                   f"of {self.budget_bytes} bytes")
             self._make_room(file_bytes, keep=name)
             release_freed_memory()
-            before = self._memory()
+            before = self._memory() or 0
             started = time.perf_counter()
             try:
                 model = self._loader(path)
@@ -295,7 +296,7 @@ class ModelCache:
                 self.stats.load_failures += 1
                 raise
             warmed = time.perf_counter()
-            rss = self._memory() - before
+            rss = (self._memory() or 0) - before
             version = bundle_version(path)
             entry = Entry(name, version, model, file_bytes, rss, name in self._pinned, loaded - started, warmed - loaded)
             with self._lock:

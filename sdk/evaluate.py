@@ -9,7 +9,6 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -182,13 +181,3 @@ def _latency(times: list[float], threads: int) -> Latency:
     return Latency(p50_ms=statistics.median(times) * 1e3, p90_ms=p90 * 1e3, runs=len(times), threads=threads)
 
 
-def rss_bytes() -> int | None:
-    """Resident set size of this process (Linux ``/proc``), or None where unavailable."""
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return None

@@ -7,12 +7,11 @@ samples, measure size and latency, and write the bundle atomically.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,8 +29,10 @@ from ..runtime.model import LoadedModel, load
 from .bundle import check_out_dir, publish, staging, versions
 from .calibration import ImageOptions, SampleSet, load_samples
 from .doctor import diagnose, raise_errors
-from .evaluate import Fidelity, accuracy, compare, measure_latency, paired_speedup, rss_bytes, run_batched
+from ..runtime.cache import rss_bytes
+from .evaluate import Fidelity, accuracy, compare, measure_latency, paired_speedup, run_batched
 from .models import SourceModel, example_from_shapes, load_model, precheck
+from .progress import Step, silent_step
 from .quantize import Budget, Measured, search
 from .report import to_markdown
 
@@ -117,15 +118,6 @@ class ConvertResult:
     manifest: Manifest
     report: dict[str, Any]
     warnings: list[str]
-
-
-Step = Callable[[str], contextlib.AbstractContextManager[Any]]
-
-
-@contextlib.contextmanager
-def silent_step(_: str) -> Iterator[None]:
-    """A progress hook that shows nothing (the Python API's default)."""
-    yield
 
 
 def resolve_target(profile: DeviceProfile, fmt: str, precision: str) -> tuple[str, str, str]:
@@ -282,12 +274,12 @@ def convert(
 
         with step("Verifying against the original"):
             t = time.perf_counter()
-            fp32_model = _open_unpublished(fp32_path, fmt, "fp32", converter, source, profile, threads)
+            fp32_model = open_artifact(fp32_path, fmt, "fp32", converter, source, profile, threads)
             fp32_fid = compare(ref_out, run_batched(_as_list(fp32_model), holdout.batches(64)), holdout.labels)
             if precision == "fp32":
                 fp32_model = None
                 fp32_path.rename(final_path)
-            final_pre = _open_unpublished(final_path, fmt, precision, converter, source, profile, threads)
+            final_pre = open_artifact(final_path, fmt, precision, converter, source, profile, threads)
             inputs, outputs = final_pre.inputs, final_pre.outputs
             final_fid = compare(ref_out, run_batched(_as_list(final_pre), holdout.batches(64)), holdout.labels)
             if budget is not None:
@@ -317,7 +309,7 @@ def convert(
 
         with step("Writing bundle"):
             rss_before = rss_bytes()
-            probe = _open_unpublished(final_path, fmt, precision, converter, source, profile, threads,
+            probe = open_artifact(final_path, fmt, precision, converter, source, profile, threads,
                                       specs=(inputs, outputs))
             probe.predict(one)
             rss_after = rss_bytes()
@@ -394,7 +386,7 @@ def make_measure(
     one = next(holdout.samples())
 
     def measure(path: Path, precision: str, limit: int | None = None) -> Measured:
-        model = _open_unpublished(path, fmt, precision, converter, source, profile, threads)
+        model = open_artifact(path, fmt, precision, converter, source, profile, threads)
         part = holdout if limit is None else holdout.take(slice(0, limit))
         ref = ref_out if limit is None else [r[: len(part)] for r in ref_out]
         fid = compare(ref, run_batched(_as_list(model), part.batches(64)), part.labels)
@@ -475,7 +467,7 @@ def split_samples(
     }
 
 
-def _open_unpublished(
+def open_artifact(
     path: Path, fmt: str, precision: str, converter: Any, source: SourceModel, profile: DeviceProfile, threads: int,
     *, specs: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]] | None = None,
 ) -> LoadedModel:

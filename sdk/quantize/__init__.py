@@ -12,7 +12,6 @@ in float (mixed precision). If nothing fits, the search says so and lists what i
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,6 +21,7 @@ from typing import Any
 from ...converters.base import Layer, Recipe
 from ...errors import ValidationError, VerificationError
 from ..evaluate import Fidelity, Latency, measure_latency, paired_speedup
+from ..progress import Step, silent_step
 
 # Without labels, the budget is a per-sample cosine floor against the original.
 DEFAULT_MIN_COSINE = 0.99
@@ -193,12 +193,6 @@ class SearchResult:
 
 
 MeasureFn = Callable[..., Measured]
-Step = Callable[[str], contextlib.AbstractContextManager[Any]]
-
-
-@contextlib.contextmanager
-def _no_step(_: str) -> Iterator[None]:
-    yield
 
 
 def ladder(converter: Any, profile: Any, precisions: Sequence[str], has_data: bool,
@@ -272,7 +266,7 @@ def search(
     Raises:
         VerificationError: No candidate fits the budget; the message lists every one tried.
     """
-    step = step or _no_step
+    step = step or silent_step
     with step("Measuring fp32"):
         base = measure(fp32, "fp32")
         base = replace(base, latency=measure_latency(base.run_one, threads=threads, budget_s=latency_budget_s),

@@ -207,7 +207,7 @@ def _artifact_accuracy(fmt: str, path: Path, args: tuple[Any, ...], eval_data: A
     from ...converters import FORMATS
     from ...devices import get_profile
     from ...runtime.manifest import TensorSpec
-    from ..pipeline import _open_unpublished
+    from ..pipeline import open_artifact
 
     names = [f"input_{i}" if len(args) > 1 else "input" for i in range(len(args))]
     source = SimpleNamespace(
@@ -215,7 +215,7 @@ def _artifact_accuracy(fmt: str, path: Path, args: tuple[Any, ...], eval_data: A
         outputs=(TensorSpec("output", (None,), "float32"),),
     )
     profile = get_profile("x86-64" if fmt == "onnx" else "rpi4")
-    model = _open_unpublished(path, fmt, "int8", FORMATS[fmt].converter(), source, profile, threads=1)
+    model = open_artifact(path, fmt, "int8", FORMATS[fmt].converter(), source, profile, threads=1)
     xs, labels = arrays_from(eval_data)
     scores = next(iter(model.predict(dict(zip(names, xs))).values()))
     return float(np.mean(scores.argmax(1) == labels))
