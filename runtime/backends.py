@@ -104,7 +104,12 @@ def _interpreter_class() -> Any:
 
 
 class TFLiteBackend:
-    """The TFLite interpreter, driven through the model's default signature."""
+    """The TFLite interpreter, fed by the names of the model's default signature.
+
+    Inputs go in with ``set_tensor`` and results come out with ``get_tensor`` (a copy);
+    tensors are resized and reallocated only when an input's shape changes, which the
+    signature runner would do on every call.
+    """
 
     name = "tflite"
 
@@ -118,20 +123,34 @@ class TFLiteBackend:
                 if not signatures:
                     raise ValueError("the model has no signature")
                 self.signature = next(iter(signatures))
-                self.runner = self.interpreter.get_signature_runner(self.signature)
+                runner = self.interpreter.get_signature_runner(self.signature)
+                self._details = (runner.get_input_details(), runner.get_output_details())
+                # The runner holds a reference to the interpreter's internals, which makes
+                # invoke() refuse to run: read what it knows, then let it go.
+                del runner
         except (ValueError, RuntimeError) as exc:
             raise BundleError(f"the TFLite interpreter cannot load {path.name}: {_first_line(exc)}") from None
         self.output_names = list(signatures[self.signature]["outputs"])
+        self._inputs = {name: int(d["index"]) for name, d in self._details[0].items()}
+        self._outputs = [int(self._details[1][name]["index"]) for name in self.output_names]
+        self._shapes = {name: tuple(int(n) for n in d["shape"]) for name, d in self._details[0].items()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        result = self.runner(**feeds)
-        # The runner reuses its buffers between calls: copy before handing results out.
-        return [np.array(result[name], copy=True) for name in self.output_names]
+        it = self.interpreter
+        changed = [name for name, value in feeds.items() if value.shape != self._shapes[name]]
+        if changed:
+            for name in changed:
+                it.resize_tensor_input(self._inputs[name], feeds[name].shape)
+                self._shapes[name] = feeds[name].shape
+            it.allocate_tensors()
+        for name, value in feeds.items():
+            it.set_tensor(self._inputs[name], value)
+        it.invoke()
+        return [it.get_tensor(index) for index in self._outputs]  # get_tensor copies
 
     def details(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Input and output details keyed by signature name (shape, dtype, quantization)."""
-        return self.runner.get_input_details(), self.runner.get_output_details()
-
+        return self._details
 
 def open_backend(fmt: str, path: Path, *, threads: int, providers: tuple[str, ...], lean: bool = False) -> Backend:
     """Open ``path`` with the backend for format ``fmt``.

@@ -4,7 +4,8 @@ Requests queue up to ``max_queue`` requests and ``max_bytes`` of input; a full q
 at once (backpressure) instead of growing. A worker takes up to ``max_batch_size`` requests,
 waiting at most ``max_queue_delay_ms`` after the first for more, runs them as one batch and
 hands each caller its rows. A request that finds the model idle and the queue empty runs
-at once in the caller's thread; requests arriving meanwhile queue and are batched. Requests past their deadline are dropped before they run.
+at once in the caller's thread; requests arriving meanwhile queue and are batched. Requests
+past their deadline are dropped before they run.
 Models with a fixed batch of 1 are fed one sample at a time by :class:`LoadedModel`. Under
 memory pressure the batch size halves and an alert is raised.
 """
@@ -112,8 +113,39 @@ class Batcher:
         self._worker = threading.Thread(target=self._run, name=f"edgec-batcher-{name}", daemon=True)
         self._worker.start()
 
-    def submit(self, feeds: dict[str, np.ndarray], *, deadline_s: float | None = None) -> Future:
+    def run(self, feeds: dict[str, np.ndarray], *, deadline_s: float | None = None,
+            timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        """Run one request and wait for its outputs.
+
+        A request that finds the model idle and nobody queued runs at once in the caller's
+        thread, with no hand-off; otherwise it queues and is batched like :meth:`submit`.
+
+        Raises:
+            QueueFullError, DeadlineError, InputError: As for :meth:`submit`.
+            TimeoutError: No answer within ``timeout_s``.
+        """
+        if self._run_lock.acquire(blocking=False):
+            try:
+                if not self._queue and not self._closing:
+                    with self._cond:
+                        self.stats.requests += 1
+                    if deadline_s is not None and deadline_s <= 0:
+                        self.stats.expired += 1
+                        raise DeadlineError(f"the request to {self.name} passed its deadline")
+                    self._check_pressure()
+                    first = next(iter(feeds.values()))
+                    return self._call(feeds, int(first.shape[0]) if np.ndim(first) else 1)
+            finally:
+                self._run_lock.release()
+        return self.submit(feeds, deadline_s=deadline_s, inline=False).result(timeout_s)
+
+    def submit(self, feeds: dict[str, np.ndarray], *, deadline_s: float | None = None,
+               inline: bool = True) -> Future:
         """Queue one request (any number of rows); its future resolves to its outputs.
+
+        With ``inline`` (the default), a request that finds the model idle runs at once in
+        the caller's thread before this returns; an event loop that must not block passes
+        ``inline=False``.
 
         Raises:
             QueueFullError: The queue is at ``max_queue`` requests or ``max_bytes``.
@@ -138,7 +170,7 @@ class Batcher:
             request = _Request(feeds, rows.pop(), nbytes, deadline)
             # An idle model runs the request at once in the caller's thread: there is nobody
             # to batch with, and the hand-off to the worker would cost more than the wait saves.
-            inline = not self._queue and self._run_lock.acquire(blocking=False)
+            inline = inline and not self._queue and self._run_lock.acquire(blocking=False)
             if not inline:
                 self._queue.append(request)
                 self._bytes += nbytes
@@ -252,15 +284,26 @@ class Batcher:
 
     def _execute_one(self, req: _Request) -> None:
         try:
-            out = self._predict(req.feeds)
+            out = self._call(req.feeds, req.rows)
         except Exception as exc:
-            self.stats.errors += 1
             req.future.set_exception(exc)
             return
         req.future.set_result(out)
+
+    def _call(self, feeds: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """One request alone, under the run lock; counts it."""
+        started = time.perf_counter()
+        try:
+            out = self._predict(feeds)
+        except Exception:
+            self.stats.errors += 1
+            raise
+        finally:
+            self._last_batch_s = time.perf_counter() - started
         self.stats.batches += 1
-        self.stats.samples += req.rows
-        self.stats.batch_sizes[req.rows] = self.stats.batch_sizes.get(req.rows, 0) + 1
+        self.stats.samples += rows
+        self.stats.batch_sizes[rows] = self.stats.batch_sizes.get(rows, 0) + 1
+        return out
 
     def _check_pressure(self) -> None:
         if self._pressure():

@@ -52,6 +52,16 @@ class LoadedModel:
         self.manifest = manifest
         self.backend = backend
         self.load_seconds = load_seconds
+        # Arrays that already are exactly what the model file takes (dtype, every fixed
+        # dimension, C order) skip the casts; anything else goes through the full checks.
+        self._exact = {
+            spec.name: (spec.model_name, np.dtype(spec.dtype), spec.shape)
+            for spec in manifest.inputs
+            if spec.quantization is None and spec.shape
+        }
+        self._plain_outputs = all(
+            spec.quantization is None and spec.dtype != "float16" for spec in manifest.outputs
+        )
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -83,14 +93,43 @@ class LoadedModel:
             InputError: A missing or unknown input, a wrong rank, dimension or dtype, or
                 inputs whose batch sizes differ.
         """
-        feeds = self._prepare(inputs)
+        feeds = self._exact_feeds(inputs)
+        if feeds is None:
+            feeds = self._prepare(inputs)
         batch = next(iter(feeds.values())).shape[0] if self.inputs[0].shape else 1
         if self._runs_one_by_one(batch):
             parts = [self.backend.run({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(batch)]
             raw = [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(self.outputs))]
         else:
             raw = self.backend.run(feeds)
+        if self._plain_outputs:
+            return {spec.name: value for spec, value in zip(self.outputs, raw)}
         return {spec.name: self._finish(value, spec) for spec, value in zip(self.outputs, raw)}
+
+    def _exact_feeds(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray] | None:
+        """The feeds as given when every array is already what the model takes, else None."""
+        if len(self._exact) != len(self.inputs):
+            return None
+        if isinstance(inputs, np.ndarray):
+            if len(self.inputs) != 1:
+                return None
+            inputs = {self.inputs[0].name: inputs}
+        elif not isinstance(inputs, dict) or len(inputs) != len(self._exact):
+            return None
+        feeds = {}
+        batch = None
+        for name, array in inputs.items():
+            want = self._exact.get(name)
+            if (want is None or type(array) is not np.ndarray or array.dtype != want[1]
+                    or len(array.shape) != len(want[2]) or not array.flags.c_contiguous):
+                return None
+            if any(w is not None and g != w for g, w in zip(array.shape, want[2])):
+                return None
+            if batch is not None and array.shape[0] != batch:
+                return None
+            batch = array.shape[0]
+            feeds[want[0]] = array
+        return feeds
 
     def _runs_one_by_one(self, batch: int) -> bool:
         first = self.inputs[0].shape
