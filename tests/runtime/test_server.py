@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -145,3 +146,121 @@ def test_graceful_stop_drains_queued_requests(bundles, digits):
     futures = [server.runtime.batchers["digits"].submit({"input": digits.x_test[i:i + 1]}) for i in range(20)]
     threading.Thread(target=server.stop).start()
     assert all(f.result(timeout=30)["output"].shape == (1, 10) for f in futures)
+
+
+def _raw(server, payload: bytes, *, read_until_close: bool = True) -> bytes:
+    """Send raw bytes on a fresh connection and read what comes back until the server closes."""
+    import socket
+
+    host, port = server.address
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while read_until_close:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+def _npy(x) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, x)
+    return buf.getvalue()
+
+
+def test_malformed_and_chunked_requests_get_an_answer_and_the_server_keeps_serving(served, digits):
+    assert _raw(served, b"NONSENSE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    chunked = (b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5\r\nhello\r\n0\r\n\r\n")
+    answer = _raw(served, chunked)
+    assert answer.startswith(b"HTTP/1.1 411 ") and b"Content-Length" in answer
+    assert _raw(served, b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n").startswith(
+        b"HTTP/1.1 431 ")
+    assert _raw(served, b"DELETE /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 405 ")
+    assert call(served.url + "/v1/models/digits/predict", "POST", {"inputs": digits.x_test[:1].tolist()})[0] == 200
+
+
+def test_keep_alive_requests_are_answered_in_order_on_one_connection(served, digits):
+    bodies = [_npy(digits.x_test[i:i + 1]) for i in range(3)]
+    pipelined = b"".join(
+        b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+        b"Accept: application/x-npz\r\nContent-Length: %d\r\n\r\n" % len(b) + b for b in bodies)
+    pipelined += b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = _raw(served, pipelined)
+    parts = answer.split(b"HTTP/1.1 ")[1:]
+    assert [p[:3] for p in parts] == [b"200"] * 4
+    want = load(served.config.models[0].path).predict(digits.x_test[:3])["output"]
+    for i, part in enumerate(parts[:3]):
+        with np.load(io.BytesIO(part.split(b"\r\n\r\n", 1)[1]), allow_pickle=False) as npz:
+            np.testing.assert_allclose(npz["output"], want[i:i + 1], rtol=1e-5, atol=1e-5)
+    assert parts[3].endswith(b'{"status": "ok"}')
+
+
+def test_expect_100_continue_is_honoured_and_oversized_bodies_are_refused_before_sending(served, digits):
+    import http.client
+
+    body = _npy(digits.x_test[:1])
+    conn = http.client.HTTPConnection(*served.address, timeout=10)
+    conn.putrequest("POST", "/v1/models/digits/predict")
+    for k, v in (("Content-Type", "application/x-npy"), ("Content-Length", str(len(body))),
+                 ("Expect", "100-continue")):
+        conn.putheader(k, v)
+    conn.endheaders()
+    interim = conn.sock.recv(64)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    conn.send(body)
+    resp = conn.getresponse()
+    assert resp.status == 200 and len(json.loads(resp.read())["outputs"]["output"][0]) == 10
+    conn.close()
+    too_big = b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (
+        5 * 2**20)
+    assert _raw(served, too_big).startswith(b"HTTP/1.1 413 ")
+
+
+def test_a_client_that_hangs_up_mid_request_harms_nobody(served, digits):
+    import socket
+
+    body = _npy(digits.x_test[:1])
+    head = b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\nContent-Length: %d\r\n\r\n"
+    for payload in (head % len(body) + body[:10], head % len(body) + body):  # mid-body, and before the answer
+        sock = socket.create_connection(served.address, timeout=10)
+        sock.sendall(payload)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset, not FIN
+        sock.close()
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda i: call(served.url + "/v1/models/digits/predict", "POST",
+                                             {"inputs": digits.x_test[i:i + 1].tolist()})[0], range(8)))
+    assert codes == [200] * 8
+
+
+def test_stop_answers_http_requests_already_in_flight(bundles, digits):
+    config = ServeConfig.from_dict({"port": 0, "batcher": {"max_batch_size": 8, "max_queue_delay_ms": 300},
+                                    "models": [{"name": "digits", "path": str(bundles("onnx", "fp32").bundle)}]})
+    server = Server(config).start()
+    with ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(call, server.url + "/v1/models/digits/predict", "POST",
+                               {"inputs": digits.x_test[i:i + 1].tolist()}) for i in range(4)]
+        deadline = time.monotonic() + 10
+        while server.runtime.batchers["digits"].queue_depth() < 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        server.stop()
+        assert [f.result(timeout=30)[0] for f in pending] == [200] * 4
+
+
+def test_npy_in_npy_out_matches_the_model_and_bad_npy_is_a_400(served, digits):
+    model = load(served.config.models[0].path)
+    x = digits.x_test[:3]
+    for sent in (x, np.asfortranarray(x)):  # a Fortran-order body takes numpy's own reader
+        status, headers, raw = call(served.url + "/v1/models/digits/predict", "POST", _npy(sent),
+                                    ctype="application/x-npy", headers={"Accept": "application/x-npy"})
+        assert status == 200 and headers["Content-Type"] == "application/x-npy"
+        np.testing.assert_allclose(np.load(io.BytesIO(raw), allow_pickle=False), model.predict(x)["output"],
+                                   rtol=1e-5, atol=1e-5)
+    truncated = _npy(x)[:-7]
+    status, _, raw = call(served.url + "/v1/models/digits/predict", "POST", truncated, ctype="application/x-npy")
+    assert status == 400 and "not a .npy array" in json.loads(raw)["error"]
+    pickled = _npy(np.array([{"a": 1}], dtype=object))
+    status, _, raw = call(served.url + "/v1/models/digits/predict", "POST", pickled, ctype="application/x-npy")
+    assert status == 400
