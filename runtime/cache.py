@@ -100,7 +100,8 @@ class Entry:
         return {"name": self.name, "version": self.version, "bytes": self.bytes, "file_bytes": self.file_bytes,
                 "rss_bytes": self.rss_bytes, "pinned": self.pinned, "load_seconds": round(self.load_seconds, 4),
                 "warmup_seconds": round(self.warmup_seconds, 4), "format": self.model.manifest.format,
-                "precision": self.model.manifest.precision}
+                "precision": self.model.manifest.precision,
+                "sha256": self.model.manifest.files.get(self.model.manifest.model_file)}
 
 
 def bundle_version(path: Path) -> str:

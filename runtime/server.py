@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -39,6 +39,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 from .batcher import Batcher, BatcherConfig, DeadlineError, QueueFullError
 from .cache import ModelCache, available_bytes, rss_bytes
+from .telemetry import Telemetry, TelemetryConfig
 
 log = logging.getLogger("edgec.runtime")
 # Oversized bodies up to this size are read and dropped after the 413 so the client reads
@@ -80,6 +81,10 @@ class ServeConfig:
         name = "digits"
         path = "build/rpi4"
         pinned = true
+        [telemetry]                # optional: MQTT (see edgec.runtime.telemetry)
+        broker = "localhost"
+        fleet = "shop"
+        interval_s = 10
     """
 
     models: tuple[ModelConfig, ...] = ()
@@ -91,6 +96,7 @@ class ServeConfig:
     threads: int | None = None
     request_timeout_s: float = 30.0
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
+    telemetry: TelemetryConfig | None = None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ServeConfig:
@@ -118,6 +124,11 @@ class ServeConfig:
         bad = sorted(set(batcher) - {f.name for f in fields(BatcherConfig)})
         if bad:
             raise ValidationError(f"unknown [batcher] key(s): {', '.join(bad)}")
+        telemetry = data.pop("telemetry", None)
+        if telemetry is not None:
+            if not isinstance(telemetry, dict):
+                raise ValidationError("[telemetry] must be a table")
+            data["telemetry"] = TelemetryConfig.from_dict(telemetry, base)
         models = []
         for i, m in enumerate(data.pop("models", [])):
             extra = sorted(set(m) - {"name", "path", "pinned", "preload"})
@@ -171,6 +182,7 @@ class Runtime:
         self.latency: dict[str, _Latencies] = {}
         self.failed: dict[str, str] = {}
         self.alerts: deque[dict[str, Any]] = deque(maxlen=100)
+        self.alert_listeners: list[Callable[[dict[str, Any]], None]] = []  # e.g. telemetry's events
         self._lock = threading.Lock()
         for m in config.models:
             try:
@@ -204,7 +216,13 @@ class Runtime:
 
     def alert(self, message: str, kind: str = "memory_pressure") -> None:
         log.warning(message)
-        self.alerts.append({"time": time.time(), "kind": kind, "message": message})
+        alert = {"time": time.time(), "kind": kind, "message": message}
+        self.alerts.append(alert)
+        for listener in list(self.alert_listeners):
+            try:
+                listener(alert)
+            except Exception:  # a broken listener must not break serving
+                log.exception("alert listener failed")
 
     @property
     def ready(self) -> bool:
@@ -260,7 +278,17 @@ class Runtime:
         return future
 
     def reload(self, name: str, path: str | Path | None = None) -> dict[str, Any]:
-        entry = self.cache.reload(name, path)
+        """Swap in a new version of ``name`` (from ``path``, default its configured folder).
+
+        Raises:
+            KeyError: Unknown model.
+            BundleError, IntegrityError: The new bundle is refused; the old one keeps serving.
+        """
+        try:
+            entry = self.cache.reload(name, path)
+        except (EdgecError, OSError) as exc:
+            self.alert(f"reload of model {name} failed, the old version keeps serving: {exc}", "model_load_failure")
+            raise
         self.failed.pop(name, None)
         self._batcher(name)
         return entry.describe()
@@ -621,6 +649,7 @@ class Server:
             self.runtime.close(drain=False)
             raise
         self.address: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
+        self.telemetry = Telemetry(config.telemetry, self.runtime) if config.telemetry is not None else None
 
     @property
     def url(self) -> str:
@@ -628,12 +657,16 @@ class Server:
         return f"http://{host}:{port}"
 
     def start(self) -> Server:
+        if self.telemetry is not None:
+            self.telemetry.start()
         self._thread = threading.Thread(target=self._loop.run_forever, name="edgec-http", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
         """Serve in this thread until interrupted (``KeyboardInterrupt``), then call :meth:`stop`."""
+        if self.telemetry is not None:
+            self.telemetry.start()
         self._loop.run_forever()
 
     def stop(self, drain: bool = True, timeout_s: float = 10.0) -> None:
@@ -652,6 +685,8 @@ class Server:
             self._loop.run_until_complete(self._shutdown(drain, timeout_s))
         self._loop.close()
         self._pool.shutdown(wait=False)
+        if self.telemetry is not None:
+            self.telemetry.stop()
 
     async def _shutdown(self, drain: bool, timeout_s: float) -> None:
         self._stopping = True

@@ -1,0 +1,284 @@
+"""MQTT telemetry against a real mosquitto on loopback: outages, restarts, a full spool, commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mosquitto_broker import Mosquitto
+
+from edgec.errors import ValidationError
+from edgec.runtime.server import Runtime, ServeConfig
+from edgec.runtime.spool import Spool
+from edgec.runtime.telemetry import Publisher, Telemetry, TelemetryConfig
+
+mqtt = pytest.importorskip("paho.mqtt.client")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Mosquitto(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+class Subscriber:
+    """A dashboard: a persistent session (survives broker restarts) subscribed to edgec/#."""
+
+    def __init__(self, port: int, name: str = "dashboard") -> None:
+        self.messages: list[tuple[str, dict]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, clean_session=False)
+        self.client.reconnect_delay_set(1, 1)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe("edgec/#", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.wait(lambda: self.client.is_connected(), 10)
+        time.sleep(0.3)  # the SUBACK
+
+    def _on_message(self, client, userdata, message) -> None:
+        if "/cmd/" in message.topic:
+            return  # commands to the device (some deliberately malformed), not from it
+        with self.lock:
+            self.messages.append((message.topic, json.loads(message.payload)))
+
+    def on(self, suffix: str) -> list[dict]:
+        with self.lock:
+            return [m for t, m in self.messages if t.endswith(suffix)]
+
+    @staticmethod
+    def wait(predicate, timeout: float) -> bool:
+        until = time.monotonic() + timeout
+        while time.monotonic() < until:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return predicate()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def check_delivery(received: list[dict], expected: set[int], window: int) -> None:
+    """Zero loss, per-topic order, and duplicates only as QoS 1 allows (what was in flight)."""
+    seqs = [m["seq"] for m in received]
+    assert set(seqs) >= expected, f"lost {sorted(expected - set(seqs))[:20]}"
+    first_seen = list(dict.fromkeys(seqs))
+    assert first_seen == sorted(first_seen), "messages arrived out of order"
+    assert len(seqs) - len(set(seqs)) <= window
+
+
+def config(tmp_path: Path, port: int | None, **kw) -> TelemetryConfig:
+    return TelemetryConfig(broker="127.0.0.1" if port else None, port=port or 1883, fleet="test", device="pi-1",
+                           spool=tmp_path / "spool.sqlite", reconnect_max_s=1, **kw)
+
+
+def test_a_30s_broker_outage_at_50_msgs_loses_nothing_and_keeps_order(broker, tmp_path):
+    dash = Subscriber(broker.port)
+    cfg = config(tmp_path, broker.port, window=64)
+    pub = Publisher(cfg).start()
+    assert Subscriber.wait(lambda: pub.connected, 10)
+    published: list[int] = []
+
+    def produce(seconds: float) -> None:
+        t0 = time.monotonic()
+        for i in range(int(seconds * 50)):
+            published.append(pub.publish(cfg.topic("telemetry"), {"schema": 1, "i": len(published)}))
+            time.sleep(max(0.0, t0 + (i + 1) / 50 - time.monotonic()))
+
+    produce(3)
+    broker.stop()
+    assert Subscriber.wait(lambda: not pub.connected, 10)
+    produce(30)  # 1500 messages with no broker
+    assert len(pub.spool) >= 1400  # waiting on disk, not in paho's memory
+    broker.start()
+    produce(3)
+    assert Subscriber.wait(lambda: len(pub.spool) == 0, 60), f"{len(pub.spool)} still spooled"
+    assert Subscriber.wait(lambda: len({m["seq"] for m in dash.on("/telemetry")}) >= len(published), 60)
+    check_delivery(dash.on("/telemetry"), set(published), cfg.window)
+    assert len(published) == 1800 and pub.spool.dropped == 0
+    pub.stop()
+    dash.close()
+
+
+PRODUCER = """
+import sys, time
+from pathlib import Path
+from edgec.runtime.telemetry import Publisher, TelemetryConfig
+port, spool, count = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+cfg = TelemetryConfig(broker="127.0.0.1", port=port, fleet="test", device="pi-1", spool=spool, reconnect_max_s=1,
+                      window=64)
+pub = Publisher(cfg, status=({"schema": 1, "state": "online"}, {"schema": 1, "state": "offline"})).start()
+seq = 0
+for i in range(count):
+    seq = pub.publish(cfg.topic("telemetry"), {"schema": 1, "i": i})
+    print(seq, flush=True)
+    time.sleep(0.02)
+if count:
+    pub.stop(flush_s=60)
+    print("done", len(pub.spool), flush=True)
+else:
+    time.sleep(600)
+"""
+
+
+def _producer(port: int, spool: Path, count: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", PRODUCER, str(port), str(spool), str(count)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_a_publisher_killed_during_an_outage_loses_nothing_after_restart(broker, tmp_path):
+    dash = Subscriber(broker.port)
+    spool = tmp_path / "spool.sqlite"
+    first = _producer(broker.port, spool, 10_000)
+    seqs = [int(first.stdout.readline()) for _ in range(50)]  # 1 s with the broker up
+    broker.stop()
+    seqs += [int(first.stdout.readline()) for _ in range(150)]  # 3 s into the outage
+    first.send_signal(signal.SIGKILL)  # no goodbye, no flush
+    first.wait()
+    second = _producer(broker.port, spool, 100)  # restarted while the broker is still down
+    time.sleep(1)
+    broker.start()
+    out, _ = second.communicate(timeout=120)
+    lines = out.split()
+    assert lines[-2] == "done" and lines[-1] == "0", out[-200:]
+    last = int(lines[-3])
+    assert last > seqs[-1]
+    expected = set(range(1, last + 1))  # AUTOINCREMENT: every committed message has one of these
+    assert Subscriber.wait(lambda: {m["seq"] for m in dash.on("/telemetry")} >= expected, 60)
+    check_delivery(dash.on("/telemetry"), expected, 64)
+    assert Spool(spool).dropped == 0
+    dash.close()
+
+
+def test_the_last_will_marks_a_vanished_device_offline(broker, tmp_path):
+    dash = Subscriber(broker.port)
+    proc = _producer(broker.port, tmp_path / "spool.sqlite", 0)
+    assert Subscriber.wait(lambda: dash.on("/status") and dash.on("/status")[-1]["state"] == "online", 20)
+    proc.kill()
+    proc.wait()
+    assert Subscriber.wait(lambda: dash.on("/status")[-1]["state"] == "offline", 60)  # keep-alive 30 s at most
+    dash.close()
+
+
+def test_a_full_spool_drops_the_oldest_and_reports_how_many(broker, tmp_path):
+    offline = config(tmp_path, None, spool_max_messages=10)
+    telemetry = Telemetry(offline)
+    seqs = [telemetry.event("test", f"event {i}") for i in range(25)]
+    spool = telemetry.publisher.spool
+    assert len(spool) == 10 and spool.dropped == 15
+    assert [m.seq for m in spool.after(0, 100)] == seqs[15:]
+    assert telemetry.snapshot()["spool"] == {"queued": 10, "dropped": 15}
+    telemetry.publisher.spool.close()
+    assert Spool(offline.spool).dropped == 15  # the counter survives a restart
+    # Once a broker is configured, the 10 kept events go out, oldest first, and telemetry
+    # reports the drops.
+    dash = Subscriber(broker.port)
+    online = Telemetry(config(tmp_path, broker.port, interval_s=0.2)).start()
+    assert Subscriber.wait(lambda: len(dash.on("/events")) >= 10 and dash.on("/telemetry"), 20)
+    assert [m["seq"] for m in dash.on("/events")][:10] == seqs[15:]
+    assert dash.on("/telemetry")[-1]["spool"]["dropped"] == 15
+    online.stop()
+    dash.close()
+
+
+def test_commands_answer_on_cmd_result_and_never_crash(broker, tmp_path, bundles, digits):
+    onnx = bundles("onnx", "fp32").bundle
+    runtime = Runtime(ServeConfig.from_dict({"models": [{"name": "digits", "path": str(onnx)}]}))
+    for i in range(20):
+        runtime.predict("digits", {"input": digits.x_test[i:i + 1]})
+    dash = Subscriber(broker.port)
+    telemetry = Telemetry(config(tmp_path, broker.port, interval_s=60), runtime).start()
+    assert Subscriber.wait(lambda: dash.on("/telemetry"), 10)
+    send = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="operator")
+    send.connect("127.0.0.1", broker.port)
+    send.loop_start()
+    base = "edgec/test/pi-1/cmd/"
+    commands = [("interval", {"id": 1, "seconds": 0.5}), ("stats", {"id": 2}),
+                ("reload", {"id": 3, "model": "digits"}),
+                ("reload", {"id": 4, "model": "digits", "path": str(tmp_path / "missing")}),
+                ("reload", {"id": 5, "model": "nope"}), ("interval", {"id": 6, "seconds": "often"}),
+                ("selfdestruct", {"id": 7}), ("stats", b"{not json")]
+    for verb, body in commands:
+        send.publish(base + verb, body if isinstance(body, bytes) else json.dumps(body), qos=1).wait_for_publish(5)
+    assert Subscriber.wait(lambda: len(dash.on("/cmd-result")) == len(commands), 20)
+    results = {r["id"]: r for r in dash.on("/cmd-result")}
+    assert results[1]["ok"] and results[1]["result"] == {"interval_s": 0.5}
+    assert results[2]["ok"] and results[3]["ok"] and results[3]["result"]["reloaded"]["name"] == "digits"
+    assert not results[4]["ok"] and "missing" in results[4]["error"]
+    assert not results[5]["ok"] and "nope" in results[5]["error"]
+    assert not results[6]["ok"] and "seconds" in results[6]["error"]
+    assert not results[7]["ok"] and "unknown command 'selfdestruct'" in results[7]["error"]
+    assert not results[None]["ok"] and "not JSON" in results[None]["error"]
+    assert any(e["kind"] == "model_load_failure" for e in dash.on("/events"))  # the broken reload
+    # The faster interval took effect, and the device still serves.
+    count = len(dash.on("/telemetry"))
+    assert Subscriber.wait(lambda: len(dash.on("/telemetry")) >= count + 3, 10)
+    message = dash.on("/telemetry")[-1]
+    model = message["models"]["digits"]
+    assert model["requests"] == 20 and model["latency_ms"]["p50"] > 0 and model["latency_ms"]["p99"] >= model["latency_ms"]["p50"]
+    assert model["sha256"] and model["version"] == model["sha256"][:12] and model["loaded"]
+    assert message["process"]["rss_bytes"] > 0 and message["cache"]["hits"] >= 0 and message["uptime_s"] > 0
+    assert runtime.predict("digits", {"input": digits.x_test[:1]})["output"].shape == (1, 10)
+    send.loop_stop()
+    telemetry.stop()
+    runtime.close()
+    dash.close()
+
+
+def test_bad_telemetry_settings_are_refused_with_the_reason(tmp_path):
+    with pytest.raises(ValidationError, match="topic level"):
+        TelemetryConfig(fleet="a/b")
+    with pytest.raises(ValidationError, match="unknown \\[telemetry\\] key"):
+        TelemetryConfig.from_dict({"brokr": "x"})
+    with pytest.raises(ValidationError, match="protocol"):
+        TelemetryConfig(protocol="4")
+    cfg = ServeConfig.from_dict({"telemetry": {"broker": "localhost", "fleet": "shop", "spool": "s.db"}},
+                                base=tmp_path)
+    assert cfg.telemetry.spool == tmp_path / "s.db" and cfg.telemetry.device
+
+
+def test_mqtt_3_1_1_and_credentials_against_a_broker_that_requires_them(tmp_path):
+    broker = Mosquitto(tmp_path / "auth")
+    passwd = tmp_path / "auth" / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "edge", "s3cret"], check=True)
+    broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+                           + f"password_file {passwd}\n")
+    broker.start()
+    try:
+        wrong = Publisher(config(tmp_path / "a", broker.port, protocol="3.1.1", username="edge", password="nope")).start()
+        right = Publisher(config(tmp_path / "b", broker.port, protocol="3.1.1", username="edge", password="s3cret")).start()
+        seq = right.publish(right.config.topic("events"), {"schema": 1})
+        wrong.publish(wrong.config.topic("events"), {"schema": 1})
+        assert Subscriber.wait(lambda: len(right.spool) == 0, 10) and seq == 1
+        assert not wrong.connected and len(wrong.spool) == 1  # kept for when the credentials are fixed
+        wrong.stop(flush_s=0)
+        right.stop()
+    finally:
+        broker.stop()
+
+
+def test_serve_publishes_telemetry_from_its_config(broker, tmp_path, bundles, digits):
+    from edgec.runtime.server import Server
+
+    cfg = ServeConfig.from_dict({"port": 0, "models": [{"name": "digits", "path": str(bundles("onnx", "fp32").bundle)}],
+                                 "telemetry": {"broker": "127.0.0.1", "port": broker.port, "fleet": "test",
+                                               "device": "srv", "interval_s": 0.3, "spool": str(tmp_path / "s.db")}})
+    dash = Subscriber(broker.port)
+    server = Server(cfg).start()
+    try:
+        assert Subscriber.wait(lambda: any("digits" in m.get("models", {}) for m in dash.on("/telemetry")), 10)
+    finally:
+        server.stop()
+    assert Subscriber.wait(lambda: dash.on("/status")[-1]["state"] == "offline", 10)
+    dash.close()
+    assert os.path.exists(tmp_path / "s.db")
