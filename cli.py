@@ -380,6 +380,95 @@ def compress(
     out.print(f"Wrote {result.model} and {result.model.stem}.report.md / .report.json / .png")
 
 
+telemetry_app = typer.Typer(help="Watch the telemetry edgec devices publish over MQTT.", no_args_is_help=True)
+app.add_typer(telemetry_app, name="telemetry")
+
+
+@telemetry_app.command("watch")
+@handles_errors
+def telemetry_watch(
+    broker: str = typer.Option(..., "--broker", "-b", help="MQTT broker host."),
+    port: int = typer.Option(1883, "--port", help="Broker port (8883 is usual with TLS)."),
+    fleet: str = typer.Option("+", "--fleet", help="Only this fleet (+: every fleet)."),
+    username: Optional[str] = typer.Option(None, "--username", help="Broker user."),
+    password: Optional[str] = typer.Option(None, "--password", help="Broker password (or EDGEC_MQTT_PASSWORD).",
+                                           envvar="EDGEC_MQTT_PASSWORD"),
+    ca_file: Optional[Path] = typer.Option(None, "--ca-file", help="CA certificate: connect with TLS and verify the broker."),
+    duration: float = typer.Option(0, "--duration", help="Stop after this many seconds and print the table (0: run until Ctrl-C)."),
+) -> None:
+    """A live table of every device and model publishing under edgec/<fleet>/<device>/.
+
+    Example: edgec telemetry watch --broker localhost
+    """
+    import threading
+    import time
+
+    from rich.live import Live
+
+    from .runtime.telemetry import FleetView, paho_client
+
+    mqtt = paho_client()
+    view = FleetView()
+    lock = threading.Lock()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if ca_file is not None:
+        client.tls_set(ca_certs=str(ca_file))
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        c.subscribe(f"edgec/{fleet}/+/+", qos=1)
+
+    def on_message(c: Any, userdata: Any, message: Any) -> None:
+        with lock:
+            view.update(message.topic, message.payload)
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    try:
+        client.connect(broker, port, keepalive=30)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot reach MQTT broker {broker}:{port}: {exc}; check --broker and --port") from None
+    client.loop_start()
+    console = Console()
+    if not console.is_terminal:  # piped or logged: do not squeeze 18 columns into 80
+        console = Console(width=220)
+    stop = time.monotonic() + duration if duration > 0 else None
+    try:
+        with Live(_fleet_table(view, broker, port), console=console, refresh_per_second=2,
+                  transient=False) as live:
+            while stop is None or time.monotonic() < stop:
+                time.sleep(0.5)
+                with lock:
+                    live.update(_fleet_table(view, broker, port))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    if not view.devices:
+        _err_console().print(f"no edgec device published on {broker}:{port} under edgec/{fleet}/ in that time")
+
+
+def _fleet_table(view: Any, broker: str, port: int) -> Table:
+    def num(v: Any, fmt: str = "{:.1f}") -> str:
+        return "-" if v is None else fmt.format(v)
+
+    table = Table(title=f"edgec devices on {broker}:{port}")
+    for col in ("fleet", "device", "state", "model", "version", "p50 ms", "p95 ms", "p99 ms", "req/s", "err/s",
+                "queue", "RSS MB", "CPU %", "temp °C", "spooled", "dropped", "seen", "last event"):
+        table.add_column(col, justify="left" if col in ("fleet", "device", "state", "model", "version", "last event")
+                         else "right")
+    for r in view.rows():
+        state = {"online": "[green]online[/]", "offline": "[red]offline[/]"}.get(r["state"], r["state"])
+        table.add_row(r["fleet"], r["device"], state, r["model"] or "-", r.get("version") or "-",
+                      num(r.get("p50"), "{:.2f}"), num(r.get("p95"), "{:.2f}"), num(r.get("p99"), "{:.2f}"),
+                      num(r.get("requests_per_s")), num(r.get("errors_per_s")), num(r.get("queue_depth"), "{}"),
+                      num(r["rss_mb"]), num(r["cpu_percent"]), num(r["cpu_temp_c"]), num(r["spool"], "{}"),
+                      num(r["dropped"], "{}"), f"{r['seen_s_ago']:.0f}s ago", (r["last_event"] or "")[:40])
+    return table
+
+
 @app.command()
 @handles_errors
 def serve(

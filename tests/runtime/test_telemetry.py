@@ -282,3 +282,30 @@ def test_serve_publishes_telemetry_from_its_config(broker, tmp_path, bundles, di
     assert Subscriber.wait(lambda: dash.on("/status")[-1]["state"] == "offline", 10)
     dash.close()
     assert os.path.exists(tmp_path / "s.db")
+
+
+def test_telemetry_watch_shows_every_device_and_model(broker, tmp_path, bundles, digits):
+    from typer.testing import CliRunner
+
+    from edgec.cli import app
+
+    runtime = Runtime(ServeConfig.from_dict({"models": [{"name": "digits", "path": str(bundles("onnx", "fp32").bundle)}]}))
+    runtime.predict("digits", {"input": digits.x_test[:1]})
+    devices = [Telemetry(config(tmp_path / "a", broker.port, interval_s=0.5), runtime).start(),
+               Telemetry(TelemetryConfig(broker="127.0.0.1", port=broker.port, fleet="lab", device="jetson-2",
+                                         spool=tmp_path / "b.db", interval_s=0.5)).start()]
+    try:
+        result = CliRunner().invoke(app, ["telemetry", "watch", "--broker", "127.0.0.1", "--port", str(broker.port),
+                                          "--duration", "2"], terminal_width=250)
+    finally:
+        for d in devices:
+            d.stop()
+        runtime.close()
+    assert result.exit_code == 0, result.output
+    last_table = result.output[result.output.rindex("edgec devices on"):]
+    assert "pi-1" in last_table and "digits" in last_table and "jetson-2" in last_table and "online" in last_table
+    nobody = CliRunner().invoke(app, ["telemetry", "watch", "--broker", "127.0.0.1", "--port", str(broker.port),
+                                      "--fleet", "empty", "--duration", "0.5"])
+    assert nobody.exit_code == 0 and "no edgec device published" in nobody.output
+    refused = CliRunner().invoke(app, ["telemetry", "watch", "--broker", "127.0.0.1", "--port", "1", "--duration", "1"])
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1 and "cannot reach MQTT broker" in refused.output
