@@ -513,6 +513,10 @@ def serve(
     for name, why in server.runtime.failed.items():
         err.print(f"[yellow]warning:[/] model {name} is not served: {why}")
     err.print(f"edgec serving {len(server.runtime.batchers)} model(s) on {server.url} (Ctrl-C to stop)")
+    if cfg.telemetry is not None:
+        t = cfg.telemetry
+        where = f"MQTT {t.broker}:{t.port}" if t.broker else "the spool only (no broker configured)"
+        err.print(f"telemetry every {t.interval_s:g}s to {where} as edgec/{t.fleet}/{t.device}/, spool {t.spool}")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()

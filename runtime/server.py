@@ -631,6 +631,8 @@ class Server:
     def __init__(self, config: ServeConfig, runtime: Runtime | None = None) -> None:
         self.config = config
         self.runtime = runtime or Runtime(config)
+        # Before binding: a spool that cannot be opened fails here with nothing to undo.
+        self.telemetry = Telemetry(config.telemetry, self.runtime) if config.telemetry is not None else None
         self.max_body = int(config.max_request_mb * 2**20)
         self._loop = asyncio.new_event_loop()
         # Slow work (reloads, cold loads, decoding large bodies) runs here, off the loop.
@@ -647,9 +649,10 @@ class Server:
             self._loop.close()
             self._pool.shutdown()
             self.runtime.close(drain=False)
+            if self.telemetry is not None:
+                self.telemetry.publisher.spool.close()
             raise
         self.address: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
-        self.telemetry = Telemetry(config.telemetry, self.runtime) if config.telemetry is not None else None
 
     @property
     def url(self) -> str:

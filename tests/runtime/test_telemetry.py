@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mosquitto_broker import Mosquitto
 
-from edgec.errors import ValidationError
+from edgec.errors import EdgecError, ValidationError
 from edgec.runtime.server import Runtime, ServeConfig
 from edgec.runtime.spool import Spool
 from edgec.runtime.telemetry import Publisher, Telemetry, TelemetryConfig
@@ -245,6 +245,10 @@ def test_bad_telemetry_settings_are_refused_with_the_reason(tmp_path):
     cfg = ServeConfig.from_dict({"telemetry": {"broker": "localhost", "fleet": "shop", "spool": "s.db"}},
                                 base=tmp_path)
     assert cfg.telemetry.spool == tmp_path / "s.db" and cfg.telemetry.device
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(EdgecError, match="not usable.*delete it"):
+        Spool(garbage)
 
 
 def test_mqtt_3_1_1_and_credentials_against_a_broker_that_requires_them(tmp_path):
