@@ -172,8 +172,6 @@ class Publisher:
     def __init__(self, config: TelemetryConfig, *, on_message: Any = None, subscriptions: tuple[str, ...] = (),
                  status: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
         self.config = config
-        self.spool = Spool(config.spool, max_messages=config.spool_max_messages,
-                           max_bytes=int(config.spool_max_mb * 2**20))
         self._on_message = on_message
         self._subscriptions = subscriptions
         self._status = status
@@ -189,7 +187,9 @@ class Publisher:
         self.client = None
         self._sender = threading.Thread(target=self._send_loop, name="edgec-telemetry-send", daemon=True)
         if config.broker:
-            self.client = self._make_client()
+            self.client = self._make_client()  # bad TLS files fail here, before the spool is opened
+        self.spool = Spool(config.spool, max_messages=config.spool_max_messages,
+                           max_bytes=int(config.spool_max_mb * 2**20))
 
     def _make_client(self) -> Any:
         mqtt = paho_client()

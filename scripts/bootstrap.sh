@@ -15,7 +15,7 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
-    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq mosquitto >/dev/null; } ||
+    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq mosquitto openssl >/dev/null; } ||
       echo "warning: could not install mosquitto; the MQTT tests need it (apt-get install mosquitto)" >&2
   else
     echo "warning: mosquitto is not installed; the MQTT tests need it" >&2

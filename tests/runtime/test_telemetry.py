@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -313,3 +314,46 @@ def test_telemetry_watch_shows_every_device_and_model(broker, tmp_path, bundles,
     assert nobody.exit_code == 0 and "no edgec device published" in nobody.output
     refused = CliRunner().invoke(app, ["telemetry", "watch", "--broker", "127.0.0.1", "--port", "1", "--duration", "1"])
     assert refused.exit_code == 1 and refused.output.count("\n") == 1 and "cannot reach MQTT broker" in refused.output
+
+
+def _pki(root: Path) -> dict[str, Path]:
+    """A private CA, a broker certificate for 127.0.0.1 and a device certificate (real openssl)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (scripts/bootstrap.sh installs it with mosquitto)")
+    root.mkdir()
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=root, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=edgec test CA")
+    (root / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name, ext in (("broker", ["-extfile", "san.ext"]), ("device", [])):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", *ext)
+    return {p.stem + "_" + p.suffix[1:]: p for p in root.iterdir()}
+
+
+def test_tls_with_a_private_ca_and_a_client_certificate(tmp_path):
+    pki = _pki(tmp_path / "pki")
+    broker = Mosquitto(tmp_path / "tls")
+    broker.conf.write_text(broker.conf.read_text() + f"cafile {pki['ca_crt']}\ncertfile {pki['broker_crt']}\n"
+                           f"keyfile {pki['broker_key']}\nrequire_certificate true\n")
+    broker.start()
+    try:
+        device = Publisher(config(tmp_path / "a", broker.port, tls=True, ca_file=str(pki["ca_crt"]),
+                                  cert_file=str(pki["device_crt"]), key_file=str(pki["device_key"]))).start()
+        no_cert = Publisher(config(tmp_path / "b", broker.port, tls=True, ca_file=str(pki["ca_crt"]))).start()
+        device.publish(device.config.topic("events"), {"schema": 1, "kind": "test"})
+        no_cert.publish(no_cert.config.topic("events"), {"schema": 1, "kind": "test"})
+        assert Subscriber.wait(lambda: device.connected and len(device.spool) == 0, 15)
+        assert not no_cert.connected and len(no_cert.spool) == 1  # refused by the broker, kept on disk
+        no_cert.stop(flush_s=0)
+        device.stop()
+        with pytest.raises(ValidationError, match="TLS files"):
+            Publisher(config(tmp_path / "c", broker.port, tls=True, ca_file=str(tmp_path / "missing.pem")))
+    finally:
+        broker.stop()
