@@ -52,6 +52,8 @@ class Spool:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # After a backlog drains, give the write-ahead log's disk space back.
+            self._db.execute("PRAGMA journal_size_limit=1048576")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
                 "payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)")
