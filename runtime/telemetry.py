@@ -534,7 +534,6 @@ class Telemetry:
         self.publisher.publish(self.config.topic("cmd-result"), message)
 
 
-
 class FleetView:
     """What a dashboard knows: the latest status, telemetry and event of every device seen.
 
