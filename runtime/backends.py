@@ -137,16 +137,21 @@ class TFLiteBackend:
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         it = self.interpreter
-        changed = [name for name, value in feeds.items() if value.shape != self._shapes[name]]
-        if changed:
-            for name in changed:
-                it.resize_tensor_input(self._inputs[name], feeds[name].shape)
-                self._shapes[name] = feeds[name].shape
-            it.allocate_tensors()
+        for name, value in feeds.items():
+            if value.shape != self._shapes[name]:
+                self._resize(feeds)
+                break
         for name, value in feeds.items():
             it.set_tensor(self._inputs[name], value)
         it.invoke()
         return [it.get_tensor(index) for index in self._outputs]  # get_tensor copies
+
+    def _resize(self, feeds: dict[str, np.ndarray]) -> None:
+        for name, value in feeds.items():
+            if value.shape != self._shapes[name]:
+                self.interpreter.resize_tensor_input(self._inputs[name], value.shape)
+                self._shapes[name] = value.shape
+        self.interpreter.allocate_tensors()
 
     def details(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Input and output details keyed by signature name (shape, dtype, quantization)."""

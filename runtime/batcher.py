@@ -133,8 +133,8 @@ class Batcher:
                         self.stats.expired += 1
                         raise DeadlineError(f"the request to {self.name} passed its deadline")
                     self._check_pressure()
-                    first = next(iter(feeds.values()))
-                    return self._call(feeds, int(first.shape[0]) if np.ndim(first) else 1)
+                    shape = next(iter(feeds.values())).shape
+                    return self._call(feeds, int(shape[0]) if shape else 1)
             finally:
                 self._run_lock.release()
         return self.submit(feeds, deadline_s=deadline_s, inline=False).result(timeout_s)
@@ -151,7 +151,7 @@ class Batcher:
             QueueFullError: The queue is at ``max_queue`` requests or ``max_bytes``.
             InputError: Inputs whose batch sizes differ.
         """
-        rows = {int(v.shape[0]) if np.ndim(v) else 1 for v in feeds.values()}
+        rows = {int(v.shape[0]) if v.shape else 1 for v in feeds.values()}
         if len(rows) != 1:
             raise InputError(f"inputs have different batch sizes: {sorted(rows)}")
         nbytes = sum(int(np.asarray(v).nbytes) for v in feeds.values())

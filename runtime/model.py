@@ -55,13 +55,17 @@ class LoadedModel:
         # Arrays that already are exactly what the model file takes (dtype, every fixed
         # dimension, C order) skip the casts; anything else goes through the full checks.
         self._exact = {
-            spec.name: (spec.model_name, np.dtype(spec.dtype), spec.shape)
+            spec.name: (spec.model_name, np.dtype(spec.dtype), spec.shape,
+                        spec.shape[1:] if None not in spec.shape[1:] else None)
             for spec in manifest.inputs
             if spec.quantization is None and spec.shape
         }
-        self._plain_outputs = all(
+        # Names of outputs that come out of the backend as they are served (else None).
+        self._plain_outputs = tuple(spec.name for spec in manifest.outputs) if all(
             spec.quantization is None and spec.dtype != "float16" for spec in manifest.outputs
-        )
+        ) else None
+        first = manifest.inputs[0].shape if manifest.inputs else ()
+        self._batch_of_one = bool(first) and first[0] == 1  # a fixed batch of 1: larger ones run row by row
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -96,44 +100,44 @@ class LoadedModel:
         feeds = self._exact_feeds(inputs)
         if feeds is None:
             feeds = self._prepare(inputs)
-        batch = next(iter(feeds.values())).shape[0] if self.inputs[0].shape else 1
-        if self._runs_one_by_one(batch):
+        if self._batch_of_one and next(iter(feeds.values())).shape[0] > 1:
+            batch = next(iter(feeds.values())).shape[0]
             parts = [self.backend.run({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(batch)]
             raw = [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(self.outputs))]
         else:
             raw = self.backend.run(feeds)
-        if self._plain_outputs:
-            return {spec.name: value for spec, value in zip(self.outputs, raw)}
+        if self._plain_outputs is not None:
+            return dict(zip(self._plain_outputs, raw))
         return {spec.name: self._finish(value, spec) for spec, value in zip(self.outputs, raw)}
 
     def _exact_feeds(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray] | None:
         """The feeds as given when every array is already what the model takes, else None."""
-        if len(self._exact) != len(self.inputs):
+        exact = self._exact
+        if len(exact) != len(self.manifest.inputs):
             return None
         if isinstance(inputs, np.ndarray):
-            if len(self.inputs) != 1:
+            if len(exact) != 1:
                 return None
-            inputs = {self.inputs[0].name: inputs}
-        elif not isinstance(inputs, dict) or len(inputs) != len(self._exact):
+            inputs = {self.manifest.inputs[0].name: inputs}
+        elif not isinstance(inputs, dict) or len(inputs) != len(exact):
             return None
         feeds = {}
         batch = None
         for name, array in inputs.items():
-            want = self._exact.get(name)
+            want = exact.get(name)
             if (want is None or type(array) is not np.ndarray or array.dtype != want[1]
                     or len(array.shape) != len(want[2]) or not array.flags.c_contiguous):
                 return None
-            if any(w is not None and g != w for g, w in zip(array.shape, want[2])):
+            if want[3] is not None:  # only the batch may vary: one tuple comparison
+                if array.shape[1:] != want[3] or (want[2][0] is not None and array.shape[0] != want[2][0]):
+                    return None
+            elif any(w is not None and g != w for g, w in zip(array.shape, want[2])):
                 return None
             if batch is not None and array.shape[0] != batch:
                 return None
             batch = array.shape[0]
             feeds[want[0]] = array
         return feeds
-
-    def _runs_one_by_one(self, batch: int) -> bool:
-        first = self.inputs[0].shape
-        return bool(first) and first[0] == 1 and batch > 1
 
     def _prepare(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
         if not isinstance(inputs, Mapping):
