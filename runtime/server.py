@@ -46,6 +46,7 @@ log = logging.getLogger("edgec.runtime")
 # the answer instead of a connection reset; past it the connection is closed at once.
 DRAIN_LIMIT = 64 * 2**20
 MAX_HEADER_BYTES = 64 * 2**10
+PRESSURE_EVERY_S = 0.05  # how stale a reading of the system's free memory may be
 # Bodies above this are decoded off the event loop (JSON of a large tensor takes milliseconds).
 _DECODE_INLINE_BYTES = 2**20
 _ROUTE = re.compile(r"^/v1/models/([A-Za-z0-9_.\-]+)/(predict|reload)$")
@@ -184,6 +185,7 @@ class Runtime:
         self.alerts: deque[dict[str, Any]] = deque(maxlen=100)
         self.alert_listeners: list[Callable[[dict[str, Any]], None]] = []  # e.g. telemetry's events
         self._lock = threading.Lock()
+        self._pressure_reading = (-math.inf, False)  # (monotonic time, short of memory)
         for m in config.models:
             try:
                 self.cache.register(m.name, m.path, pinned=m.pinned)
@@ -209,10 +211,20 @@ class Runtime:
             return self.batchers[name]
 
     def _pressure(self) -> bool:
+        """Whether the board is short of memory, read at most every ``PRESSURE_EVERY_S``.
+
+        Every batch asks; reading the system's memory costs tens of microseconds, more
+        than a small model's whole run, and memory does not run out that fast.
+        """
         if self.cache.min_available_bytes is None:
             return False
-        avail = available_bytes()
-        return avail is not None and avail < self.cache.min_available_bytes
+        now = time.monotonic()
+        at, short = self._pressure_reading
+        if now - at >= PRESSURE_EVERY_S:
+            avail = available_bytes()
+            short = avail is not None and avail < self.cache.min_available_bytes
+            self._pressure_reading = (now, short)
+        return short
 
     def alert(self, message: str, kind: str = "memory_pressure") -> None:
         log.warning(message)

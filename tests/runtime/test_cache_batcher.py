@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -138,3 +139,37 @@ def test_batch_one_tflite_models_serve_batched_requests(bundles, digits):
     outs = np.concatenate([f.result(10)["output"] for f in futures])
     np.testing.assert_allclose(outs, model.predict(digits.x_test[:8])["output"], atol=1e-6)
     batcher.close()
+
+
+def test_a_board_short_of_memory_shrinks_batches_and_alerts_without_reading_memory_per_request(
+        bundles, digits, monkeypatch):
+    import psutil
+
+    from edgec.runtime import server
+    from edgec.runtime.server import Runtime, ServeConfig
+
+    readings = []
+    real = server.available_bytes
+
+    def counted() -> int | None:  # the real reading, counted
+        readings.append(time.monotonic())
+        return real()
+
+    monkeypatch.setattr(server, "available_bytes", counted)
+    more_than_the_board_has = 2 * psutil.virtual_memory().total / 2**20
+    rt = Runtime(ServeConfig.from_dict({
+        "min_available_mb": more_than_the_board_has, "batcher": {"max_batch_size": 16},
+        "models": [{"name": "digits", "path": str(bundles("onnx", "fp32").bundle), "pinned": True}]}))
+    try:
+        expected = load(bundles("onnx", "fp32").bundle).predict(digits.x_test[:1])["output"]
+        started = time.monotonic()
+        for _ in range(200):
+            out = rt.predict("digits", {"input": digits.x_test[:1]})
+        elapsed = time.monotonic() - started
+        np.testing.assert_allclose(out["output"], expected, atol=1e-6)  # short of memory, still right
+        assert rt.batchers["digits"].batch_limit == 1
+        assert any(a["kind"] == "memory_pressure" and "batch size for digits cut" in a["message"] for a in rt.alerts)
+        # One reading per PRESSURE_EVERY_S at most, not one per request.
+        assert len(readings) <= elapsed / server.PRESSURE_EVERY_S + 2 < 200
+    finally:
+        rt.close()
