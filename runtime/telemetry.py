@@ -16,6 +16,9 @@ restart of the process loses nothing (a message in flight at that moment may arr
 as QoS 1 allows; its ``seq`` tells the copies apart). Each carries ``seq``, increasing per
 device across restarts, so a dashboard can spot gaps and duplicates.
 
+The device keeps a persistent MQTT session (``session_expiry_s``), so QoS 1 commands sent
+while it is offline or restarting wait at the broker and arrive when it is back.
+
 Only the standard library, paho-mqtt and (optionally) psutil are imported.
 """
 
@@ -65,6 +68,9 @@ class TelemetryConfig:
             authenticate the device.
         keepalive_s: MQTT keep-alive.
         reconnect_max_s: Longest wait between reconnect attempts (backoff doubles from 1 s).
+        session_expiry_s: How long the broker keeps the device's session, and with it the
+            QoS 1 commands sent while the device is offline or restarting; 0 drops them.
+            MQTT 3.1.1 has no expiry: above 0, the broker keeps them until the device is back.
         interval_s: Seconds between telemetry messages.
         spool: The SQLite spool file.
         spool_max_messages, spool_max_mb: Spool bounds; the oldest messages go first.
@@ -86,6 +92,7 @@ class TelemetryConfig:
     key_file: str | None = None
     keepalive_s: int = 30
     reconnect_max_s: float = 30.0
+    session_expiry_s: int = 3600
     interval_s: float = 10.0
     spool: Path = Path("edgec-spool.sqlite")
     spool_max_messages: int = 100_000
@@ -104,6 +111,8 @@ class TelemetryConfig:
             raise ValidationError(f"telemetry protocol {self.protocol!r} must be \"5\" or \"3.1.1\"")
         if not 0.1 <= self.interval_s <= 86_400:
             raise ValidationError(f"telemetry interval_s {self.interval_s} must be between 0.1 and 86400")
+        if not 0 <= self.session_expiry_s <= 2**32 - 1:
+            raise ValidationError(f"telemetry session_expiry_s {self.session_expiry_s} must be between 0 and 4294967295")
         if self.window < 1 or self.spool_max_messages < 1 or self.spool_max_mb <= 0:
             raise ValidationError("telemetry window and spool limits must be positive")
         if (self.cert_file is None) != (self.key_file is None):
@@ -194,9 +203,12 @@ class Publisher:
     def _make_client(self) -> Any:
         mqtt = paho_client()
         cfg = self.config
-        protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id or f"edgec-{cfg.fleet}-{cfg.device}",
-                             protocol=protocol)
+        client_id = cfg.client_id or f"edgec-{cfg.fleet}-{cfg.device}"
+        if cfg.protocol == "5":  # the session's life is a CONNECT property (see start)
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                                 clean_session=cfg.session_expiry_s == 0)
         client.max_inflight_messages_set(cfg.window)
         client.reconnect_delay_set(1, max(1, int(cfg.reconnect_max_s)))
         if cfg.username is not None:
@@ -219,7 +231,17 @@ class Publisher:
     def start(self) -> Publisher:
         if self.client is not None:
             cfg = self.config
-            self.client.connect_async(cfg.broker, cfg.port, keepalive=cfg.keepalive_s)
+            session: dict[str, Any] = {}
+            if cfg.protocol == "5":
+                from paho.mqtt.packettypes import PacketTypes
+                from paho.mqtt.properties import Properties
+
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = cfg.session_expiry_s
+                # Resume the session from the very first connect: commands sent while this
+                # process was down are waiting in it.
+                session = {"clean_start": cfg.session_expiry_s == 0, "properties": properties}
+            self.client.connect_async(cfg.broker, cfg.port, keepalive=cfg.keepalive_s, **session)
             self.client.loop_start()  # connects, reconnects with backoff, runs callbacks
         self._sender.start()
         return self

@@ -236,6 +236,36 @@ def test_commands_answer_on_cmd_result_and_never_crash(broker, tmp_path, bundles
     dash.close()
 
 
+@pytest.mark.parametrize("protocol,session_expiry_s", [("5", 3600), ("3.1.1", 3600), ("5", 0)])
+def test_commands_sent_while_the_device_is_down_wait_for_it(broker, tmp_path, protocol, session_expiry_s):
+    dash = Subscriber(broker.port)
+    cfg = config(tmp_path, broker.port, interval_s=60, protocol=protocol, session_expiry_s=session_expiry_s)
+    Telemetry(cfg).start().stop()  # the device has been here once, and is now down
+    assert Subscriber.wait(lambda: [m for m in dash.on("/status") if m["state"] == "offline"], 10)
+    send = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="operator")
+    send.connect("127.0.0.1", broker.port)
+    send.loop_start()
+    cmd = "edgec/test/pi-1/cmd/interval"
+    send.publish(cmd, json.dumps({"id": 1, "seconds": 5}), qos=1).wait_for_publish(5)
+    telemetry = Telemetry(cfg).start()  # back: the queued command arrives before any sent from now on
+    answered = lambda i: [r for r in dash.on("/cmd-result") if r["id"] == i]  # noqa: E731
+    until = time.monotonic() + 20
+    while not answered(2) and time.monotonic() < until:  # resent until the device has subscribed
+        send.publish(cmd, json.dumps({"id": 2, "seconds": 7}), qos=1).wait_for_publish(5)
+        Subscriber.wait(lambda: answered(2), 0.5)
+    assert answered(2) and answered(2)[0]["ok"]
+    if session_expiry_s:
+        assert answered(1) and answered(1)[0]["result"] == {"interval_s": 5.0}
+        first = [r["id"] for r in dash.on("/cmd-result")]
+        assert first.index(1) < first.index(2)
+    else:  # no session kept: what was sent while the device was down is gone
+        assert not answered(1)
+    assert telemetry.interval_s == 7.0
+    send.loop_stop()
+    telemetry.stop()
+    dash.close()
+
+
 def test_bad_telemetry_settings_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ValidationError, match="topic level"):
         TelemetryConfig(fleet="a/b")
