@@ -100,8 +100,8 @@ class LoadedModel:
         feeds = self._exact_feeds(inputs)
         if feeds is None:
             feeds = self._prepare(inputs)
-        if self._batch_of_one and next(iter(feeds.values())).shape[0] > 1:
-            batch = next(iter(feeds.values())).shape[0]
+        batch = next(iter(feeds.values())).shape[0] if self._batch_of_one else 1
+        if batch > 1:
             parts = [self.backend.run({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(batch)]
             raw = [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(self.outputs))]
         else:

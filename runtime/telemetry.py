@@ -111,8 +111,10 @@ class TelemetryConfig:
             raise ValidationError(f"telemetry protocol {self.protocol!r} must be \"5\" or \"3.1.1\"")
         if not 0.1 <= self.interval_s <= 86_400:
             raise ValidationError(f"telemetry interval_s {self.interval_s} must be between 0.1 and 86400")
-        if not 0 <= self.session_expiry_s <= 2**32 - 1:
-            raise ValidationError(f"telemetry session_expiry_s {self.session_expiry_s} must be between 0 and 4294967295")
+        if (not isinstance(self.session_expiry_s, int) or isinstance(self.session_expiry_s, bool)
+                or not 0 <= self.session_expiry_s <= 2**32 - 1):
+            raise ValidationError(f"telemetry session_expiry_s {self.session_expiry_s!r} must be whole seconds "
+                                  "between 0 and 4294967295")
         if self.window < 1 or self.spool_max_messages < 1 or self.spool_max_mb <= 0:
             raise ValidationError("telemetry window and spool limits must be positive")
         if (self.cert_file is None) != (self.key_file is None):

@@ -273,6 +273,8 @@ def test_bad_telemetry_settings_are_refused_with_the_reason(tmp_path):
         TelemetryConfig.from_dict({"brokr": "x"})
     with pytest.raises(ValidationError, match="protocol"):
         TelemetryConfig(protocol="4")
+    with pytest.raises(ValidationError, match="session_expiry_s 1.5 must be whole seconds"):
+        TelemetryConfig(session_expiry_s=1.5)
     cfg = ServeConfig.from_dict({"telemetry": {"broker": "localhost", "fleet": "shop", "spool": "s.db"}},
                                 base=tmp_path)
     assert cfg.telemetry.spool == tmp_path / "s.db" and cfg.telemetry.device
