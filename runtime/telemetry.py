@@ -196,6 +196,7 @@ class Publisher:
         self.acknowledged = 0
         self.connects = 0
         self.client = None
+        self._session: dict[str, Any] = {}  # connect_async's session arguments (MQTT 5)
         self._sender = threading.Thread(target=self._send_loop, name="edgec-telemetry-send", daemon=True)
         if config.broker:
             self.client = self._make_client()  # bad TLS files fail here, before the spool is opened
@@ -205,12 +206,20 @@ class Publisher:
     def _make_client(self) -> Any:
         mqtt = paho_client()
         cfg = self.config
-        client_id = cfg.client_id or f"edgec-{cfg.fleet}-{cfg.device}"
-        if cfg.protocol == "5":  # the session's life is a CONNECT property (see start)
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        else:
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
-                                 clean_session=cfg.session_expiry_s == 0)
+        v5, persistent = cfg.protocol == "5", cfg.session_expiry_s > 0
+        # MQTT 5 sets the session's life in CONNECT (used by start); 3.1.1 in the client.
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id or f"edgec-{cfg.fleet}-{cfg.device}",
+                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                             **({} if v5 else {"clean_session": not persistent}))
+        if v5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = cfg.session_expiry_s
+            # Resume the session from the very first connect: commands sent while this
+            # process was down are waiting in it.
+            self._session = {"clean_start": not persistent, "properties": properties}
         client.max_inflight_messages_set(cfg.window)
         client.reconnect_delay_set(1, max(1, int(cfg.reconnect_max_s)))
         if cfg.username is not None:
@@ -233,17 +242,7 @@ class Publisher:
     def start(self) -> Publisher:
         if self.client is not None:
             cfg = self.config
-            session: dict[str, Any] = {}
-            if cfg.protocol == "5":
-                from paho.mqtt.packettypes import PacketTypes
-                from paho.mqtt.properties import Properties
-
-                properties = Properties(PacketTypes.CONNECT)
-                properties.SessionExpiryInterval = cfg.session_expiry_s
-                # Resume the session from the very first connect: commands sent while this
-                # process was down are waiting in it.
-                session = {"clean_start": cfg.session_expiry_s == 0, "properties": properties}
-            self.client.connect_async(cfg.broker, cfg.port, keepalive=cfg.keepalive_s, **session)
+            self.client.connect_async(cfg.broker, cfg.port, keepalive=cfg.keepalive_s, **self._session)
             self.client.loop_start()  # connects, reconnects with backoff, runs callbacks
         self._sender.start()
         return self
