@@ -114,10 +114,12 @@ class OnnxConverter:
                 }
                 if recipe.mode == "dynamic":
                     quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                                     reduce_range=profile.int8_reduce_range,
                                      op_types_to_quantize=list(DYNAMIC_OPS), **selection)
-                    done.update(weights="int8 per-channel symmetric", activations="int8, quantized at run time")
+                    done.update(weights=_weights(profile), activations="int8, quantized at run time")
                 else:
                     done.update(_quantize_static(prepared, out, used, batch, recipe, profile, selection))
+                done["weight_bits"] = 7 if profile.int8_reduce_range else 8
         except Exception as exc:
             tail = f"\n{log.tail()}" if log and log.text else ""
             raise ConversionError(f"ONNX {recipe.label()} quantization failed: {_first_line(exc)}{tail}") from None
@@ -196,11 +198,15 @@ def _quantize_static(
     if recipe.calibration == "percentile":
         extra["CalibPercentile"] = PERCENTILE
     quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    reduce_range=profile.int8_reduce_range, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=method, extra_options=extra, **selection)
     calibration = recipe.calibration + (f" ({PERCENTILE}th percentile)" if recipe.calibration == "percentile" else "")
-    return {"format": "QDQ", "weights": "int8 per-channel symmetric",
+    return {"format": "QDQ", "weights": _weights(profile),
             "activations": "int8 per-tensor" + (" symmetric" if tensorrt else ""), "calibration": calibration}
+
+
+def _weights(profile: Any) -> str:
+    return "int8 per-channel symmetric" + (", 7-bit range (exact on x86 without VNNI)" if profile.int8_reduce_range else "")
 
 
 def _smooth(path: Path, used: Any, batch: int, alpha: float, skip: set[str]) -> int:

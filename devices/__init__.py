@@ -53,6 +53,9 @@ class DeviceProfile:
         int8_speedup: Whether int8 kernels beat float ones on this board.
         fp16_speedup: Whether fp16 arithmetic beats fp32 on this board.
         int8_io: Whether int8 artifacts take and give int8 tensors (full-integer I/O).
+        int8_reduce_range: Quantize int8 weights to 7 bits. x86 CPUs without VNNI (AVX2,
+            AVX-512F) add pairs of u8 x s8 products in 16 bits, which saturates with full-range
+            weights; 7-bit weights keep onnxruntime's fast kernels exact there.
         execution_providers: onnxruntime providers to try, in order.
         compute_capability: CUDA compute capability, when there is a CUDA GPU.
         source: The file the profile was read from.
@@ -76,6 +79,7 @@ class DeviceProfile:
     fp16_speedup: bool
     int8_io: bool
     execution_providers: tuple[str, ...]
+    int8_reduce_range: bool = False
     compute_capability: str | None = None
     source: str = ""
 

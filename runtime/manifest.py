@@ -77,7 +77,12 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The parsed ``manifest.json`` of a bundle."""
+    """The parsed ``manifest.json`` of a bundle.
+
+    ``weight_bits`` is 7 for int8 weights quantized to a reduced range: x86 CPUs without
+    VNNI then run them exactly on onnxruntime's fast kernels. Other int8 models run there
+    on its exact (slower) kernels.
+    """
 
     format: str
     precision: str
@@ -88,6 +93,7 @@ class Manifest:
     files: dict[str, str]
     versions: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    weight_bits: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -110,6 +116,7 @@ class Manifest:
             "files": self.files,
             "versions": self.versions,
             "metrics": self.metrics,
+            **({"weight_bits": self.weight_bits} if self.weight_bits is not None else {}),
         }
 
     @classmethod
@@ -131,6 +138,7 @@ class Manifest:
                 files={str(k): str(v) for k, v in data["files"].items()},
                 versions=dict(data.get("versions", {})),
                 metrics=dict(data.get("metrics", {})),
+                weight_bits=int(data["weight_bits"]) if data.get("weight_bits") is not None else None,
                 schema_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:

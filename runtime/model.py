@@ -251,5 +251,6 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
         threads=threads or manifest.threads,
         providers=manifest.execution_providers,
         lean=lean,
+        exact_int8=manifest.weight_bits != 7,
     )
     return LoadedModel(path, manifest, backend, time.perf_counter() - start)

@@ -279,7 +279,9 @@ def convert(
             if precision == "fp32":
                 fp32_model = None
                 fp32_path.rename(final_path)
-            final_pre = open_artifact(final_path, fmt, precision, converter, source, profile, threads)
+            weight_bits = recipe.get("weight_bits") if precision == "int8" else None
+            final_pre = open_artifact(final_path, fmt, precision, converter, source, profile, threads,
+                                      weight_bits=weight_bits)
             inputs, outputs = final_pre.inputs, final_pre.outputs
             final_fid = compare(ref_out, run_batched(_as_list(final_pre), holdout.batches(64)), holdout.labels)
             if budget is not None:
@@ -310,7 +312,7 @@ def convert(
         with step("Writing bundle"):
             rss_before = rss_bytes()
             probe = open_artifact(final_path, fmt, precision, converter, source, profile, threads,
-                                      specs=(inputs, outputs))
+                                  specs=(inputs, outputs), weight_bits=weight_bits)
             probe.predict(one)
             rss_after = rss_bytes()
             del probe
@@ -370,6 +372,7 @@ def convert(
                 versions=versions(),
                 metrics={"size_bytes": size, "fidelity": final_fid.to_dict(),
                          "latency_host_p50_ms": lat_final.p50_ms},
+                weight_bits=weight_bits,
             )
             manifest.write(stage)
             load(stage).predict(one)  # the runtime's own path: hashes, manifest, backend
@@ -381,12 +384,12 @@ def make_measure(
     fmt: str, converter: Any, source: SourceModel, profile: DeviceProfile, threads: int,
     holdout: SampleSet, ref_out: list[np.ndarray],
 ) -> Callable[..., Measured]:
-    """``measure(path, precision, limit=None)``: an artifact's fidelity on the held-out samples,
+    """``measure(path, precision, limit=None, weight_bits=None)``: an artifact's fidelity on the held-out samples,
     through the runtime's own feeding code, with a hook to time it on one sample."""
     one = next(holdout.samples())
 
-    def measure(path: Path, precision: str, limit: int | None = None) -> Measured:
-        model = open_artifact(path, fmt, precision, converter, source, profile, threads)
+    def measure(path: Path, precision: str, limit: int | None = None, weight_bits: int | None = None) -> Measured:
+        model = open_artifact(path, fmt, precision, converter, source, profile, threads, weight_bits=weight_bits)
         part = holdout if limit is None else holdout.take(slice(0, limit))
         ref = ref_out if limit is None else [r[: len(part)] for r in ref_out]
         fid = compare(ref, run_batched(_as_list(model), part.batches(64)), part.labels)
@@ -469,13 +472,14 @@ def split_samples(
 
 def open_artifact(
     path: Path, fmt: str, precision: str, converter: Any, source: SourceModel, profile: DeviceProfile, threads: int,
-    *, specs: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]] | None = None,
+    *, specs: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]] | None = None, weight_bits: int | None = None,
 ) -> LoadedModel:
     """Open an artifact through the runtime's own feeding code, before it has a manifest."""
     inputs, outputs = specs or converter.io_specs(path, source)
     manifest = Manifest(format=fmt, precision=precision, model_file=path.name, inputs=inputs, outputs=outputs,
-                        device=profile.to_dict(), files={})
-    backend = open_backend(fmt, path, threads=threads, providers=profile.execution_providers)
+                        device=profile.to_dict(), files={}, weight_bits=weight_bits)
+    backend = open_backend(fmt, path, threads=threads, providers=profile.execution_providers,
+                           exact_int8=weight_bits != 7)
     return LoadedModel(path.parent, manifest, backend, 0.0)
 
 

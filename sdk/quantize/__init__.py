@@ -256,7 +256,7 @@ def search(
         precisions: Precisions the profile and format allow.
         source: The source model.
         calib: Calibration samples (``None``: only recipes that need none).
-        measure: ``measure(path, precision, limit=None) -> Measured`` on held-out samples.
+        measure: ``measure(path, precision, limit=None, weight_bits=None) -> Measured`` on held-out samples.
         budget: The accuracy budget.
         reference_accuracy: The original's held-out accuracy (with labels).
         threads: Threads the models run with while timed.
@@ -302,7 +302,7 @@ def search(
             if recipe.precision == "fp32":
                 m = base
             else:
-                m = measure(path, recipe.precision)
+                m = measure(path, recipe.precision, weight_bits=done.get("weight_bits"))
                 speed, _, lat = paired_speedup(base.run_one, m.run_one, threads=threads, budget_s=latency_budget_s)
                 m = replace(m, latency=lat, speedup=speed, run_one=None)
         cand.measured, cand.seconds = m, time.perf_counter() - started
@@ -413,9 +413,9 @@ def sensitivity(
     path = work / f"sensitivity{fp32.suffix}"
     for i, layer in enumerate(layers):
         try:
-            converter.quantize(fp32, path, recipe=replace(recipe, keep_float=(), only=(layer.name,)),
-                               source=source, calib=calib, profile=profile)
-            m = measure(path, recipe.precision, limit=SENSITIVITY_SAMPLES)
+            done = converter.quantize(fp32, path, recipe=replace(recipe, keep_float=(), only=(layer.name,)),
+                                      source=source, calib=calib, profile=profile)
+            m = measure(path, recipe.precision, limit=SENSITIVITY_SAMPLES, weight_bits=done.get("weight_bits"))
             found.append(LayerSensitivity(layer, 1.0 - m.fidelity.cosine_mean, m.fidelity.cosine_min,
                                           m.fidelity.accuracy))
         finally:

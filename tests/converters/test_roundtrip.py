@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import edgec
+import edgec.devices
 from edgec.runtime.manifest import read_manifest, sha256_file
 
 CASES = [(f, p) for f in ("onnx", "tflite") for p in ("fp32", "fp16", "int8")]
@@ -85,3 +86,22 @@ def test_jetson_family_name_converts_without_calibration(assets, tmp_path):
     assert (result.manifest.format, result.manifest.precision) == ("onnx", "fp16")
     assert result.report["data"]["synthetic"] is True
     assert result.manifest.execution_providers[0] == "TensorrtExecutionProvider"
+
+
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_onnx_int8_is_exact_on_every_x86_cpu(assets, digits, tmp_path, torch_accuracy, reduce_range):
+    """Full-range int8 weights saturate onnxruntime's u8s8 kernels on x86 without VNNI.
+
+    The x86 profile quantizes weights to 7 bits (exact on the fast kernels); a bundle with
+    full-range weights is run on the exact kernels. Either way the artifact must follow the
+    original on whatever CPU runs this test.
+    """
+    text = (edgec.devices.PROFILES_DIR / "x86-64.toml").read_text()
+    profile = tmp_path / "board.toml"
+    profile.write_text(text.replace("int8_reduce_range = true", f"int8_reduce_range = {str(reduce_range).lower()}"))
+    result = edgec.convert(assets / "model.pt2", device=str(profile), precision="int8", calib=assets / "calib.npz",
+                           out=tmp_path / "b", latency_budget_s=0.05, min_cosine=0.99)
+    assert result.manifest.weight_bits == (7 if reduce_range else 8)
+    assert read_manifest(result.bundle).weight_bits == result.manifest.weight_bits
+    logits = edgec.load(result.bundle).predict(digits.x_test)["output"]
+    assert 100 * (torch_accuracy - float((logits.argmax(1) == digits.y_test).mean())) <= 1.0
