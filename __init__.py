@@ -18,20 +18,30 @@ from ._version import __version__ as __version__
 from .errors import EdgecError as EdgecError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .runtime import load as load
+    from .runtime.model import load as load
+    from .sdk.compress import compress as compress
     from .sdk.pipeline import convert as convert
+    from .sdk.analyze import analyze as analyze
 
-__all__ = ["__version__", "EdgecError", "convert", "load"]
+__all__ = ["__version__", "EdgecError", "analyze", "compress", "convert", "load"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy re-exports keep `import edgec` free of heavy frameworks.
+    # Lazy re-exports keep `import edgec` free of heavy frameworks: the verbs mirror the CLI.
     if name == "convert":
         from .sdk.pipeline import convert
 
         return convert
+    if name == "analyze":
+        from .sdk.analyze import analyze
+
+        return analyze
+    if name == "compress":
+        from .sdk.compress import compress
+
+        return compress
     if name == "load":
-        from .runtime import load
+        from .runtime.model import load
 
         return load
     raise AttributeError(f"module 'edgec' has no attribute {name!r}")

@@ -53,6 +53,26 @@ class InputError(EdgecError, ValueError):
     """Inputs passed to a loaded model do not match its manifest (name, shape or dtype)."""
 
 
+class QueueFullError(EdgecError):
+    """A model's request queue is full; retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineError(EdgecError):
+    """A request's deadline passed before its model ran it."""
+
+
+class BrokerError(EdgecError):
+    """The MQTT broker cannot be reached, or refused the connection."""
+
+
+class SpoolError(EdgecError):
+    """The telemetry spool (an SQLite file) cannot be opened or written."""
+
+
 class MissingDependencyError(EdgecError, ImportError):
     """An optional dependency is not installed; the message names the extra that brings it."""
 

@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from edgec.sdk.compress import compress
-from edgec.sdk.report import human_bytes
-from edgec.sdk.zoo import digits_cnn, digits_splits, seeded, train
+from edgec.sdk.report.markdown import human_bytes
+from edgec.sdk.examples.zoo import digits_cnn, digits_splits, seeded, train
 
 CASES = {
     "structured 50% + distillation": {"prune": 0.5, "structured": True, "distill": True},

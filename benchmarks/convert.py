@@ -17,8 +17,9 @@ import numpy as np
 from rich.console import Console
 
 from edgec import convert
-from edgec.sdk.quickstart import compare_rows, measure_bundle, rows_table
-from edgec.sdk.zoo import digits_cnn, digits_dwcnn, digits_mlp, digits_splits, export_pt2, seeded, train
+from edgec.sdk.examples.quickstart import compare_rows, measure_bundle
+from edgec.sdk.report.terminal import bundles_table
+from edgec.sdk.examples.zoo import digits_cnn, digits_dwcnn, digits_mlp, digits_splits, export_pt2, seeded, train
 
 MODELS = {"digits-cnn": digits_cnn, "digits-dwcnn": digits_dwcnn, "digits-mlp": digits_mlp}
 
@@ -44,7 +45,7 @@ def main() -> None:
                     group.append({"model": name, **measure_bundle(out, data.x_test, data.y_test, budget_s=2.0)})
             rows += compare_rows(group)
     console = Console(width=140)
-    console.print(rows_table(rows, f"fp32 vs int8 on {len(data.x_test)} held-out test digits (p50 per call at batch 1 / 64, this host)"))
+    console.print(bundles_table(rows, f"fp32 vs int8 on {len(data.x_test)} held-out test digits (p50 per call at batch 1 / 64, this host)"))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

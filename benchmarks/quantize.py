@@ -28,8 +28,8 @@ from rich.table import Table
 
 from edgec import convert
 from edgec.runtime import load
-from edgec.sdk.evaluate import paired_speedup
-from edgec.sdk.zoo import (
+from edgec.sdk.verify.timing import paired_speedup
+from edgec.sdk.examples.zoo import (
     digits_cnn,
     digits_dwcnn,
     digits_splits,

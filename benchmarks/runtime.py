@@ -32,7 +32,7 @@ import numpy as np
 def build(root: Path) -> None:
     """Phase 1 (subprocess, uses torch): the bundles."""
     from edgec import convert
-    from edgec.sdk.zoo import digits_cnn, digits_splits, export_pt2, seeded, train
+    from edgec.sdk.examples.zoo import digits_cnn, digits_splits, export_pt2, seeded, train
 
     data = digits_splits()
     np.savez(root / "calib.npz", x=data.x_calib)
@@ -57,8 +57,9 @@ def build(root: Path) -> None:
 
 def overhead(root: Path, x: np.ndarray) -> list[dict]:
     from edgec.runtime import load
-    from edgec.runtime.batcher import Batcher, BatcherConfig
-    from edgec.sdk.evaluate import paired_speedup
+    from edgec.runtime.batcher import Batcher
+    from edgec.runtime.config import BatcherConfig
+    from edgec.sdk.verify.timing import paired_speedup
 
     rows = []
     one = x[:1]
@@ -131,7 +132,8 @@ def throughput(root: Path, x: np.ndarray, bundle: str, clients: int = 16, second
     import io
     import multiprocessing
 
-    from edgec.runtime.server import ServeConfig, Server
+    from edgec.runtime.config import ServeConfig
+    from edgec.runtime.server import Server
 
     bodies = []
     for i in range(64):
@@ -167,7 +169,8 @@ def throughput(root: Path, x: np.ndarray, bundle: str, clients: int = 16, second
 
 def throughput_in_process(root: Path, x: np.ndarray, bundle: str, clients: int = 16, seconds: float = 3.0) -> list[dict]:
     """The same comparison without HTTP: ``clients`` threads calling ``Runtime.predict``."""
-    from edgec.runtime.server import Runtime, ServeConfig
+    from edgec.runtime.config import ServeConfig
+    from edgec.runtime.serving import Runtime
 
     rows = []
     for label, batch in (("unbatched (max_batch_size 1)", 1), ("batched (max_batch_size 16)", 16)):
@@ -195,7 +198,8 @@ def throughput_in_process(root: Path, x: np.ndarray, bundle: str, clients: int =
 
 
 def memory(root: Path, budget_mb: float = 128.0, rounds: int = 3) -> dict:
-    from edgec.runtime.cache import ModelCache, rss_bytes
+    from edgec.runtime.cache import ModelCache
+    from edgec.runtime.system import rss_bytes
 
     cache = ModelCache(int(budget_mb * 2**20))
     names = [f"mlp{i}" for i in range(6)]

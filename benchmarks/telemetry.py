@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "runtime"
 
 from mosquitto_broker import Mosquitto  # noqa: E402
 
-from edgec.runtime.telemetry import Publisher, TelemetryConfig, paho_client  # noqa: E402
+from edgec.runtime.config import TelemetryConfig
+from edgec.runtime.mqtt import Publisher, paho_client  # noqa: E402
 
 PAYLOAD = 256
 

@@ -1,24 +1,80 @@
-"""The converter protocol every target format implements, and the recipes it takes."""
+"""The converter protocol every target format implements, what it is given, and the recipes it takes.
+
+A converter sees the source model, the calibration samples and the target board only
+through the small protocols here (:class:`Source`, :class:`Samples`, :class:`Target`): the
+SDK's loaders and the device profiles satisfy them, and nothing here imports either.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
-from ..errors import ValidationError
-from ..runtime.manifest import TensorSpec
+import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..devices import DeviceProfile
-    from ..sdk.calibration import SampleSet
-    from ..sdk.models import SourceModel
+from .._quiet import quiet
+from ..errors import ConversionError, EdgecError, ValidationError, first_line
+from ..formats import CALIBRATIONS, MODES
+from ..runtime.tensors import TensorSpec
 
 # Calibration past this many samples costs time and rarely moves int8 ranges.
 MAX_CALIBRATION_SAMPLES = 512
 
-MODES = ("static", "dynamic", "weight-only")
-CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+class Source(Protocol):
+    """The original model (``edgec.sdk.load.models`` builds these)."""
+
+    kind: str  # "torch" | "onnx"
+    label: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    size_bytes: int
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Reference outputs for ``feeds`` keyed by input name."""
+        ...
+
+
+class Samples(Protocol):
+    """Named arrays sharing a first (sample) axis (``edgec.sdk.load.data.SampleSet``)."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, index: Any) -> Samples: ...
+
+    def samples(self) -> Iterator[dict[str, np.ndarray]]: ...
+
+    def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]: ...
+
+
+class Target(Protocol):
+    """What a converter needs to know of the board (a :class:`~edgec.devices.DeviceProfile` has it)."""
+
+    name: str
+    int8_io: bool
+    int8_reduce_range: bool
+    execution_providers: tuple[str, ...]
+
+
+@contextlib.contextmanager
+def converting(what: str) -> Iterator[None]:
+    """Run an exporter or quantizer step quietly; a failure becomes one :class:`ConversionError`.
+
+    The error carries the first line of the exception and the tail of what the tool
+    printed meanwhile (which is where converters put the real reason).
+    """
+    captured = None
+    try:
+        with quiet() as captured:
+            yield
+    except EdgecError:
+        raise
+    except Exception as exc:
+        tail = f"\n{captured.tail()}" if captured is not None and captured.text else ""
+        raise ConversionError(f"{what} failed: {first_line(exc)}{tail}") from None
 
 
 @dataclass(frozen=True)
@@ -97,13 +153,15 @@ class Layer:
 
 
 class Converter(Protocol):
-    """Exports a source model to one format and quantizes the result."""
+    """Exports a source model to one format and quantizes the result.
+
+    What each format's quantizer can make (modes, calibrations, smoothing) is in the format
+    table, :data:`edgec.formats.FORMATS`.
+    """
 
     format: str
-    calibrations: tuple[str, ...]
-    modes: tuple[str, ...]
 
-    def export(self, source: SourceModel, path: Path) -> None:
+    def export(self, source: Source, path: Path) -> None:
         """Write the fp32 artifact for ``source`` to ``path``.
 
         Raises:
@@ -117,9 +175,9 @@ class Converter(Protocol):
         out: Path,
         *,
         recipe: Recipe,
-        source: SourceModel,
-        calib: SampleSet | None,
-        profile: DeviceProfile,
+        source: Source,
+        calib: Samples | None,
+        profile: Target,
     ) -> dict[str, object]:
         """Write ``fp32`` quantized by ``recipe`` to ``out``; return what was done (for the report)."""
         ...
@@ -128,6 +186,6 @@ class Converter(Protocol):
         """The layers of ``fp32`` that int8 quantizes, in graph order."""
         ...
 
-    def io_specs(self, path: Path, source: SourceModel) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    def io_specs(self, path: Path, source: Source) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         """Inputs and outputs of the artifact, named as the source names them."""
         ...

@@ -12,56 +12,44 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, MissingDependencyError
-from ..errors import first_line as _first_line
-from ..runtime.manifest import TensorSpec
-from .base import MAX_CALIBRATION_SAMPLES, Layer, Recipe
+from .._optional import need
+from ..errors import ConversionError
+from ..formats import FORMATS
+from ..runtime.backends.onnx import session, tensor_spec
+from ..runtime.tensors import TensorSpec
+from .base import MAX_CALIBRATION_SAMPLES, Layer, Recipe, Samples, Source, Target, converting
 
-# Layers whose weights int8 quantizes; dynamic int8 covers only the ones onnxruntime has
-# integer kernels for at run time (MatMulInteger, Gather of int8 tables).
+# Layers whose weights int8 quantizes.
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
-DYNAMIC_OPS = ("MatMul", "Gather", "Attention", "LSTM")
 # Percentile calibration clips activation ranges at this percentile of |x|.
 PERCENTILE = 99.99
-
+FORMAT = FORMATS["onnx"]
 
 
 class OnnxConverter:
-    format = "onnx"
-    calibrations = ("minmax", "percentile", "entropy")
-    modes = ("static", "dynamic")
+    format = FORMAT.name
 
-    def export(self, source: Any, path: Path) -> None:
+    def export(self, source: Source, path: Path) -> None:
         if source.kind == "onnx":
             shutil.copyfile(source.path, path)
             return
-        try:
-            import torch
-        except ImportError:
-            raise MissingDependencyError("torch", "sdk", "to export PyTorch models") from None
-        from .._quiet import quiet
-
+        torch = need("torch", extra="sdk", purpose="to export PyTorch models")
         args = tuple(
             torch.from_numpy(np.zeros(tuple(2 if d is None else d for d in t.shape), dtype=t.dtype))
             for t in source.inputs
         )
-        log = None
-        try:
-            with quiet() as log:
-                torch.onnx.export(
-                    source.program,
-                    args,
-                    str(path),
-                    input_names=[t.name for t in source.inputs],
-                    output_names=[t.name for t in source.outputs],
-                    dynamo=True,
-                    external_data=False,
-                    optimize=True,
-                    verbose=False,
-                )
-        except Exception as exc:
-            tail = f"\n{log.tail()}" if log and log.text else ""
-            raise ConversionError(f"torch.onnx.export failed: {_first_line(exc)}{tail}") from None
+        with converting("torch.onnx.export"):
+            torch.onnx.export(
+                source.program,
+                args,
+                str(path),
+                input_names=[t.name for t in source.inputs],
+                output_names=[t.name for t in source.outputs],
+                dynamo=True,
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
 
     def quantize(
         self,
@@ -69,30 +57,23 @@ class OnnxConverter:
         out: Path,
         *,
         recipe: Recipe,
-        source: Any,
-        calib: Any,
-        profile: Any,
+        source: Source,
+        calib: Samples | None,
+        profile: Target,
     ) -> dict[str, object]:
-        try:
-            import onnx
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-        except ImportError:
-            raise MissingDependencyError("onnxruntime", "sdk", "to quantize ONNX models") from None
-        from .._quiet import quiet
+        onnx = need("onnx", extra="sdk", purpose="to quantize ONNX models")
+        quantization = need("onnxruntime.quantization", extra="sdk", purpose="to quantize ONNX models")
+        from onnxruntime.quantization.shape_inference import quant_pre_process
 
         if recipe.precision == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            try:
-                with quiet():
-                    model16 = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
-                    onnx.save(model16, str(out))
-            except Exception as exc:
-                raise ConversionError(f"ONNX fp16 conversion failed: {_first_line(exc)}") from None
+            with converting("ONNX fp16 conversion"):
+                model16 = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+                onnx.save(model16, str(out))
             return {"tool": "onnxruntime.transformers.float16", "io": "float32"}
 
-        if recipe.precision != "int8" or recipe.mode not in self.modes:
+        if recipe.precision != "int8" or recipe.mode not in FORMAT.modes:
             raise ConversionError(f"the ONNX converter cannot produce {recipe.label()}")
         if recipe.needs_calibration and (calib is None or len(calib) == 0):
             raise ConversionError("int8 needs calibration data: pass --calib")
@@ -100,10 +81,9 @@ class OnnxConverter:
         dynamic_batch = all(t.shape[:1] == (None,) for t in source.inputs)
         batch = 16 if dynamic_batch else 1
         prepared = out.with_name(out.stem + ".pre.onnx")
-        log = None
         done: dict[str, object] = {"tool": f"onnxruntime.quantization.quantize_{recipe.mode}", "io": "float32"}
         try:
-            with quiet() as log:
+            with converting(f"ONNX {recipe.label()} quantization"):
                 quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
                 if recipe.smoothing is not None:
                     smoothed = _smooth(prepared, used, batch, recipe.smoothing, skip=set(recipe.keep_float))
@@ -113,16 +93,14 @@ class OnnxConverter:
                     "nodes_to_quantize": list(recipe.only) if recipe.only is not None else None,
                 }
                 if recipe.mode == "dynamic":
-                    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                                     reduce_range=profile.int8_reduce_range,
-                                     op_types_to_quantize=list(DYNAMIC_OPS), **selection)
+                    quantization.quantize_dynamic(
+                        str(prepared), str(out), weight_type=quantization.QuantType.QInt8, per_channel=True,
+                        reduce_range=profile.int8_reduce_range, op_types_to_quantize=list(FORMAT.dynamic_ops),
+                        **selection)
                     done.update(weights=_weights(profile), activations="int8, quantized at run time")
                 else:
                     done.update(_quantize_static(prepared, out, used, batch, recipe, profile, selection))
                 done["weight_bits"] = 7 if profile.int8_reduce_range else 8
-        except Exception as exc:
-            tail = f"\n{log.tail()}" if log and log.text else ""
-            raise ConversionError(f"ONNX {recipe.label()} quantization failed: {_first_line(exc)}{tail}") from None
         finally:
             prepared.unlink(missing_ok=True)
         if used is not None and recipe.needs_calibration:
@@ -132,7 +110,7 @@ class OnnxConverter:
         return done
 
     def layers(self, fp32: Path) -> list[Layer]:
-        import onnx
+        onnx = need("onnx", extra="sdk", purpose="to read ONNX models")
         from onnx import numpy_helper
 
         model = onnx.load(str(fp32))
@@ -150,16 +128,15 @@ class OnnxConverter:
             found.append(Layer(node.name, display, node.op_type, int(numpy_helper.to_array(w).size)))
         return found
 
-    def io_specs(self, path: Path, source: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        from ..sdk.models import _onnx_spec
-
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        inputs = tuple(_onnx_spec(i) for i in session.get_inputs())
-        outputs = tuple(_onnx_spec(o) for o in session.get_outputs())
+    def io_specs(self, path: Path, source: Source) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        with converting(f"opening {path.name} with onnxruntime"):
+            probe = session(path)
+        args = [*probe.get_inputs(), *probe.get_outputs()]
+        specs = [tensor_spec(a) for a in args]
+        for arg, spec in zip(args, specs):
+            if spec is None:
+                raise ConversionError(f"ONNX tensor {arg.name} has type {arg.type}, which edgec cannot feed")
+        inputs, outputs = tuple(specs[:len(probe.get_inputs())]), tuple(specs[len(probe.get_inputs()):])
         want = [t.name for t in source.inputs]
         if [t.name for t in inputs] != want:
             raise ConversionError(
@@ -220,7 +197,6 @@ def _smooth(path: Path, used: Any, batch: int, alpha: float, skip: set[str]) -> 
     or GELU). Returns the number of MatMul layers smoothed.
     """
     import onnx
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(path))
@@ -237,12 +213,10 @@ def _smooth(path: Path, used: Any, batch: int, alpha: float, skip: set[str]) -> 
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
     probe.graph.output.extend(helper.make_tensor_value_info(a, onnx.TensorProto.FLOAT, None) for a in acts if a not in known)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    probing = session(probe.SerializeToString())
     amax: dict[str, np.ndarray] = {}
     for feeds in used.batches(batch):
-        for name, value in zip(acts, session.run(acts, feeds)):
+        for name, value in zip(acts, probing.run(acts, feeds)):
             v = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
             amax[name] = np.maximum(amax[name], v) if name in amax else v
     muls = []

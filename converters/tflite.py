@@ -15,10 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, MissingDependencyError
-from ..errors import first_line as _first_line
-from ..runtime.manifest import Quantization, TensorSpec
-from .base import MAX_CALIBRATION_SAMPLES, Layer, Recipe
+from .._optional import need
+from .._quiet import quiet
+from ..errors import ConversionError
+from ..formats import FORMATS
+from ..runtime.backends.tflite import interpreter_class
+from ..runtime.tensors import Quantization, TensorSpec
+from .base import MAX_CALIBRATION_SAMPLES, Layer, Recipe, Samples, Source, Target, converting
 
 # Ops whose constant weights int8 quantizes.
 WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE", "BATCH_MATMUL",
@@ -26,8 +29,7 @@ WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSP
 
 _ARG = re.compile(r"^args_(\d+)$")
 _OUT = re.compile(r"^output_(\d+)$")
-
-
+FORMAT = FORMATS["tflite"]
 
 def _ordered(names: list[str], pattern: re.Pattern[str]) -> list[str]:
     """Signature names in positional order (``args_10`` after ``args_9``)."""
@@ -39,9 +41,7 @@ def _ordered(names: list[str], pattern: re.Pattern[str]) -> list[str]:
 
 
 def _signature(path: Path) -> tuple[Any, list[str], list[str]]:
-    from ..runtime.backends import _interpreter_class
-
-    interpreter = _interpreter_class()(model_path=str(path))
+    interpreter = interpreter_class()(model_path=str(path))
     sigs = interpreter.get_signature_list()
     key = next(iter(sigs))
     runner = interpreter.get_signature_runner(key)
@@ -49,38 +49,25 @@ def _signature(path: Path) -> tuple[Any, list[str], list[str]]:
 
 
 class TFLiteConverter:
-    format = "tflite"
-    # ai-edge-quantizer calibrates by min/max; histogram methods are onnxruntime's.
-    calibrations = ("minmax",)
-    modes = ("static", "dynamic", "weight-only")
+    format = FORMAT.name
 
-    def export(self, source: Any, path: Path) -> None:
+    def export(self, source: Source, path: Path) -> None:
         if source.kind != "torch":
             raise ConversionError(
                 f"TFLite export takes PyTorch models (.pt2 or pkg.module:factory); {source.label} "
                 "is ONNX: convert it with --format onnx, or export the PyTorch model to .pt2"
             )
-        from .._quiet import quiet
-
-        try:
-            with quiet():  # litert-torch logs C++ banners and optional-kernel failures on import
-                import litert_torch
-                import torch
-        except ImportError:
-            raise MissingDependencyError("litert-torch", "sdk", "to export TFLite models") from None
+        with quiet():  # litert-torch logs C++ banners and optional-kernel failures on import
+            litert_torch = need("litert_torch", extra="sdk", purpose="to export TFLite models")
+            torch = need("torch", extra="sdk", purpose="to export TFLite models")
 
         args = tuple(
             torch.from_numpy(np.zeros(tuple(1 if d is None else d for d in t.shape), dtype=t.dtype))
             for t in source.inputs
         )
-        log = None
-        try:
-            with quiet() as log:
-                edge_model = litert_torch.convert(source.module(), args)
-                edge_model.export(str(path))
-        except Exception as exc:
-            tail = f"\n{log.tail()}" if log and log.text else ""
-            raise ConversionError(f"litert-torch conversion failed: {_first_line(exc)}{tail}") from None
+        with converting("litert-torch conversion"):
+            edge_model = litert_torch.convert(source.module(), args)
+            edge_model.export(str(path))
 
     def quantize(
         self,
@@ -88,28 +75,22 @@ class TFLiteConverter:
         out: Path,
         *,
         recipe: Recipe,
-        source: Any,
-        calib: Any,
-        profile: Any,
+        source: Source,
+        calib: Samples | None,
+        profile: Target,
     ) -> dict[str, object]:
-        from .._quiet import quiet
-
-        try:
-            with quiet():
-                import ai_edge_quantizer as aeq
-                from ai_edge_quantizer import qtyping
-                from ai_edge_quantizer.algorithm_manager import AlgorithmName
-        except ImportError:
-            raise MissingDependencyError("ai-edge-quantizer", "sdk", "to quantize TFLite models") from None
+        with quiet():
+            aeq = need("ai_edge_quantizer", extra="sdk", purpose="to quantize TFLite models")
+            from ai_edge_quantizer import qtyping
+            from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
         quantizer = aeq.Quantizer(str(fp32))
         every = qtyping.TFLOperationName.ALL_SUPPORTED
-        log = None
         if recipe.precision == "fp16":
             quantizer.add_weight_only_config(".*", every, 16, algorithm_key=AlgorithmName.FLOAT_CASTING)
             done: dict[str, object] = {"tool": "ai-edge-quantizer", "recipe": "weight-only float16", "io": "float32"}
-        elif (recipe.precision == "int8" and recipe.mode in self.modes and recipe.calibration in self.calibrations
-              and recipe.smoothing is None):
+        elif (recipe.precision == "int8" and recipe.mode in FORMAT.modes and recipe.calibration in FORMAT.calibrations
+              and (recipe.smoothing is None or FORMAT.smoothing)):
             if recipe.needs_calibration and (calib is None or len(calib) == 0):
                 raise ConversionError("int8 needs calibration data: pass --calib")
             add = {
@@ -139,26 +120,20 @@ class TFLiteConverter:
             raise ConversionError(f"the TFLite converter cannot produce {recipe.label()}")
         if recipe.keep_float:
             done["float_layers"] = list(recipe.keep_float)
-        try:
-            with quiet() as log, warnings.catch_warnings():
-                # Calibration keeps every intermediate tensor on purpose, and warns about it.
-                warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
-                calibration = None
-                if recipe.needs_calibration:
-                    used = calib.take(slice(0, MAX_CALIBRATION_SAMPLES))
-                    calibration = _calibrate_min_max(fp32, quantizer.get_quantization_recipe(),
-                                                     _signature_data(fp32, source, used))
-                    done.update(calibration="minmax (true running min/max over every sample)",
-                                calibration_samples=len(used))
-                quantizer.quantize(calibration, enable_progress_report=False).export_model(str(out), overwrite=True)
-        except Exception as exc:
-            tail = f"\n{log.tail()}" if log and log.text else ""
-            raise ConversionError(f"TFLite {recipe.label()} quantization failed: {_first_line(exc)}{tail}") from None
+        with converting(f"TFLite {recipe.label()} quantization"), warnings.catch_warnings():
+            # Calibration keeps every intermediate tensor on purpose, and warns about it.
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+            calibration = None
+            if recipe.needs_calibration:
+                used = calib.take(slice(0, MAX_CALIBRATION_SAMPLES))
+                calibration = _calibrate_min_max(fp32, quantizer.get_quantization_recipe(),
+                                                 _signature_data(fp32, source, used))
+                done.update(calibration="minmax (true running min/max over every sample)",
+                            calibration_samples=len(used))
+            quantizer.quantize(calibration, enable_progress_report=False).export_model(str(out), overwrite=True)
         return done
 
     def layers(self, fp32: Path) -> list[Layer]:
-        from .._quiet import quiet
-
         with quiet():
             from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
         model = fb.read_model(str(fp32))
@@ -179,7 +154,7 @@ class TFLiteConverter:
             found.append(Layer(scope, _module_path(scope), op_name, max(sizes)))
         return found
 
-    def io_specs(self, path: Path, source: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    def io_specs(self, path: Path, source: Source) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         runner, arg_names, out_names = _signature(path)
         in_details, out_details = runner.get_input_details(), runner.get_output_details()
         if len(arg_names) != len(source.inputs) or len(out_names) != len(source.outputs):

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..converters import FORMATS, PRECISIONS
+from ..formats import FORMATS, PRECISIONS
 from ..errors import DeviceNotFoundError, ValidationError
 
 if sys.version_info >= (3, 11):
@@ -157,6 +157,21 @@ class DeviceProfile:
         for key in ("aliases", "allowed_precisions", "execution_providers"):
             flat[key] = tuple(flat[key])
         return cls(**flat, source=source)
+
+    def fit_problems(self, size_bytes: int, ram_bytes: int | None) -> list[str]:
+        """Why a model of this file size, adding this much RAM when loaded, does not fit the board.
+
+        Returns:
+            One sentence per problem; empty when it fits.
+        """
+        problems = []
+        if size_bytes > self.storage_mb * 2**20:
+            problems.append(f"the model file is {size_bytes / 2**20:.1f} MB, over {self.name}'s {self.storage_mb} MB "
+                            "storage budget")
+        if ram_bytes is not None and ram_bytes > self.model_ram_mb * 2**20:
+            problems.append(f"loading the model added {ram_bytes / 2**20:.0f} MB of RAM, over {self.name}'s "
+                            f"{self.model_ram_mb} MB model budget")
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field (for manifests and reports)."""

@@ -7,7 +7,7 @@ onnx or ``edgec.sdk`` (a test enforces it).
 from __future__ import annotations
 
 from .manifest import Manifest as Manifest
-from .manifest import TensorSpec as TensorSpec
+from .tensors import TensorSpec as TensorSpec
 from .manifest import read_manifest as read_manifest
 from .model import LoadedModel as LoadedModel
 from .model import load as load

@@ -23,42 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EdgecError, InputError
+from ..errors import DeadlineError, InputError, QueueFullError
+from .config import BatcherConfig
 
 log = logging.getLogger("edgec.runtime")
-
-
-class QueueFullError(EdgecError):
-    """The batcher's queue is full; retry after ``retry_after_s``."""
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class DeadlineError(EdgecError):
-    """A request's deadline passed before it ran."""
-
-
-@dataclass(frozen=True)
-class BatcherConfig:
-    """Batching limits.
-
-    Attributes:
-        max_batch_size: Most samples run together.
-        max_queue_delay_ms: Longest wait after the first queued request for more to join.
-        max_queue: Most requests waiting.
-        max_bytes: Most input bytes waiting.
-    """
-
-    max_batch_size: int = 8
-    max_queue_delay_ms: float = 2.0
-    max_queue: int = 64
-    max_bytes: int = 64 * 2**20
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue < 1 or self.max_bytes < 1 or self.max_queue_delay_ms < 0:
-            raise EdgecError("batcher limits must be positive")
 
 
 @dataclass

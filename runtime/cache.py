@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -22,47 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError, EdgecError
+from ..errors import BundleError, EdgecError, ValidationError
 from .manifest import read_manifest
 from .model import LoadedModel, load
+from .system import available_bytes, release_freed_memory, rss_bytes
 
 log = logging.getLogger("edgec.runtime")
-
-
-def rss_bytes() -> int | None:
-    """This process's resident memory (Linux ``/proc``; psutil elsewhere; None without either)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        try:
-            import psutil
-        except ImportError:
-            return None
-        return int(psutil.Process().memory_info().rss)
-
-
-def available_bytes() -> int | None:
-    """Memory the system can still give (psutil), or None without psutil."""
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by an evicted model back to the OS (glibc keeps it otherwise).
-
-    Without this, RSS after an eviction stays at its peak and the next load pushes the
-    process past its budget although the model's memory was freed.
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        pass
 
 
 @dataclass
@@ -115,7 +79,7 @@ def warm_up(model: LoadedModel) -> None:
     feeds = {}
     for spec in model.inputs:
         shape = tuple(1 if d is None else d for d in spec.shape)
-        dtype = np.float32 if spec.dtype.startswith("float") or spec.quantization is not None else spec.dtype
+        dtype = np.float32 if spec.takes_floats else spec.dtype
         feeds[spec.name] = np.zeros(shape, dtype=dtype)
     model.predict(feeds)
 
@@ -135,7 +99,7 @@ class ModelCache:
                  loader: Callable[[Path], LoadedModel] | None = None,
                  memory: Callable[[], int | None] = rss_bytes) -> None:
         if budget_bytes <= 0:
-            raise EdgecError("the cache budget must be positive")
+            raise ValidationError(f"the model cache budget must be positive, got {budget_bytes} bytes")
         self.budget_bytes = budget_bytes
         self.min_available_bytes = min_available_bytes
         self._loader = loader or (lambda p: load(p, threads=threads, lean=True))

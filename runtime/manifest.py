@@ -10,69 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError, IntegrityError
+from .tensors import TensorSpec
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
-# Model tensor dtypes the runtime knows how to feed and read.
-DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool")
-
-
-@dataclass(frozen=True)
-class Quantization:
-    """Affine quantization of one tensor: ``real = (q - zero_point) * scale``."""
-
-    scale: float
-    zero_point: int
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output as the caller sees it.
-
-    Attributes:
-        name: The name callers use (the original model's input name).
-        shape: Dimensions; ``None`` marks a dynamic one (usually the batch).
-        dtype: dtype of the tensor inside the model file (``int8`` for full-integer I/O).
-        quantization: Scale and zero point when ``dtype`` is a quantized integer type.
-        tensor: The name of the tensor inside the model file, when it differs from ``name``.
-    """
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: str
-    quantization: Quantization | None = None
-    tensor: str | None = None
-
-    @property
-    def model_name(self) -> str:
-        """The tensor's name inside the model file."""
-        return self.tensor or self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["shape"] = list(self.shape)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
-        q = data.get("quantization")
-        return cls(
-            name=str(data["name"]),
-            shape=tuple(None if d is None else int(d) for d in data["shape"]),
-            dtype=str(data["dtype"]),
-            quantization=Quantization(float(q["scale"]), int(q["zero_point"])) if q else None,
-            tensor=data.get("tensor"),
-        )
-
-    def describe(self) -> str:
-        """``name: float32[?, 1, 8, 8]`` for messages."""
-        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.name}: {self.dtype}[{dims}]"
 
 
 @dataclass(frozen=True)

@@ -15,27 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .backends import Backend, open_backend
-from .manifest import Manifest, TensorSpec, read_manifest, verify_files
-
-_QUANTIZED = ("int8", "uint8", "int16")
-
-
-def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """Float -> the tensor's integer type with its scale and zero point (round, saturate)."""
-    assert spec.quantization is not None
-    info = np.iinfo(spec.dtype)
-    q = np.round(x.astype(np.float32) / spec.quantization.scale) + spec.quantization.zero_point
-    return np.clip(q, info.min, info.max).astype(spec.dtype)
-
-
-def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """Integer tensor -> float32 with its scale and zero point."""
-    assert spec.quantization is not None
-    return ((q.astype(np.float32) - spec.quantization.zero_point) * spec.quantization.scale).astype(
-        np.float32
-    )
-
+from .backends import Backend, BackendOptions, open_backend
+from .manifest import Manifest, read_manifest, verify_files
+from .tensors import QUANTIZED, TensorSpec, check_array, dequantize, quantize
 
 class LoadedModel:
     """A bundle ready to serve.
@@ -159,7 +141,10 @@ class LoadedModel:
         feeds: dict[str, np.ndarray] = {}
         batches = set()
         for spec in self.inputs:
-            array = _check_array(np.asarray(inputs[spec.name]), spec)
+            array = np.asarray(inputs[spec.name])
+            problem = check_array(array, spec)
+            if problem:
+                raise InputError(problem)
             if array.ndim:
                 batches.add(array.shape[0])
             feeds[spec.model_name] = _to_model_dtype(array, spec)
@@ -169,41 +154,15 @@ class LoadedModel:
 
     @staticmethod
     def _finish(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
-        if spec.quantization is not None and spec.dtype in _QUANTIZED:
+        if spec.quantization is not None and spec.dtype in QUANTIZED:
             return dequantize(value, spec)
         if value.dtype == np.float16:
             return value.astype(np.float32)
         return value
 
 
-def _check_array(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    model_float = spec.dtype.startswith("float") or spec.quantization is not None
-    kind = array.dtype.kind
-    if model_float and kind not in "f":
-        hint = " (scale images to float first, as in training)" if kind in "iu" else ""
-        raise InputError(f"input {spec.name} must be a float array, got {array.dtype}{hint}: expected {spec.describe()}")
-    if not model_float and spec.dtype.startswith(("int", "uint")) and kind not in "iu":
-        raise InputError(f"input {spec.name} must be an integer array, got {array.dtype}: expected {spec.describe()}")
-    if spec.dtype == "bool" and kind != "b":
-        raise InputError(f"input {spec.name} must be a bool array, got {array.dtype}: expected {spec.describe()}")
-    if array.ndim != len(spec.shape):
-        raise InputError(
-            f"input {spec.name} has {array.ndim} dimensions {list(array.shape)}, expected "
-            f"{len(spec.shape)}: {spec.describe()}"
-        )
-    for axis, (got, want) in enumerate(zip(array.shape, spec.shape)):
-        if axis == 0 and want == 1:
-            continue  # a fixed batch of 1 is served sample by sample
-        if want is not None and got != want:
-            raise InputError(
-                f"input {spec.name} has shape {list(array.shape)}, but dimension {axis} must be "
-                f"{want}: expected {spec.describe()}"
-            )
-    return array
-
-
 def _to_model_dtype(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    if spec.quantization is not None and spec.dtype in _QUANTIZED:
+    if spec.quantization is not None and spec.dtype in QUANTIZED:
         return quantize(array, spec)
     target = np.dtype(spec.dtype)
     if array.dtype.kind in "iu" and target.kind in "iu" and array.size and target != array.dtype:
@@ -245,12 +204,7 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
     manifest = read_manifest(path)
     if verify:
         verify_files(path, manifest)
-    backend = open_backend(
-        manifest.format,
-        path / manifest.model_file,
-        threads=threads or manifest.threads,
-        providers=manifest.execution_providers,
-        lean=lean,
-        exact_int8=manifest.weight_bits != 7,
-    )
+    options = BackendOptions(threads=threads or manifest.threads, providers=manifest.execution_providers,
+                             lean=lean, exact_int8=manifest.weight_bits != 7)
+    backend = open_backend(manifest.format, path / manifest.model_file, options)
     return LoadedModel(path, manifest, backend, time.perf_counter() - start)

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EdgecError
+from ..errors import SpoolError, ValidationError
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Spool:
 
     def __init__(self, path: str | Path, *, max_messages: int = 100_000, max_bytes: int = 64 * 2**20) -> None:
         if max_messages < 1 or max_bytes < 1:
-            raise EdgecError("spool limits must be positive")
+            raise ValidationError("spool limits must be positive")
         self.path = Path(path)
         self.max_messages = max_messages
         self.max_bytes = max_bytes
@@ -61,7 +61,7 @@ class Spool:
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('dropped', 0)")
             count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise EdgecError(f"spool {self.path} is not usable ({exc}): move it away or delete it") from None
+            raise SpoolError(f"spool {self.path} is not usable ({exc}): move it away or delete it") from None
         self._count = int(count)
         self._bytes = int(size)
 

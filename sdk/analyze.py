@@ -9,23 +9,26 @@ ranking to pick the layers mixed precision keeps in float.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..converters import FORMATS
 from ..converters.base import Recipe
 from ..devices import get_profile
 from ..errors import CalibrationError, ValidationError
-from .bundle import check_out_dir, publish, staging
-from .models import load_model, precheck
-from .pipeline import ConvertConfig, Step, example_inputs, make_measure, reference_outputs, silent_step, split_samples
-from .plots import sensitivity_png
-from .quantize import LayerSensitivity, sensitivity
-from .report import sensitivity_markdown
+from ..formats import get_format
+from .bundle.writer import publish, staging
+from .load.data import example_inputs, split_samples
+from .load.models import load_model, precheck
+from .plan import ConvertConfig, plan
+from .progress import Step, silent_step
+from .quantize.results import LayerSensitivity
+from .quantize.sensitivity import sensitivity
+from .report.markdown import sensitivity_markdown
+from .report.plots import sensitivity_png
+from .verify.artifact import make_measure, reference_outputs
 
 
 @dataclass(frozen=True)
@@ -77,54 +80,50 @@ def analyze(
         CalibrationError: No sample data to measure on.
         ValidationError: A recipe the format cannot make.
     """
-    known = {f.name for f in fields(ConvertConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValidationError(f"unknown option(s) {', '.join(unknown)}")
-    cfg = replace(ConvertConfig(device=device, format=format), **options)
     step = step or silent_step
     precheck(model)
     if calib is None and eval_data is None:
         raise CalibrationError("analyze measures each layer on real inputs: pass --calib data.npz (and --eval)")
+    cfg = ConvertConfig(device=device, format=format).with_options(options)
     profile = get_profile(cfg.device)
-    fmt = profile.format if cfg.format == "auto" else FORMATS[cfg.format].name
-    converter = FORMATS[fmt].converter()
+    fmt = get_format(profile.format if cfg.format == "auto" else cfg.format)
     recipe = recipe or Recipe("int8", "static" if calib is not None else "dynamic")
-    if recipe.mode not in converter.modes or recipe.calibration not in converter.calibrations:
-        raise ValidationError(f"{fmt} cannot make {recipe.label()}: modes {', '.join(converter.modes)}, "
-                              f"calibrations {', '.join(converter.calibrations)}")
+    if recipe.mode not in fmt.modes or recipe.calibration not in fmt.calibrations:
+        raise ValidationError(f"{fmt.name} cannot make {recipe.label()}: modes {', '.join(fmt.modes)}, "
+                              f"calibrations {', '.join(fmt.calibrations)}")
     if recipe.needs_calibration and calib is None:
         raise CalibrationError(f"{recipe.label()} needs calibration data: pass --calib")
-    out = Path(out or Path("build") / f"analyze-{profile.name}")
-    check_out_dir(out, force=force)
+    target = plan(cfg.with_options({"out": out or Path("build") / f"analyze-{profile.name}", "force": force}), profile)
+    converter = target.converter
     with step("Loading model"):
-        source = load_model(model, weights=cfg.weights, example=example_inputs(calib if calib is not None else eval_data, cfg))
-    warnings: list[str] = []
+        source = load_model(model, weights=cfg.weights,
+                            example=example_inputs(calib if calib is not None else eval_data, cfg.input_shapes))
     with step("Checking sample data"):
-        calib_set, holdout, _ = split_samples(calib, eval_data, source, "int8", cfg, warnings)
-    threads = max(1, min(profile.threads, os.cpu_count() or 1))
-    with staging(out) as stage, tempfile.TemporaryDirectory(prefix="edgec-analyze-") as tmp:
+        data = split_samples(calib, eval_data, source.inputs, quantized=True, holdout=cfg.holdout, seed=cfg.seed,
+                             image=cfg.image)
+    holdout = data.holdout
+    with staging(target.out) as stage, tempfile.TemporaryDirectory(prefix="edgec-analyze-") as tmp:
         work = Path(tmp)
-        fp32 = work / f"model.fp32{FORMATS[fmt].suffix}"
-        with step(f"Exporting {fmt} fp32"):
+        fp32 = work / f"model.fp32{fmt.suffix}"
+        with step(f"Exporting {fmt.name} fp32"):
             converter.export(source, fp32)
         with step("Running the original on held-out samples"):
             ref_out = reference_outputs(source, holdout)
-        measure = make_measure(fmt, converter, source, profile, threads, holdout, ref_out)
+        measure = make_measure(fmt.name, source, profile, target.threads, holdout, ref_out)
         layers = converter.layers(fp32)
         if not layers:
-            raise ValidationError(f"the {fmt} model has no layers with weights for int8 to quantize")
+            raise ValidationError(f"the {fmt.name} model has no layers with weights for int8 to quantize")
         with step(f"Quantizing {len(layers)} layers one at a time ({recipe.label()})"):
-            ranked = sensitivity(converter, fp32, work, recipe, layers, source=source, calib=calib_set,
+            ranked = sensitivity(converter, fp32, work, recipe, layers, source=source, calib=data.calib,
                                  profile=profile, measure=measure, progress=progress)
         rows = [s.to_dict() for s in ranked]
-        title = f"{source.label} on {profile.name} ({fmt}, {recipe.label()})"
+        title = f"{source.label} on {profile.name} ({fmt.name}, {recipe.label()})"
         (stage / "sensitivity.json").write_text(json.dumps(
-            {"model": source.label, "device": profile.name, "format": fmt, "recipe": recipe.to_dict(),
+            {"model": source.label, "device": profile.name, "format": fmt.name, "recipe": recipe.to_dict(),
              "recipe_label": recipe.label(), "holdout_samples": len(holdout), "layers": rows}, indent=2) + "\n")
         md = [f"# edgec sensitivity: {title}", *sensitivity_markdown(rows, recipe.label(), top=len(rows))]
         md += ["", "![per-layer sensitivity](sensitivity.png)", ""]
         (stage / "sensitivity.md").write_text("\n".join(md), encoding="utf-8")
         sensitivity_png(rows, stage / "sensitivity.png", title)
-        published = publish(stage, out, force=force)
-    return Analysis(published, recipe, ranked, warnings)
+        published = publish(stage, target.out, force=force)
+    return Analysis(published, recipe, ranked, data.warnings)

@@ -1,106 +1,52 @@
 """``edgec.convert``: model + sample data + device profile -> a verified bundle.
 
-The one data path (DESIGN.md): load the model, check the data, export an fp32 artifact,
-quantize it to the precision the device wants, verify it against the original on held-out
-samples, measure size and latency, and write the bundle atomically.
+The one data path (see ``docs/architecture.md``), one named stage each:
+
+1. :func:`plan` — the board, format, precision and output folder;
+2. load the model and :func:`prepare_data` (calibration and held-out samples, the doctor, the budget);
+3. export the fp32 artifact and run the original on the held-out samples;
+4. :func:`choose_precision` — the policy search, or the precision asked for;
+5. :func:`verify` — the artifact against the original, through the runtime's own code;
+6. :func:`measure` — size, speed and memory on this host;
+7. write the report and the manifest, and publish the bundle atomically.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..converters import FORMATS, check_precision, get_format
-from ..converters.base import Recipe
-from ..devices import DeviceProfile, get_profile
-from ..errors import CalibrationError, ValidationError, VerificationError
-from ..runtime.backends import open_backend
-from ..runtime.manifest import MANIFEST_NAME, Manifest, TensorSpec, sha256_file
-from ..runtime.model import LoadedModel, load
-from .bundle import check_out_dir, publish, staging, versions
-from .calibration import ImageOptions, SampleSet, load_samples
-from .doctor import diagnose, raise_errors
-from ..runtime.cache import rss_bytes
-from .evaluate import Fidelity, accuracy, compare, measure_latency, paired_speedup, run_batched
-from .models import SourceModel, example_from_shapes, load_model, precheck
+from ..converters.base import Recipe, Source
+from ..devices import DeviceProfile
+from ..errors import CalibrationError, VerificationError
+from ..runtime.manifest import MANIFEST_NAME, Manifest, sha256_file
+from ..runtime.model import load
+from ..runtime.system import rss_bytes
+from .bundle.writer import publish, staging, versions
+from .load.data import Split, example_inputs, split_samples
+from .load.doctor import diagnose, raise_errors
+from .load.models import load_model, precheck
+from .plan import ConvertConfig, Target, plan
 from .progress import Step, silent_step
-from .quantize import Budget, Measured, search
-from .report import to_markdown
+from .quantize.budget import Budget
+from .quantize.search import search
+from .report.build import Measurements, build_report
+from .report.markdown import to_markdown
+from .verify.artifact import Specs, make_measure, open_artifact, outputs_of, reference_outputs, source_latency
+from .verify.fidelity import Fidelity, accuracy, compare, run_batched
+from .verify.timing import measure_latency, paired_speedup
 
 # Sanity floors per precision. They catch broken conversions; accuracy budgets for
 # choosing a precision belong to the quantization policy search.
 DEFAULT_MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98}
 DEFAULT_MIN_TOP1 = {"fp32": 0.99, "fp16": 0.98, "int8": 0.95}
-SYNTHETIC_SAMPLES = 64
-# Held-out samples used to measure each candidate.
-MAX_EVAL_SAMPLES = 500
-
-
-@dataclass(frozen=True)
-class ConvertConfig:
-    """What to build.
-
-    Attributes:
-        device: Device name, alias or ``.toml`` profile path.
-        format: ``auto`` (the profile's), ``onnx`` or ``tflite``.
-        precision: ``auto`` (search recipes from fastest to safest under the accuracy budget),
-            ``fp32``, ``fp16`` or ``int8`` (plain static int8, checked only against sanity floors).
-        out: Bundle folder; default ``build/<device>``.
-        force: Replace ``out`` if it exists.
-        weights: Weights for a ``pkg.module:factory`` model.
-        input_shapes: ``1x3x224x224`` or ``name=1x3x224x224`` for models traced from code.
-        image: How to read an image folder given as sample data.
-        holdout: Share of the samples held out from calibration for verification.
-        max_drop: With ``precision="auto"`` and labels: top-1 accuracy drop allowed, in points
-            (default 1.0).
-        min_cosine: Per-sample cosine floor against the original. With ``precision="auto"`` it
-            is the budget (default 0.99 without labels); otherwise a sanity floor by precision.
-        min_top1: Top-1 agreement floor for classifiers; default by precision.
-        seed: Seed of the calibration/held-out split and synthetic inputs.
-        latency_budget_s: Time spent timing each model.
-
-    Example:
-        >>> ConvertConfig(device="rpi4", precision="int8", out=Path("build/rpi4"))
-    """
-
-    device: str = "x86-64"
-    format: str = "auto"
-    precision: str = "auto"
-    out: Path | None = None
-    force: bool = False
-    weights: Path | None = None
-    input_shapes: tuple[str, ...] = ()
-    image: ImageOptions = field(default_factory=ImageOptions)
-    holdout: float = 0.2
-    max_drop: float | None = None
-    min_cosine: float | None = None
-    min_top1: float | None = None
-    seed: int = 0
-    latency_budget_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.format != "auto":
-            get_format(self.format)
-        if self.precision != "auto":
-            check_precision(self.precision)
-        if not 0.0 < self.holdout < 1.0:
-            raise ValidationError(f"holdout must be between 0 and 1, got {self.holdout}")
-        Budget(self.max_drop, self.min_cosine)  # range checks
-        if self.max_drop is not None and self.precision != "auto":
-            raise ValidationError("--max-drop is the budget of --precision auto; drop --precision or --max-drop")
-        if self.min_top1 is not None and not 0.0 <= self.min_top1 <= 1.0:
-            raise ValidationError(f"min_top1 must be between 0 and 1, got {self.min_top1}")
-        if self.latency_budget_s <= 0:
-            raise ValidationError("latency_budget_s must be positive")
 
 
 @dataclass(frozen=True)
@@ -120,39 +66,31 @@ class ConvertResult:
     warnings: list[str]
 
 
-def resolve_target(profile: DeviceProfile, fmt: str, precision: str) -> tuple[str, str, str]:
-    """Pick format and precision for ``profile``; return them with the reason for the precision.
+@dataclass
+class Choice:
+    """The precision and recipe that ship, and how they were chosen."""
 
-    Raises:
-        ValidationError: The device cannot run that precision, or the format cannot make it.
-    """
-    fmt = profile.format if fmt == "auto" else get_format(fmt).name
-    if precision == "auto":
-        choices = [p for p in ("int8", "fp16", "fp32") if p in profile.allowed_precisions and p in FORMATS[fmt].precisions]
-        return fmt, "auto", f"the fastest candidate within the accuracy budget among {', '.join(choices)}"
-    else:
-        precision = check_precision(precision)
-        reason = "asked for with --precision"
-    if precision not in profile.allowed_precisions:
-        raise ValidationError(
-            f"{profile.name} cannot run {precision} models (it runs {', '.join(profile.allowed_precisions)}): "
-            f"use --precision {profile.precision}"
-        )
-    if precision not in FORMATS[fmt].precisions:
-        raise ValidationError(f"format {fmt} cannot produce {precision}")
-    return fmt, precision, reason
+    precision: str
+    recipe: dict[str, Any]
+    reason: str
+    search: dict[str, Any] | None = None
+    weight_bits: int | None = None
 
 
-def convert(
-    model: Any,
-    config: ConvertConfig | None = None,
-    *,
-    calib: Any = None,
-    eval_data: Any = None,
-    profile: DeviceProfile | None = None,
-    step: Step | None = None,
-    **options: Any,
-) -> ConvertResult:
+@dataclass
+class Verified:
+    """The artifact held against the original on the held-out samples."""
+
+    fp32: Fidelity
+    final: Fidelity
+    checks: list[str]
+    specs: Specs  # the shipped artifact's inputs and outputs
+    model: Any  # the shipped artifact, opened through the runtime (released once measured)
+    fp32_model: Any  # the fp32 artifact (None when fp32 ships)
+
+
+def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = None, eval_data: Any = None,
+            profile: DeviceProfile | None = None, step: Step | None = None, **options: Any) -> ConvertResult:
     """Convert ``model`` for one device and write a verified bundle.
 
     Args:
@@ -181,313 +119,193 @@ def convert(
         >>> result.report["summary"]["size_vs_fp32"]
         0.27
     """
-    known = {f.name for f in fields(ConvertConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValidationError(f"unknown option(s) {', '.join(unknown)}; ConvertConfig takes {', '.join(sorted(known))}")
-    if "out" in options and options["out"] is not None:
-        options["out"] = Path(options["out"])
-    if "weights" in options and options["weights"] is not None:
-        options["weights"] = Path(options["weights"])
-    if "input_shapes" in options:
-        options["input_shapes"] = tuple(options["input_shapes"])
-    cfg = replace(config or ConvertConfig(), **options)
+    cfg = (config or ConvertConfig()).with_options(options)
     step = step or silent_step
     started = time.perf_counter()
-
-    precheck(model)
-    profile = profile or get_profile(cfg.device)
-    fmt, precision, reason = resolve_target(profile, cfg.format, cfg.precision)
-    out = Path(cfg.out or Path("build") / profile.name)
-    check_out_dir(out, force=cfg.force)
-    converter = FORMATS[fmt].converter()
-
-    with step("Loading model"):
-        example = example_inputs(calib, cfg)
-        source = load_model(model, weights=cfg.weights, example=example)
-    if precision == "int8" and calib is None:
-        raise CalibrationError(
-            f"{fmt} int8 for {profile.name} needs calibration data: pass --calib data.npz "
-            "(100-500 representative inputs), or choose --precision fp16/fp32"
-        )
-    warnings: list[str] = []
-    with step("Checking sample data"):
-        calib_set, holdout, data_info = split_samples(calib, eval_data, source, precision, cfg, warnings)
-        if calib_set is not None:
-            findings = diagnose(calib_set, holdout, eval_given=eval_data is not None)
-            data_info["doctor"] = [f.to_dict() for f in findings]
-            raise_errors(findings)
-            warnings.extend(f.message for f in findings if f.level == "warning")
-    budget = None
-    if precision == "auto":
-        budget = Budget.resolve(cfg.max_drop, cfg.min_cosine, holdout.labels is not None and not data_info["synthetic"])
-
     timings: dict[str, float] = {}
-    with staging(out) as stage:
-        suffix = FORMATS[fmt].suffix
-        fp32_path = stage / f"model.fp32{suffix}"
-        final_path = stage / f"model{suffix}"
-        t = time.perf_counter()
-        with step(f"Exporting {fmt} fp32"):
-            converter.export(source, fp32_path)
-        timings["export"] = time.perf_counter() - t
-        recipe: dict[str, object] = {}
-        threads = max(1, min(profile.threads, os.cpu_count() or 1))
+    precheck(model)
+    target = plan(cfg, profile)
+    with step("Loading model"):
+        source = load_model(model, weights=cfg.weights, example=example_inputs(calib, cfg.input_shapes))
+    if target.precision == "int8" and calib is None:
+        raise CalibrationError(
+            f"{target.format.name} int8 for {target.profile.name} needs calibration data: pass --calib data.npz "
+            "(100-500 representative inputs), or choose --precision fp16/fp32")
+    with step("Checking sample data"):
+        data = prepare_data(calib, eval_data, source, target, cfg)
+    budget = None
+    if target.precision == "auto":
+        budget = Budget.resolve(cfg.max_drop, cfg.min_cosine, data.holdout.labels is not None and not data.synthetic)
+    with staging(target.out) as stage:
+        fp32_path = stage / f"model.fp32{target.format.suffix}"
+        final_path = stage / f"model{target.format.suffix}"
+        with _timed(timings, "export"), step(f"Exporting {target.format.name} fp32"):
+            target.converter.export(source, fp32_path)
         with step("Running the original on held-out samples"):
-            ref_out = reference_outputs(source, holdout)
-        ref_acc = accuracy(ref_out, holdout.labels)
-        one = next(holdout.samples())
-        outcome = None
-        t = time.perf_counter()
-        if precision == "auto":
-            measure = make_measure(fmt, converter, source, profile, threads, holdout, ref_out)
-            precisions = [p for p in ("int8", "fp16", "fp32")
-                          if p in profile.allowed_precisions and p in FORMATS[fmt].precisions]
-            if "int8" in precisions and not profile.int8_speedup and precisions != ["int8"]:
-                precisions.remove("int8")
-                warnings.append(f"int8 was not tried: {profile.name} has no fast int8 kernels, so int8 would only "
-                                "shrink the file; ask for it with --precision int8")
-            if data_info["synthetic"] and "int8" in precisions:
-                precisions.remove("int8")
-                if not precisions:
-                    raise CalibrationError(f"{profile.name} runs int8 models only, and int8 needs sample data to "
-                                           "calibrate and check it: pass --calib data.npz")
-                warnings.append("int8 was not tried: without --calib or --eval data its accuracy cannot be "
-                                "measured; pass --calib data.npz (100-500 real inputs)")
-            outcome = search(converter, fp32_path, stage, profile=profile, precisions=precisions, source=source,
-                             calib=calib_set, measure=measure, budget=budget, reference_accuracy=ref_acc,
-                             threads=threads, latency_budget_s=cfg.latency_budget_s, step=step)
-            precision, recipe = outcome.recipe.precision, outcome.done
-            tried_int8 = [c for c in outcome.candidates if c.recipe.precision == "int8" and c.measured is not None]
-            if precision != "int8" and tried_int8:
-                warnings.append(f"no int8 recipe met the budget ({budget.describe()}) after {len(tried_int8)} "
-                                f"tries; shipping {outcome.recipe.label()} instead (report.md lists each candidate)")
-            reason = f"{outcome.recipe.label()}: {reason}"
-            if precision != "fp32":
-                outcome.path.rename(final_path)
-            timings["search"] = time.perf_counter() - t
-        elif precision != "fp32":
-            with step(f"Quantizing to {precision}"):
-                recipe = converter.quantize(fp32_path, final_path, recipe=Recipe(precision), source=source,
-                                            calib=calib_set, profile=profile)
-            timings["quantize"] = time.perf_counter() - t
-
-        with step("Verifying against the original"):
-            t = time.perf_counter()
-            fp32_model = open_artifact(fp32_path, fmt, "fp32", converter, source, profile, threads)
-            fp32_fid = compare(ref_out, run_batched(_as_list(fp32_model), holdout.batches(64)), holdout.labels)
-            if precision == "fp32":
-                fp32_model = None
-                fp32_path.rename(final_path)
-            weight_bits = recipe.get("weight_bits") if precision == "int8" else None
-            final_pre = open_artifact(final_path, fmt, precision, converter, source, profile, threads,
-                                      weight_bits=weight_bits)
-            inputs, outputs = final_pre.inputs, final_pre.outputs
-            final_fid = compare(ref_out, run_batched(_as_list(final_pre), holdout.batches(64)), holdout.labels)
-            if budget is not None:
-                passed, checks = budget.check(final_fid, ref_acc)
-            else:
-                checks, passed = _verify(final_fid, precision, cfg)
-            if not passed:
-                raise VerificationError(
-                    f"the {fmt} {precision} artifact does not match the original: {'; '.join(checks)} "
-                    f"on {len(holdout)} held-out samples. Try --precision fp16/fp32, more or more "
-                    "representative --calib data, or relax --min-cosine/--min-top1 if this is expected"
-                )
-            timings["verify"] = time.perf_counter() - t
-
+            ref_out = reference_outputs(source, data.holdout)
+        ref_acc = accuracy(ref_out, data.holdout.labels)
+        with _timed(timings, "search" if budget else "quantize"):
+            choice = choose_precision(target, source, data, budget, ref_out, ref_acc, fp32_path, final_path, cfg, step)
+        with _timed(timings, "verify"), step("Verifying against the original"):
+            verified = verify(target, source, data, budget, ref_out, ref_acc, choice, fp32_path, final_path, cfg)
         with step("Measuring latency"):
-            lat_source = _measure_source(source, one, threads, cfg.latency_budget_s)
-            if fp32_model is not None:
-                speedup, lat_fp32, lat_final = paired_speedup(
-                    lambda: fp32_model.predict(one), lambda: final_pre.predict(one),
-                    threads=threads, budget_s=2 * cfg.latency_budget_s)
-            else:
-                lat_fp32, speedup = None, 1.0
-                lat_final = measure_latency(lambda: final_pre.predict(one), threads=threads, budget_s=cfg.latency_budget_s)
-            fp32_size = fp32_path.stat().st_size if fp32_path.exists() else final_path.stat().st_size
-            fp32_model = final_pre = None  # release both backends before the memory probe below
-            fp32_path.unlink(missing_ok=True)
-
+            measured = measure(target, source, data, verified, fp32_path, final_path, cfg)
         with step("Writing bundle"):
-            rss_before = rss_bytes()
-            probe = open_artifact(final_path, fmt, precision, converter, source, profile, threads,
-                                  specs=(inputs, outputs), weight_bits=weight_bits)
-            probe.predict(one)
-            rss_after = rss_bytes()
-            del probe
-            ram_delta = (rss_after - rss_before) if rss_before is not None and rss_after is not None else None
-            size = final_path.stat().st_size
-            fit_problems = _fit(profile, size, ram_delta)
-            warnings.extend(fit_problems)
-            rows = [
-                {"name": f"original ({source.kind})", "size_bytes": source.size_bytes,
-                 "latency": lat_source.to_dict(), "fidelity": None, "accuracy": ref_acc},
-            ]
-            if precision != "fp32":
-                rows.append({"name": f"{fmt} fp32", "size_bytes": fp32_size, "latency": lat_fp32.to_dict(),
-                             "fidelity": fp32_fid.to_dict(), "accuracy": fp32_fid.accuracy})
-            rows.append({"name": f"{fmt} {precision}", "size_bytes": size, "latency": lat_final.to_dict(),
-                         "fidelity": final_fid.to_dict(), "accuracy": final_fid.accuracy, "shipped": True})
-            report = {
-                "edgec_version": versions()["edgec"],
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "model": {"source": source.label, "kind": source.kind,
-                          "inputs": [t.to_dict() for t in source.inputs],
-                          "outputs": [t.to_dict() for t in source.outputs]},
-                "device": {"name": profile.name, "description": profile.description, "threads": profile.threads},
-                "target": {"format": fmt, "precision": precision, "precision_reason": reason, "recipe": recipe},
-                "data": {**data_info, "warnings": [w for w in warnings if w not in fit_problems]},
-                "results": rows,
-                "summary": {
-                    "size_bytes": size,
-                    "size_vs_fp32": size / fp32_size,
-                    "size_vs_original": size / source.size_bytes if source.size_bytes else None,
-                    "speedup_vs_fp32": speedup,
-                    "speedup_vs_original": lat_source.p50_ms / lat_final.p50_ms,
-                    "accuracy_drop_points": (100 * (ref_acc - final_fid.accuracy)
-                                             if ref_acc is not None and final_fid.accuracy is not None else None),
-                },
-                "verification": {"passed": True, "checks": checks,
-                                 "budget": budget.describe() if budget else "sanity floors for an explicit precision"},
-                "search": outcome.report(ref_acc) if outcome else None,
-                "fit": {"size_bytes": size, "storage_mb": profile.storage_mb, "ram_delta_bytes": ram_delta,
-                        "model_ram_mb": profile.model_ram_mb, "fits": not fit_problems, "problems": fit_problems},
-                "notes": _notes(profile, fmt, precision),
-                "host": {"machine": platform.machine(), "threads": threads, "cpu_count": os.cpu_count()},
-                "timings_s": {k: round(v, 3) for k, v in timings.items()},
-                "versions": versions(),
-            }
-            report["timings_s"]["total"] = round(time.perf_counter() - started, 3)
-            (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-            (stage / "report.md").write_text(to_markdown(report), encoding="utf-8")
-            manifest = Manifest(
-                format=fmt,
-                precision=precision,
-                model_file=final_path.name,
-                inputs=inputs,
-                outputs=outputs,
-                device=profile.to_dict(),
-                files={p.name: sha256_file(p) for p in sorted(stage.iterdir()) if p.name != MANIFEST_NAME},
-                versions=versions(),
-                metrics={"size_bytes": size, "fidelity": final_fid.to_dict(),
-                         "latency_host_p50_ms": lat_final.p50_ms},
-                weight_bits=weight_bits,
-            )
-            manifest.write(stage)
-            load(stage).predict(one)  # the runtime's own path: hashes, manifest, backend
-        bundle = publish(stage, out, force=cfg.force)
-    return ConvertResult(bundle=bundle, manifest=manifest, report=report, warnings=warnings)
+            data.warnings.extend(target.profile.fit_problems(measured.size, measured.ram_delta))
+            timings["total"] = time.perf_counter() - started
+            report = build_report(
+                source=source, profile=target.profile, fmt=target.format.name, precision=choice.precision,
+                reason=choice.reason, recipe=choice.recipe, data=data.info, warnings=data.warnings,
+                fp32=verified.fp32 if choice.precision != "fp32" else None, final=verified.final,
+                reference_accuracy=ref_acc, checks=verified.checks,
+                budget=budget.describe() if budget else "sanity floors for an explicit precision",
+                search=choice.search, measured=measured, timings=timings, versions=versions())
+            manifest = write_bundle(stage, target, choice, verified, measured, report, next(data.holdout.samples()))
+        bundle = publish(stage, target.out, force=cfg.force)
+    return ConvertResult(bundle=bundle, manifest=manifest, report=report, warnings=data.warnings)
 
 
-def make_measure(
-    fmt: str, converter: Any, source: SourceModel, profile: DeviceProfile, threads: int,
-    holdout: SampleSet, ref_out: list[np.ndarray],
-) -> Callable[..., Measured]:
-    """``measure(path, precision, limit=None, weight_bits=None)``: an artifact's fidelity on the held-out samples,
-    through the runtime's own feeding code, with a hook to time it on one sample."""
-    one = next(holdout.samples())
+# -- stages ------------------------------------------------------------------------------------
+def prepare_data(calib: Any, eval_data: Any, source: Source, target: Target, cfg: ConvertConfig) -> Split:
+    """Calibration and held-out samples, checked by the calibration doctor.
 
-    def measure(path: Path, precision: str, limit: int | None = None, weight_bits: int | None = None) -> Measured:
-        model = open_artifact(path, fmt, precision, converter, source, profile, threads, weight_bits=weight_bits)
-        part = holdout if limit is None else holdout.take(slice(0, limit))
-        ref = ref_out if limit is None else [r[: len(part)] for r in ref_out]
-        fid = compare(ref, run_batched(_as_list(model), part.batches(64)), part.labels)
-        return Measured(fid, path.stat().st_size, run_one=lambda: model.predict(one))
-
-    return measure
-
-
-def reference_outputs(source: SourceModel, holdout: SampleSet) -> list[np.ndarray]:
-    """The original model's outputs on the held-out samples."""
-    # A source traced with a fixed batch of 1 takes one sample at a time.
-    ref_batch = 1 if any(t.shape[:1] == (1,) for t in source.inputs) else 64
-    return run_batched(source.run, holdout.batches(ref_batch))
+    Raises:
+        CalibrationError: Data that does not fit the model, or that would make int8 meaningless.
+    """
+    data = split_samples(calib, eval_data, source.inputs, quantized=target.precision in ("int8", "auto"),
+                         holdout=cfg.holdout, seed=cfg.seed, image=cfg.image)
+    if data.calib is not None:
+        findings = diagnose(data.calib, data.holdout, eval_given=eval_data is not None)
+        data.info["doctor"] = [f.to_dict() for f in findings]
+        raise_errors(findings)
+        data.warnings.extend(f.message for f in findings if f.level == "warning")
+    return data
 
 
-def example_inputs(calib: Any, cfg: ConvertConfig) -> dict[str, np.ndarray] | None:
-    """Example inputs for tracing a module: --input-shape, else the first calibration sample."""
-    if cfg.input_shapes:
-        return example_from_shapes(cfg.input_shapes)
-    if isinstance(calib, (str, Path)) and Path(calib).suffix.lower() == ".npz" and Path(calib).is_file():
-        try:
-            with np.load(calib, allow_pickle=False) as npz:
-                return {k: npz[k][:1] for k in npz.files if k != "labels"}
-        except Exception:
-            return None  # load_samples reports the problem with the file precisely
-    if isinstance(calib, np.ndarray):
-        return {"input": calib[:1]}
-    if isinstance(calib, dict):
-        return {k: np.asarray(v)[:1] for k, v in calib.items() if k != "labels"}
-    return None
+def choose_precision(target: Target, source: Source, data: Split, budget: Budget | None, ref_out: list[np.ndarray],
+                     ref_acc: float | None, fp32_path: Path, final_path: Path, cfg: ConvertConfig,
+                     step: Step) -> Choice:
+    """The policy search under ``budget`` (``--precision auto``), or the precision asked for, plainly."""
+    profile = target.profile
+    if budget is None:
+        if target.precision == "fp32":
+            return Choice("fp32", {}, target.reason)
+        with step(f"Quantizing to {target.precision}"):
+            done = target.converter.quantize(fp32_path, final_path, recipe=Recipe(target.precision), source=source,
+                                             calib=data.calib, profile=profile)
+        return Choice(target.precision, done, target.reason, weight_bits=_weight_bits(target.precision, done))
+    precisions = target.precisions()
+    if "int8" in precisions and not profile.int8_speedup and precisions != ["int8"]:
+        precisions.remove("int8")
+        data.warnings.append(f"int8 was not tried: {profile.name} has no fast int8 kernels, so int8 would only "
+                             "shrink the file; ask for it with --precision int8")
+    if data.synthetic and "int8" in precisions:
+        precisions.remove("int8")
+        if not precisions:
+            raise CalibrationError(f"{profile.name} runs int8 models only, and int8 needs sample data to calibrate "
+                                   "and check it: pass --calib data.npz")
+        data.warnings.append("int8 was not tried: without --calib or --eval data its accuracy cannot be measured; "
+                             "pass --calib data.npz (100-500 real inputs)")
+    measure_fn = make_measure(target.format.name, source, profile, target.threads, data.holdout, ref_out)
+    outcome = search(target.converter, fp32_path, fp32_path.parent, profile=profile, precisions=precisions,
+                     source=source, calib=data.calib, measure=measure_fn, budget=budget, reference_accuracy=ref_acc,
+                     threads=target.threads, latency_budget_s=cfg.latency_budget_s, step=step)
+    precision = outcome.recipe.precision
+    tried_int8 = [c for c in outcome.candidates if c.recipe.precision == "int8" and c.measured is not None]
+    if precision != "int8" and tried_int8:
+        data.warnings.append(f"no int8 recipe met the budget ({budget.describe()}) after {len(tried_int8)} tries; "
+                             f"shipping {outcome.recipe.label()} instead (report.md lists each candidate)")
+    if precision != "fp32":
+        outcome.path.rename(final_path)
+    return Choice(precision, outcome.done, f"{outcome.recipe.label()}: {target.reason}", outcome.report(ref_acc),
+                  _weight_bits(precision, outcome.done))
 
 
-def split_samples(
-    calib: Any, eval_data: Any, source: SourceModel, precision: str, cfg: ConvertConfig, warnings: list[str]
-) -> tuple[SampleSet | None, SampleSet, dict[str, Any]]:
-    quantized = precision in ("int8", "auto")
-    if eval_data is not None:
-        held, found = load_samples(eval_data, source.inputs, image=cfg.image, what="--eval data")
-        held = held.take(slice(0, MAX_EVAL_SAMPLES))
-        calib_set = None
-        if calib is not None and quantized:
-            calib_set, more = load_samples(calib, source.inputs, image=cfg.image)
-            found = found + more
-        warnings.extend(found)
-        return calib_set, held, {
-            "source": held.source, "calibration": calib_set.source if calib_set else None, "synthetic": False,
-            "labels": held.labels is not None, "calibration_samples": len(calib_set) if calib_set else 0,
-            "holdout_samples": len(held),
-        }
-    if calib is None:
-        rng = np.random.default_rng(cfg.seed)
-        arrays = {}
-        for t in source.inputs:
-            shape = (SYNTHETIC_SAMPLES, *(1 if d is None else d for d in t.shape[1:]))
-            floats = t.dtype.startswith("float")
-            arrays[t.name] = rng.standard_normal(shape).astype(t.dtype) if floats else np.zeros(shape, t.dtype)
-        holdout = SampleSet(arrays, None, "synthetic")
-        return None, holdout, {"source": "synthetic (no --calib)", "synthetic": True, "labels": False,
-                               "calibration_samples": 0, "holdout_samples": len(holdout)}
-    samples, found = load_samples(calib, source.inputs, image=cfg.image)
-    if quantized:
-        if len(samples) < 2:
-            raise CalibrationError(
-                f"int8 needs at least 2 samples (some to calibrate, some held out to verify); {samples.source} has {len(samples)}"
-            )
-        calib_set, holdout = samples.split(cfg.holdout, seed=cfg.seed)
-        found = found if len(calib_set) >= 32 else [
-            f"only {len(calib_set)} samples left for calibration after holding out {len(holdout)} for "
-            "verification: int8 ranges from so few samples often clip real inputs; 100-500 are typical"
-        ]
+def verify(target: Target, source: Source, data: Split, budget: Budget | None, ref_out: list[np.ndarray],
+           ref_acc: float | None, choice: Choice, fp32_path: Path, final_path: Path, cfg: ConvertConfig) -> Verified:
+    """Run the fp32 and the shipped artifacts through the runtime on the held-out samples and check them.
+
+    Raises:
+        VerificationError: The shipped artifact misses the budget (or the sanity floors).
+    """
+    holdout, fmt = data.holdout, target.format.name
+
+    def fidelity(model: Any) -> Fidelity:
+        return compare(ref_out, run_batched(outputs_of(model), holdout.batches(64)), holdout.labels)
+
+    common = {"fmt": fmt, "source": source, "profile": target.profile, "threads": target.threads}
+    fp32_model = open_artifact(fp32_path, precision="fp32", **common)
+    fp32_fid = fidelity(fp32_model)
+    if choice.precision == "fp32":
+        fp32_model = None
+        fp32_path.rename(final_path)
+    final = open_artifact(final_path, precision=choice.precision, weight_bits=choice.weight_bits, **common)
+    final_fid = fidelity(final)
+    if budget is not None:
+        passed, checks = budget.check(final_fid, ref_acc)
     else:
-        calib_set, holdout = None, samples.take(slice(0, MAX_EVAL_SAMPLES))
-        found = []  # float precisions use the samples only to verify
-    warnings.extend(found)
-    return calib_set, holdout, {
-        "source": samples.source, "synthetic": False, "labels": samples.labels is not None,
-        "calibration_samples": len(calib_set) if calib_set is not None else 0, "holdout_samples": len(holdout),
-    }
+        checks, passed = _sanity_checks(final_fid, choice.precision, cfg)
+    if not passed:
+        raise VerificationError(
+            f"the {fmt} {choice.precision} artifact does not match the original: {'; '.join(checks)} on "
+            f"{len(holdout)} held-out samples. Try --precision fp16/fp32, more or more representative --calib data, "
+            "or relax --min-cosine/--min-top1 if this is expected")
+    return Verified(fp32_fid, final_fid, checks, (final.inputs, final.outputs), final, fp32_model)
 
 
-def open_artifact(
-    path: Path, fmt: str, precision: str, converter: Any, source: SourceModel, profile: DeviceProfile, threads: int,
-    *, specs: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]] | None = None, weight_bits: int | None = None,
-) -> LoadedModel:
-    """Open an artifact through the runtime's own feeding code, before it has a manifest."""
-    inputs, outputs = specs or converter.io_specs(path, source)
-    manifest = Manifest(format=fmt, precision=precision, model_file=path.name, inputs=inputs, outputs=outputs,
-                        device=profile.to_dict(), files={}, weight_bits=weight_bits)
-    backend = open_backend(fmt, path, threads=threads, providers=profile.execution_providers,
-                           exact_int8=weight_bits != 7)
-    return LoadedModel(path.parent, manifest, backend, 0.0)
+def measure(target: Target, source: Source, data: Split, verified: Verified, fp32_path: Path, final_path: Path,
+            cfg: ConvertConfig) -> Measurements:
+    """Latency of the original, the fp32 and the shipped artifacts; sizes; the RAM loading adds."""
+    one = next(data.holdout.samples())
+    threads = target.threads
+    lat_source = source_latency(source, one, threads, cfg.latency_budget_s)
+    final, fp32 = verified.model, verified.fp32_model
+    if fp32 is not None:
+        speedup, lat_fp32, lat_final = paired_speedup(lambda: fp32.predict(one), lambda: final.predict(one),
+                                                      threads=threads, budget_s=2 * cfg.latency_budget_s)
+    else:
+        lat_fp32, speedup = None, 1.0
+        lat_final = measure_latency(lambda: final.predict(one), threads=threads, budget_s=cfg.latency_budget_s)
+    fp32_size = fp32_path.stat().st_size if fp32_path.exists() else final_path.stat().st_size
+    verified.model = verified.fp32_model = None  # release both backends before the memory probe below
+    fp32_path.unlink(missing_ok=True)
+    return Measurements(lat_source, lat_fp32, lat_final, speedup, fp32_size, final_path.stat().st_size,
+                        _ram_delta(target, source, final_path, final.manifest, one), threads)
 
 
-def _as_list(model: LoadedModel) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
-    return lambda feeds: list(model.predict(feeds).values())
+def write_bundle(stage: Path, target: Target, choice: Choice, verified: Verified, measured: Measurements,
+                 report: dict[str, Any], one: dict[str, np.ndarray]) -> Manifest:
+    """Write ``report.json``, ``report.md`` and the manifest into ``stage``, then load it as a board would."""
+    (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (stage / "report.md").write_text(to_markdown(report), encoding="utf-8")
+    manifest = Manifest(
+        format=target.format.name, precision=choice.precision, model_file=f"model{target.format.suffix}",
+        inputs=verified.specs[0], outputs=verified.specs[1], device=target.profile.to_dict(),
+        files={p.name: sha256_file(p) for p in sorted(stage.iterdir()) if p.name != MANIFEST_NAME},
+        versions=versions(), weight_bits=choice.weight_bits,
+        metrics={"size_bytes": measured.size, "fidelity": verified.final.to_dict(),
+                 "latency_host_p50_ms": measured.final.p50_ms},
+    )
+    manifest.write(stage)
+    load(stage).predict(one)  # the runtime's own path: hashes, manifest, backend
+    return manifest
 
 
-def _verify(fid: Fidelity, precision: str, cfg: ConvertConfig) -> tuple[list[str], bool]:
+# -- helpers -----------------------------------------------------------------------------------
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+
+
+def _weight_bits(precision: str, done: dict[str, Any]) -> int | None:
+    return done.get("weight_bits") if precision == "int8" else None
+
+
+def _sanity_checks(fid: Fidelity, precision: str, cfg: ConvertConfig) -> tuple[list[str], bool]:
     min_cos = cfg.min_cosine if cfg.min_cosine is not None else DEFAULT_MIN_COSINE[precision]
     min_top1 = cfg.min_top1 if cfg.min_top1 is not None else DEFAULT_MIN_TOP1[precision]
     checks = [f"cosine min {fid.cosine_min:.4f} {'≥' if fid.cosine_min >= min_cos else '<'} {min_cos}"]
@@ -499,38 +317,13 @@ def _verify(fid: Fidelity, precision: str, cfg: ConvertConfig) -> tuple[list[str
     return checks, passed
 
 
-def _measure_source(source: SourceModel, one: dict[str, np.ndarray], threads: int, budget: float) -> Any:
-    if source.kind == "torch":
-        import torch
-
-        saved = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return measure_latency(lambda: source.run(one), threads=threads, budget_s=budget)
-        finally:
-            torch.set_num_threads(saved)
-    return measure_latency(lambda: source.run(one), threads=threads, budget_s=budget)
-
-
-def _fit(profile: DeviceProfile, size: int, ram_delta: int | None) -> list[str]:
-    problems = []
-    if size > profile.storage_mb * 2**20:
-        problems.append(f"the model file is {size / 2**20:.1f} MB, over {profile.name}'s {profile.storage_mb} MB storage budget")
-    if ram_delta is not None and ram_delta > profile.model_ram_mb * 2**20:
-        problems.append(f"loading the model added {ram_delta / 2**20:.0f} MB of RAM, over {profile.name}'s "
-                        f"{profile.model_ram_mb} MB model budget")
-    return problems
-
-
-def _notes(profile: DeviceProfile, fmt: str, precision: str) -> list[str]:
-    notes = []
-    if profile.accelerator == "edgetpu":
-        notes.append("this full-integer model runs on the CPU as is; run `edgetpu_compiler model.tflite` "
-                     "to map its ops to the Edge TPU")
-    if precision == "fp16" and not profile.fp16_speedup:
-        notes.append(f"{profile.name} has no fast fp16 arithmetic: fp16 halves the file but does not speed it up")
-    if precision == "int8" and not profile.int8_speedup:
-        notes.append(f"{profile.name} has no fast int8 kernels: int8 shrinks the file but may not speed it up")
-    if fmt == "tflite":
-        notes.append("the TFLite model takes a batch of 1; the edgec runtime serves larger batches sample by sample")
-    return notes
+def _ram_delta(target: Target, source: Source, path: Path, manifest: Manifest, one: dict[str, np.ndarray]) -> int | None:
+    """RSS that opening the shipped artifact and running one sample adds, in this process."""
+    before = rss_bytes()
+    probe = open_artifact(path, fmt=target.format.name, precision=manifest.precision, source=source,
+                          profile=target.profile, threads=target.threads, specs=(manifest.inputs, manifest.outputs),
+                          weight_bits=manifest.weight_bits)
+    probe.predict(one)
+    after = rss_bytes()
+    del probe
+    return after - before if before is not None and after is not None else None

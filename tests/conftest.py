@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgec.sdk.zoo import digits_cnn, digits_splits, evaluate_accuracy, export_pt2, seeded, train  # noqa: E402
+from edgec.sdk.examples.zoo import digits_cnn, digits_splits, evaluate_accuracy, export_pt2, seeded, train  # noqa: E402
 
 FAST = {"latency_budget_s": 0.05}
 

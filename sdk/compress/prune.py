@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import MissingDependencyError, ValidationError
+from ..._optional import need
+from ...errors import ValidationError
 
 PRUNABLE = ("Conv1d", "Conv2d", "Conv3d", "Linear", "ConvTranspose2d")
 
@@ -143,8 +144,4 @@ def prune_structured(model: Any, example: tuple[Any, ...], ratio: float, *, skip
 
 
 def _tp() -> Any:
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        raise MissingDependencyError("torch-pruning", "sdk", "for structured pruning") from None
-    return tp
+    return need("torch_pruning", extra="sdk", purpose="for structured pruning")

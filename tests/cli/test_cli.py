@@ -86,7 +86,7 @@ BAD = {
     "calib wrong shape": (lambda a, t: ["convert", a / "model.pt2", "--calib", _bad_calib(t, x=np.zeros((40, 1, 6, 6), np.float32))],
                           "dimension 2 must be 8"),
     "calib wrong dtype": (lambda a, t: ["convert", a / "model.pt2", "--calib", _bad_calib(t, x=np.zeros((40, 1, 8, 8), np.uint8))],
-                          "is uint8, but the model takes float32"),
+                          "must be a float array, got uint8"),
     "max-drop without labels": (lambda a, t: ["convert", a / "model.pt2", "--calib", a / "calib.npz", "--eval",
                                               a / "test.npz", "--max-drop", "0.5"], "--max-drop needs labels"),
     "budget out of range": (lambda a, t: ["convert", a / "model.pt2", "--max-drop", "-1"], "points of top-1 accuracy"),
@@ -168,9 +168,9 @@ def factory_weights(digits_model, tmp_path_factory):
 
 def test_compress_factory_with_distillation_then_convert(assets, factory_weights, tmp_path):
     out = tmp_path / "small.pt2"
-    result = invoke("compress", "edgec.sdk.zoo:digits_cnn", "--weights", factory_weights, "--data", assets / "calib.npz",
+    result = invoke("compress", "edgec.sdk.examples.zoo:digits_cnn", "--weights", factory_weights, "--data", assets / "calib.npz",
                     "--eval", assets / "eval.npz", "--prune", "0.5", "--structured", "--epochs", "1", "--threads", "1",
-                    "--distill-from", "edgec.sdk.zoo:digits_cnn", "--teacher-weights", factory_weights, "--out", out)
+                    "--distill-from", "edgec.sdk.examples.zoo:digits_cnn", "--teacher-weights", factory_weights, "--out", out)
     assert result.exit_code == 0, result.output
     assert "channels −50%" in result.stdout
     report = json.loads((tmp_path / "small.report.json").read_text())
@@ -191,7 +191,7 @@ COMPRESS_BAD = {
 @pytest.mark.parametrize("case", sorted(COMPRESS_BAD))
 def test_compress_bad_input_is_one_line_exit_1(assets, factory_weights, tmp_path, case):
     extra, message = COMPRESS_BAD[case]
-    model = assets / "model.onnx" if case == "onnx model" else "edgec.sdk.zoo:digits_cnn"
+    model = assets / "model.onnx" if case == "onnx model" else "edgec.sdk.examples.zoo:digits_cnn"
     weights = [] if case == "onnx model" else ["--weights", factory_weights]
     if case == "teacher mismatch":  # digits_mlp has 10 classes too; give it a 5-class head instead
         extra = ["--distill-from", "tests_fixtures_five:model"]

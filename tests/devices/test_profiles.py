@@ -4,7 +4,7 @@ import pytest
 
 from edgec.devices import DeviceProfile, builtin_profiles, get_profile
 from edgec.errors import DeviceNotFoundError, ValidationError
-from edgec.sdk.pipeline import resolve_target
+from edgec.sdk.plan import resolve_target
 
 REQUIRED = ("rpi4", "rpi5", "jetson-nano", "jetson-orin-nano", "coral-edgetpu", "x86-64")
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from edgec.errors import BundleError, InputError
 from edgec.runtime import load
-from edgec.runtime.batcher import Batcher, BatcherConfig, DeadlineError, QueueFullError
+from edgec.errors import DeadlineError, QueueFullError
+from edgec.runtime.batcher import Batcher
+from edgec.runtime.config import BatcherConfig
 from edgec.runtime.cache import ModelCache
+from edgec.runtime.config import ServeConfig
+from edgec.runtime.serving import Runtime
+from edgec.runtime.system import MemoryPressure
 
 
 @pytest.fixture
@@ -141,35 +145,38 @@ def test_batch_one_tflite_models_serve_batched_requests(bundles, digits):
     batcher.close()
 
 
-def test_a_board_short_of_memory_shrinks_batches_and_alerts_without_reading_memory_per_request(
-        bundles, digits, monkeypatch):
+def test_memory_pressure_reads_the_board_at_most_once_per_interval():
+    readings, now = [], [100.0]
+
+    def read() -> int:
+        readings.append(now[0])
+        return 10 * 2**20  # 10 MB free
+
+    short = MemoryPressure(64 * 2**20, every_s=0.05, read=read, clock=lambda: now[0])
+    assert all(short() for _ in range(200)) and len(readings) == 1  # one reading serves the whole interval
+    now[0] += 0.049
+    assert short() and len(readings) == 1
+    now[0] += 0.002
+    assert short() and readings == [100.0, 100.051]
+    plenty = MemoryPressure(1 * 2**20, every_s=0.05, read=read, clock=lambda: now[0])
+    assert not plenty()
+    assert MemoryPressure(None, read=read)() is False and len(readings) == 3  # no floor set: never read
+
+
+def test_a_board_short_of_memory_shrinks_batches_and_alerts(bundles, digits):
     import psutil
 
-    from edgec.runtime import server
-    from edgec.runtime.server import Runtime, ServeConfig
-
-    readings = []
-    real = server.available_bytes
-
-    def counted() -> int | None:  # the real reading, counted
-        readings.append(time.monotonic())
-        return real()
-
-    monkeypatch.setattr(server, "available_bytes", counted)
-    more_than_the_board_has = 2 * psutil.virtual_memory().total / 2**20
+    more_than_the_board_has = 2 * psutil.virtual_memory().total / 2**20  # real readings, always short
     rt = Runtime(ServeConfig.from_dict({
         "min_available_mb": more_than_the_board_has, "batcher": {"max_batch_size": 16},
         "models": [{"name": "digits", "path": str(bundles("onnx", "fp32").bundle), "pinned": True}]}))
     try:
         expected = load(bundles("onnx", "fp32").bundle).predict(digits.x_test[:1])["output"]
-        started = time.monotonic()
-        for _ in range(200):
+        for _ in range(50):
             out = rt.predict("digits", {"input": digits.x_test[:1]})
-        elapsed = time.monotonic() - started
         np.testing.assert_allclose(out["output"], expected, atol=1e-6)  # short of memory, still right
         assert rt.batchers["digits"].batch_limit == 1
         assert any(a["kind"] == "memory_pressure" and "batch size for digits cut" in a["message"] for a in rt.alerts)
-        # One reading per PRESSURE_EVERY_S at most, not one per request.
-        assert len(readings) <= elapsed / server.PRESSURE_EVERY_S + 2 < 200
+        assert rt.pressure.readings >= 1
     finally:
         rt.close()

@@ -35,13 +35,14 @@ def test_runtime_serves_bundles_with_host_frameworks_blocked(bundles, assets, fm
         import numpy as np
         import importlib, pkgutil
         import edgec.runtime
-        for info in pkgutil.iter_modules(edgec.runtime.__path__):  # every runtime module
-            importlib.import_module("edgec.runtime." + info.name)
+        for info in pkgutil.walk_packages(edgec.runtime.__path__, "edgec.runtime."):  # every runtime module
+            importlib.import_module(info.name)
         model = edgec.runtime.load({str(bundle)!r})
         x = np.load({str(assets / "test.npz")!r})["x"]
         out = model.predict(x)["output"]
         assert out.shape == (len(x), 10), out.shape
-        from edgec.runtime.server import Runtime, ServeConfig
+        from edgec.runtime.config import ServeConfig
+        from edgec.runtime.serving import Runtime
         rt = Runtime(ServeConfig.from_dict({{"models": [{{"name": "m", "path": {str(bundle)!r}}}]}}))
         served = rt.predict("m", {{"input": x[:3]}})["output"]
         assert np.allclose(served, out[:3], atol=1e-5), (served, out[:3])

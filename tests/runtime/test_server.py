@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from edgec.runtime import load
-from edgec.runtime.server import ServeConfig, Server
+from edgec.runtime.config import ServeConfig
+from edgec.runtime.server import Server
 
 
 def call(url, method="GET", body=None, ctype="application/json", headers=None):

@@ -16,9 +16,12 @@ import pytest
 from mosquitto_broker import Mosquitto
 
 from edgec.errors import EdgecError, ValidationError
-from edgec.runtime.server import Runtime, ServeConfig
+from edgec.runtime.config import ServeConfig
+from edgec.runtime.serving import Runtime
 from edgec.runtime.spool import Spool
-from edgec.runtime.telemetry import Publisher, Telemetry, TelemetryConfig
+from edgec.runtime.agent import Telemetry
+from edgec.runtime.config import TelemetryConfig
+from edgec.runtime.mqtt import Publisher
 
 mqtt = pytest.importorskip("paho.mqtt.client")
 
@@ -114,7 +117,8 @@ def test_a_30s_broker_outage_at_50_msgs_loses_nothing_and_keeps_order(broker, tm
 PRODUCER = """
 import sys, time
 from pathlib import Path
-from edgec.runtime.telemetry import Publisher, TelemetryConfig
+from edgec.runtime.config import TelemetryConfig
+from edgec.runtime.mqtt import Publisher
 port, spool, count = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 cfg = TelemetryConfig(broker="127.0.0.1", port=port, fleet="test", device="pi-1", spool=spool, reconnect_max_s=1,
                       window=64)

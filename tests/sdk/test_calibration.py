@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from edgec.errors import CalibrationError
-from edgec.runtime.manifest import TensorSpec
-from edgec.sdk.calibration import ImageOptions, load_samples
+from edgec.runtime.tensors import TensorSpec
+from edgec.sdk.load.data import ImageOptions, load_samples
 
 IMAGE = (TensorSpec("input", (None, 1, 8, 8), "float32"),)
 TWO = (TensorSpec("ids", (None, 16), "int64"), TensorSpec("mask", (None, 16), "int64"))

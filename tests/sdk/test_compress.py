@@ -68,7 +68,7 @@ def test_progressive_pruning_steps_and_mac_target(student, digits, tmp_path):
 
 
 def test_feature_distillation_learns_adapters_when_widths_differ(digits, digits_model, tmp_path):
-    from edgec.sdk.zoo import digits_cnn, seeded
+    from edgec.sdk.examples.zoo import digits_cnn, seeded
 
     narrow = seeded(digits_cnn, width=16)
     result = compress(narrow, data=(digits.x_train[:300], digits.y_train[:300]), out=tmp_path / "f.pt2",

@@ -7,8 +7,8 @@ import pytest
 
 from edgec import convert
 from edgec.errors import CalibrationError
-from edgec.sdk.calibration import SampleSet
-from edgec.sdk.doctor import diagnose
+from edgec.sdk.load.data import SampleSet
+from edgec.sdk.load.doctor import diagnose
 
 from conftest import FAST
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgec.errors import ModelLoadError
-from edgec.sdk.models import load_model
+from edgec.sdk.load.models import load_model
 
 
 class _Payload:
@@ -92,7 +92,7 @@ def test_factory_with_safetensors_weights_reproduces_the_model(digits_model, dig
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in digits_model.state_dict().items()}, tmp_path / "w.safetensors")
-    source = load_model("edgec.sdk.zoo:digits_cnn", weights=tmp_path / "w.safetensors",
+    source = load_model("edgec.sdk.examples.zoo:digits_cnn", weights=tmp_path / "w.safetensors",
                         example={"input": digits.x_calib[:1]})
     with torch.no_grad():
         expected = digits_model(torch.from_numpy(digits.x_test[:16])).numpy()
@@ -105,11 +105,11 @@ def test_factory_weights_that_do_not_fit_are_named(tmp_path, digits):
 
     save_file({"bogus.weight": torch.zeros(3)}, tmp_path / "w.safetensors")
     with pytest.raises(ModelLoadError, match="missing 0.weight.*unexpected bogus.weight"):
-        load_model("edgec.sdk.zoo:digits_cnn", weights=tmp_path / "w.safetensors", example={"input": digits.x_calib[:1]})
+        load_model("edgec.sdk.examples.zoo:digits_cnn", weights=tmp_path / "w.safetensors", example={"input": digits.x_calib[:1]})
 
 
 def test_factory_that_does_not_exist(digits):
     with pytest.raises(ModelLoadError, match="has no attribute 'nope'"):
-        load_model("edgec.sdk.zoo:nope", example={"input": digits.x_calib[:1]})
+        load_model("edgec.sdk.examples.zoo:nope", example={"input": digits.x_calib[:1]})
     with pytest.raises(ModelLoadError, match="cannot import 'not_a_module_xyz'"):
         load_model("not_a_module_xyz:build")

@@ -46,9 +46,9 @@ def test_onnx_keeps_the_learned_activation_scales(trained):
 
 
 def test_tflite_artifact_is_int8(trained):
-    from edgec.runtime.backends import _interpreter_class
+    from edgec.runtime.backends.tflite import interpreter_class
 
-    interpreter = _interpreter_class()(model_path=str(trained.tflite))
+    interpreter = interpreter_class()(model_path=str(trained.tflite))
     dtypes = {d["dtype"].__name__ for d in interpreter.get_tensor_details()}
     assert "int8" in dtypes
     assert trained.tflite.stat().st_size < 0.35 * 4 * 97_000  # ~97k weights: int8, not fp32

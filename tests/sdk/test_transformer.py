@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from edgec import convert  # noqa: E402
 from edgec.errors import InputError  # noqa: E402
 from edgec.runtime import load  # noqa: E402
-from edgec.sdk.zoo import export_pt2, minilm_encoder, sentence_splits  # noqa: E402
+from edgec.sdk.examples.zoo import export_pt2, minilm_encoder, sentence_splits  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import CalibrationError
-from .calibration import SampleSet
+from ...errors import CalibrationError
+from .data import SampleSet
 
 # Share of exact-duplicate samples worth a warning.
 DUPLICATE_WARN = 0.10

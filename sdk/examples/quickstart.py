@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError
-from ..runtime import load
-from .evaluate import measure_latency
-from .pipeline import Step, convert, silent_step
+from ..._optional import need
+from ...errors import BundleError
+from ...runtime.model import load
+from ..pipeline import convert
+from ..progress import Step, silent_step
+from ..verify.timing import measure_latency
 from .zoo import digits_cnn, digits_splits, evaluate_accuracy, export_pt2, seeded, train
 
 DEVICES = ("rpi4", "x86-64")
@@ -58,32 +60,6 @@ def compare_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def rows_table(rows: list[dict[str, Any]], title: str) -> Any:
-    """A rich table of measured rows (see :func:`measure_bundle`)."""
-    from rich.table import Table
-
-    from .report import human_bytes
-
-    table = Table(title=title)
-    labelled = any("model" in r for r in rows)
-    cols = (("model",) if labelled else ()) + ("device", "fmt", "prec", "accuracy", "Δ acc", "size", "vs fp32", "b1 p50", "b1 ×", "b64 p50", "b64 ×")
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("model", "device", "fmt", "prec") else "right", no_wrap=True)
-    for r in rows:
-        table.add_row(
-            *((r.get("model", ""),) if labelled else ()), r["device"], r["format"], r["precision"], f"{100 * r['accuracy']:.2f}%",
-            "" if r["accuracy_delta_points"] is None else f"{r['accuracy_delta_points']:+.2f}",
-            human_bytes(r["size_bytes"]),
-            "" if r["size_vs_fp32"] is None else f"{100 * r['size_vs_fp32']:.0f}%",
-            f"{r['latency_p50_ms']:.3f}ms",
-            "" if r["speedup_vs_fp32"] is None else f"{r['speedup_vs_fp32']:.2f}x",
-            f"{r['batch64_p50_ms']:.2f}ms",
-            "" if r["batch64_speedup_vs_fp32"] is None else f"{r['batch64_speedup_vs_fp32']:.2f}x",
-        )
-    return table
-
-
-
 def run_quickstart(
     workdir: str | Path = "edgec-quickstart",
     *,
@@ -101,9 +77,19 @@ def run_quickstart(
     work = Path(workdir)
     if work.exists() and not force:
         raise BundleError(f"{work} already exists: pass --force to redo the quick start there, or choose --workdir")
+    for module in ("torch", "sklearn", "onnxruntime", "litert_torch"):  # before anything is written
+        need(module, extra="sdk", purpose="for the quick start")
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    try:
+        return _run(work, devices, step, epochs)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # a half-done quick start is not left behind
+        raise
+
+
+def _run(work: Path, devices: tuple[str, ...], step: Step, epochs: int) -> dict[str, Any]:
     data = digits_splits()
     with step(f"Training the digits CNN on {len(data.x_train)} real handwritten digits"):
         model = train(seeded(digits_cnn), data.x_train, data.y_train, epochs=epochs)

@@ -5,23 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingDependencyError
+from ..._optional import need
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MissingDependencyError("matplotlib", "sdk", "to draw report plots") from None
-    return plt
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing off-screen."""
+    need("matplotlib", extra="sdk", purpose="to draw report plots").use("Agg")
+    return need("matplotlib.pyplot", extra="sdk", purpose="to draw report plots")
 
 
 def sensitivity_png(layers: list[dict[str, Any]], path: Path, title: str, top: int = 30) -> Path:
     """A horizontal bar chart of per-layer error (log scale), most sensitive at the top."""
-    plt = _pyplot()
+    plt = pyplot()
     shown = layers[:top][::-1]
     height = max(3.0, 0.28 * len(shown) + 1.2)
     fig, ax = plt.subplots(figsize=(9, height))

@@ -1,106 +1,17 @@
-"""The ``edgec`` command line: thin commands that each call one SDK or runtime verb.
-
-Every ``EdgecError`` becomes one line on stderr and exit code 1. Heavy frameworks load
-only inside the commands that need them, so ``edgec --help`` stays fast.
-"""
+"""Commands on models: devices, convert, analyze, compress, run, quickstart. Each calls one SDK or runtime verb."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
 import json
-import os
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ._version import __version__
-from .errors import EdgecError, InputError, first_line
-
-app = typer.Typer(
-    name="edgec",
-    help="Compress, convert and verify models for edge boards, and serve them there.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-devices_app = typer.Typer(help="List device profiles, or show one with `edgec devices show NAME`.", invoke_without_command=True)
-app.add_typer(devices_app, name="devices")
-
-F = TypeVar("F", bound=Callable[..., Any])
-# Piped output is read by people too: do not squeeze tables into 80 columns there.
-out = Console() if sys.stdout.isatty() else Console(width=120)
-
-
-def _err_console() -> Console:
-    """stderr for progress, on a duplicate of fd 2 so converter-output capture leaves it alone."""
-    try:
-        return Console(file=os.fdopen(os.dup(sys.stderr.fileno()), "w"), stderr=False)
-    except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
-        return Console(stderr=True)
-
-
-def handles_errors(fn: F) -> F:
-    """Turn EdgecError into one line and exit code 1; Ctrl-C into exit code 130."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except EdgecError as exc:
-            typer.echo(f"error: {first_line(exc, 2000)}", err=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted: nothing was written", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _stepper(console: Console, quiet: bool) -> Callable[[str], contextlib.AbstractContextManager[None]]:
-    @contextlib.contextmanager
-    def step(name: str) -> Iterator[None]:
-        if quiet:
-            yield
-            return
-        start = time.perf_counter()
-        try:
-            with console.status(f"{name}..."):
-                yield
-        except BaseException:
-            console.print(f"[red]✗[/] {name}")
-            raise
-        console.print(f"[green]✓[/] {name} [dim]({time.perf_counter() - start:.1f}s)[/]")
-
-    return step
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"edgec {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main_callback(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-) -> None:
-    """edgec: take a trained model to an edge board and keep it running there.
-
-    \b
-    Typical use:
-      edgec devices                                   # which boards edgec knows
-      edgec convert model.pt2 --device rpi4 --calib calib.npz --out build/rpi4
-      edgec run build/rpi4 --input sample.npz --output out.npz
-      edgec quickstart                                # the whole path on real digits data
-    """
+from ..errors import InputError
+from .app import app, devices_app, err_console, floats, handles_errors, out, stepper
 
 
 @devices_app.callback()
@@ -109,7 +20,7 @@ def devices(ctx: typer.Context) -> None:
     """Show a table of the built-in device profiles."""
     if ctx.invoked_subcommand is not None:
         return
-    from .devices import builtin_profiles
+    from ..devices import builtin_profiles
 
     table = Table(title="Device profiles (--device takes a name or an alias)")
     for col in ("name", "also", "format", "precision", "int8 fast", "threads", "model RAM", "accel"):
@@ -131,7 +42,7 @@ def devices_show(
     as_toml: bool = typer.Option(False, "--toml", help="Print the profile file, to copy and edit for your board."),
 ) -> None:
     """Show every field of one device profile."""
-    from .devices import get_profile
+    from ..devices import get_profile
 
     profile = get_profile(name)
     data = profile.to_dict()
@@ -148,15 +59,6 @@ def devices_show(
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     table.add_row("file", profile.source)
     out.print(table)
-
-
-def _floats(text: Optional[str], what: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"{what} {text!r} must be comma-separated numbers, e.g. 0.485,0.456,0.406") from None
 
 
 @app.command()
@@ -195,8 +97,10 @@ def convert(
       edgec convert model.onnx --device x86 --precision int8 --calib calib.npz
       edgec convert mypkg.nets:build --weights w.safetensors --device coral --calib images/ --image-size 96x96
     """
-    from .sdk.calibration import ImageOptions
-    from .sdk.pipeline import ConvertConfig, convert as run_convert
+    from ..sdk.load.data import ImageOptions
+    from ..sdk.pipeline import convert as run_convert
+    from ..sdk.plan import ConvertConfig
+    from ..sdk.report.terminal import candidates_table, conversion_summary, conversion_table
 
     size = None
     if image_size is not None:
@@ -205,7 +109,7 @@ def convert(
             size = (h, w)
         except ValueError:
             raise InputError(f"--image-size {image_size!r} must look like 224x224") from None
-    image = ImageOptions(size=size, mean=_floats(mean, "--mean") or (0.0,), std=_floats(std, "--std") or (1.0,))
+    image = ImageOptions(size=size, mean=floats(mean, "--mean") or (0.0,), std=floats(std, "--std") or (1.0,))
     config = ConvertConfig(
         device=str(profile) if profile else device,
         format=fmt,
@@ -219,41 +123,18 @@ def convert(
         min_cosine=min_cosine,
         min_top1=min_top1,
     )
-    err = _err_console()
-    result = run_convert(model, config, calib=calib, eval_data=eval_data, step=_stepper(err, quiet=False))
+    err = err_console()
+    result = run_convert(model, config, calib=calib, eval_data=eval_data, step=stepper(err))
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
     if as_json:
         typer.echo(json.dumps(result.report, indent=2))
         return
-    _print_summary(result)
-
-
-def _print_summary(result: Any) -> None:
-    from .sdk.report import human_bytes
-
     report = result.report
-    table = Table(title=f"{report['model']['source']} → {report['device']['name']} "
-                        f"({report['target']['format']} {report['target']['precision']})")
-    for col in ("model", "size", "latency p50", "cosine min", "top-1 agree", "accuracy"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for row in report["results"]:
-        fid = row.get("fidelity") or {}
-        lat = row.get("latency") or {}
-        table.add_row(
-            row["name"] + (" ★" if row.get("shipped") else ""),
-            human_bytes(row["size_bytes"]),
-            f"{lat['p50_ms']:.3f} ms" if lat else "—",
-            f"{fid['cosine_min']:.4f}" if fid else "—",
-            f"{100 * fid['top1_agreement']:.1f}%" if fid.get("top1_agreement") is not None else "—",
-            f"{100 * row['accuracy']:.1f}%" if row.get("accuracy") is not None else "—",
-        )
-    out.print(table)
+    out.print(conversion_table(report))
     if report.get("search"):
-        _print_candidates(report["search"])
-    s = report["summary"]
-    out.print(f"Shipped ★: {100 * s['size_vs_fp32']:.0f}% of fp32 size, {s['speedup_vs_fp32']:.2f}x fp32 speed "
-              f"(host-measured); verification passed: {'; '.join(report['verification']['checks'])}")
+        out.print(candidates_table(report["search"]))
+    out.print(conversion_summary(report))
     out.print(f"Bundle: {result.bundle}  (report.md has the details)")
 
 
@@ -285,26 +166,21 @@ def analyze(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .converters.base import Recipe
-    from .sdk.analyze import analyze as run_analyze
+    from ..converters.base import Recipe
+    from ..sdk.analyze import analyze as run_analyze
+    from ..sdk.report.terminal import sensitivity_table
 
     recipe = Recipe("int8", mode, calibration, smoothing)
-    err = _err_console()
+    err = err_console()
     with Progress(TextColumn("Layers"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task("layers", total=None)
         result = run_analyze(model, device=device, format=fmt, calib=calib, eval_data=eval_data, recipe=recipe,
-                             out=out_dir, force=force, weights=weights, step=_stepper(err, quiet=False),
+                             out=out_dir, force=force, weights=weights, step=stepper(err),
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
-    table = Table(title=f"Per-layer sensitivity ({result.recipe.label()}), most harmful first")
-    for col in ("#", "layer", "op", "weights", "error", "cosine min"):
-        table.add_column(col, justify="left" if col in ("layer", "op") else "right")
-    for i, layer in enumerate(result.layers[:top], start=1):
-        table.add_row(str(i), layer.layer.display, layer.layer.op, f"{layer.layer.params:,}",
-                      f"{layer.error:.2e}", f"{layer.cosine_min:.4f}")
-    out.print(table)
+    out.print(sensitivity_table(result.layers, result.recipe.label(), top))
     total = sum(x.layer.params for x in result.layers)
     out.print(f"{len(result.layers)} layers, {total:,} weights. "
               f"Written: {result.out}/sensitivity.md, sensitivity.png, sensitivity.json")
@@ -349,7 +225,8 @@ def compress(
           --prune 0.5 --structured --distill-from mypkg.nets:cnn --teacher-weights cnn.safetensors --out small.pt2
       edgec compress model.pt2 --unstructured --prune 0.8 --steps 4 --data train.npz --out sparse.pt2
     """
-    from .sdk.compress import CompressConfig, compress as run_compress
+    from ..sdk.compress import CompressConfig, compress as run_compress
+    from ..sdk.report.terminal import compression_table
 
     pairs = {}
     for item in feature or []:
@@ -361,193 +238,14 @@ def compress(
                             optimizer=optimizer, skip=tuple(skip or ()), target_macs=target_macs,
                             target_latency_ms=target_latency, temperature=temperature, alpha=alpha, features=pairs,
                             progressive_distill=progressive_distill, threads=threads)
-    err = _err_console()
+    err = err_console()
     result = run_compress(model, data=data, out=out_path, eval_data=eval_data, teachers=tuple(distill_from or ()),
                           config=config, weights=weights, teacher_weights=teacher_weights, force=force,
                           progress=lambda line: err.print(f"• {line}"))
-    from .sdk.report import human_bytes
-
-    table = Table(title=f"{model} → {out_path} (measured on the exported ONNX, this host)")
-    for col in ("step", "change", "params", "MACs", "ONNX size", "speed-up b1", "speed-up b64", "accuracy"):
-        table.add_column(col, justify="left" if col == "change" else "right")
-    for s in result.steps:
-        table.add_row(str(s.step), s.label, f"{s.params:,}", f"{s.macs:,}", human_bytes(s.onnx_bytes),
-                      f"{s.speedup_b1:.2f}x", f"{s.speedup_b64:.2f}x",
-                      f"{100 * s.accuracy:.2f}%" if s.accuracy is not None else "—")
-    out.print(table)
+    out.print(compression_table(result.steps, f"{model} → {out_path} (measured on the exported ONNX, this host)"))
     for note in result.report["notes"]:
         err.print(f"[yellow]note:[/] {note}")
     out.print(f"Wrote {result.model} and {result.model.stem}.report.md / .report.json / .png")
-
-
-telemetry_app = typer.Typer(help="Watch the telemetry edgec devices publish over MQTT.", no_args_is_help=True)
-app.add_typer(telemetry_app, name="telemetry")
-
-
-@telemetry_app.command("watch")
-@handles_errors
-def telemetry_watch(
-    broker: str = typer.Option(..., "--broker", "-b", help="MQTT broker host."),
-    port: int = typer.Option(1883, "--port", help="Broker port (8883 is usual with TLS)."),
-    fleet: str = typer.Option("+", "--fleet", help="Only this fleet (+: every fleet)."),
-    username: Optional[str] = typer.Option(None, "--username", help="Broker user."),
-    password: Optional[str] = typer.Option(None, "--password", help="Broker password (or EDGEC_MQTT_PASSWORD).",
-                                           envvar="EDGEC_MQTT_PASSWORD"),
-    ca_file: Optional[Path] = typer.Option(None, "--ca-file", help="CA certificate: connect with TLS and verify the broker."),
-    duration: float = typer.Option(0, "--duration", help="Stop after this many seconds and print the table (0: run until Ctrl-C)."),
-) -> None:
-    """A live table of every device and model publishing under edgec/<fleet>/<device>/.
-
-    Example: edgec telemetry watch --broker localhost
-    """
-    import threading
-    import time
-
-    from rich.live import Live
-
-    from .runtime.telemetry import FleetView, paho_client
-
-    mqtt = paho_client()
-    view = FleetView()
-    lock = threading.Lock()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    if username is not None:
-        client.username_pw_set(username, password)
-    if ca_file is not None:
-        client.tls_set(ca_certs=str(ca_file))
-
-    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        c.subscribe(f"edgec/{fleet}/+/+", qos=1)
-
-    def on_message(c: Any, userdata: Any, message: Any) -> None:
-        with lock:
-            view.update(message.topic, message.payload)
-
-    client.on_connect = on_connect
-    client.on_message = on_message
-    try:
-        client.connect(broker, port, keepalive=30)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot reach MQTT broker {broker}:{port}: {exc}; check --broker and --port") from None
-    client.loop_start()
-    console = Console()
-    if not console.is_terminal:  # piped or logged: do not squeeze 18 columns into 80
-        console = Console(width=220)
-    stop = time.monotonic() + duration if duration > 0 else None
-    try:
-        with Live(_fleet_table(view, broker, port), console=console, refresh_per_second=2,
-                  transient=False) as live:
-            while stop is None or time.monotonic() < stop:
-                time.sleep(0.5)
-                with lock:
-                    live.update(_fleet_table(view, broker, port))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        client.loop_stop()
-        client.disconnect()
-    if not view.devices:
-        _err_console().print(f"no edgec device published on {broker}:{port} under edgec/{fleet}/ in that time")
-
-
-def _fleet_table(view: Any, broker: str, port: int) -> Table:
-    def num(v: Any, fmt: str = "{:.1f}") -> str:
-        return "-" if v is None else fmt.format(v)
-
-    table = Table(title=f"edgec devices on {broker}:{port}")
-    for col in ("fleet", "device", "state", "model", "version", "p50 ms", "p95 ms", "p99 ms", "req/s", "err/s",
-                "queue", "RSS MB", "CPU %", "temp °C", "spooled", "dropped", "seen", "last event"):
-        table.add_column(col, justify="left" if col in ("fleet", "device", "state", "model", "version", "last event")
-                         else "right")
-    for r in view.rows():
-        state = {"online": "[green]online[/]", "offline": "[red]offline[/]"}.get(r["state"], r["state"])
-        table.add_row(r["fleet"], r["device"], state, r["model"] or "-", r.get("version") or "-",
-                      num(r.get("p50"), "{:.2f}"), num(r.get("p95"), "{:.2f}"), num(r.get("p99"), "{:.2f}"),
-                      num(r.get("requests_per_s")), num(r.get("errors_per_s")), num(r.get("queue_depth"), "{}"),
-                      num(r["rss_mb"]), num(r["cpu_percent"]), num(r["cpu_temp_c"]), num(r["spool"], "{}"),
-                      num(r["dropped"], "{}"), f"{r['seen_s_ago']:.0f}s ago", (r["last_event"] or "")[:40])
-    return table
-
-
-@app.command()
-@handles_errors
-def serve(
-    config: Path = typer.Option(..., "--config", "-c", help="runtime.toml: models, memory budget, batcher limits, port."),
-    port: Optional[int] = typer.Option(None, "--port", help="Override the config's port."),
-    host: Optional[str] = typer.Option(None, "--host", help="Override the config's host (default 127.0.0.1: loopback only)."),
-) -> None:
-    """Serve bundles over HTTP: a memory-bounded model cache and a dynamic batcher per model.
-
-    \b
-    Endpoints: GET /health, /ready, /v1/models, /v1/stats, /metrics (Prometheus);
-    POST /v1/models/NAME/predict (JSON, .npy or .npz body), POST /v1/models/NAME/reload.
-    Ctrl-C or SIGTERM stops taking connections and finishes queued requests.
-    \b
-    Example runtime.toml:
-      port = 8080
-      budget_mb = 512
-      [batcher]
-      max_batch_size = 8
-      max_queue_delay_ms = 2
-      [[models]]
-      name = "digits"
-      path = "build/rpi4"
-    """
-    import dataclasses
-    import logging
-    import signal
-
-    from .runtime.server import ServeConfig, Server
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg = ServeConfig.from_toml(config)
-    overrides = {k: v for k, v in (("port", port), ("host", host)) if v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
-    if not cfg.models:
-        raise InputError(f"{config} lists no [[models]] to serve")
-    try:
-        server = Server(cfg)
-    except OSError as exc:
-        raise InputError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}; pick another --port") from None
-    err = _err_console()
-    for name, why in server.runtime.failed.items():
-        err.print(f"[yellow]warning:[/] model {name} is not served: {why}")
-    err.print(f"edgec serving {len(server.runtime.batchers)} model(s) on {server.url} (Ctrl-C to stop)")
-    if cfg.telemetry is not None:
-        t = cfg.telemetry
-        where = f"MQTT {t.broker}:{t.port}" if t.broker else "the spool only (no broker configured)"
-        err.print(f"telemetry every {t.interval_s:g}s to {where} as edgec/{t.fleet}/{t.device}/, spool {t.spool}")
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        err.print("stopping: finishing queued requests")
-    finally:
-        server.stop(drain=True)
-
-
-def _interrupt(*_: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def _print_candidates(search: dict[str, Any]) -> None:
-    from .sdk.report import human_bytes
-
-    table = Table(title=f"Candidates (budget: {search['budget']})")
-    for col in ("candidate", "size", "speed-up", "cosine min", "top-1 drop", "result"):
-        table.add_column(col, justify="left" if col in ("candidate", "result") else "right")
-    for c in search["candidates"]:
-        fid = c.get("fidelity") or {}
-        drop = c.get("drop_points")
-        table.add_row(
-            c["label"] + (" ★" if c["status"] == "shipped" else ""),
-            human_bytes(c["size_bytes"]) if c.get("size_bytes") else "—",
-            f"{c['speedup_vs_fp32']:.2f}x" if c.get("speedup_vs_fp32") else "—",
-            f"{fid['cosine_min']:.4f}" if fid else "—",
-            f"{drop:.2f} pt" if drop is not None else "—",
-            c["status"] + (f": {c['reason']}" if c["reason"] and c["status"] not in ("shipped", "within budget") else ""),
-        )
-    out.print(table)
 
 
 @app.command()
@@ -564,31 +262,20 @@ def run(
     Example:
       edgec run build/rpi4 --input sample.npz --output out.npz
     """
-    import numpy as np
-
-    from .runtime import load
+    from ..runtime.arrays import read_npz, write_npz
+    from ..runtime.model import load
 
     if output_path is not None and output_path.exists() and not force:
         raise InputError(f"{output_path} already exists: pass --force to replace it")
     model = load(bundle)
-    if not input_path.is_file():
-        raise InputError(f"input file {input_path} does not exist")
-    try:
-        with np.load(input_path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files if k != "labels"}
-    except Exception as exc:
-        raise InputError(f"cannot read {input_path} as .npz ({first_line(exc, 200)})") from None
+    arrays = {k: v for k, v in read_npz(input_path, what=f"input file {input_path}").items() if k != "labels"}
     if len(model.inputs) == 1 and len(arrays) == 1:
         arrays = {model.inputs[0].name: next(iter(arrays.values()))}
     start = time.perf_counter()
     outputs = model.predict(arrays)
     elapsed = time.perf_counter() - start
     if output_path is not None:
-        tmp = output_path.with_name(f".{output_path.name}.tmp")
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **outputs)
-        os.replace(tmp, output_path)
+        write_npz(output_path, outputs)
     batch = next(iter(arrays.values())).shape[0]
     out.print(f"{model}: {batch} samples in {1e3 * elapsed:.1f} ms")
     for name, value in outputs.items():
@@ -614,23 +301,15 @@ def quickstart(
     downloaded), converts the model at fp32 and int8 for both boards, runs every bundle
     through the edgec runtime on held-out test digits, and prints accuracy, size and latency.
     """
-    from .sdk.quickstart import rows_table, run_quickstart
+    from ..sdk.examples.quickstart import run_quickstart
+    from ..sdk.report.terminal import bundles_table
 
-    err = _err_console()
-    summary = run_quickstart(workdir, force=force, step=_stepper(err, quiet=False))
+    err = err_console()
+    summary = run_quickstart(workdir, force=force, step=stepper(err))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    out.print(rows_table(summary["rows"], f"Digits CNN on {summary['test_samples']} held-out test digits "
+    out.print(bundles_table(summary["rows"], f"Digits CNN on {summary['test_samples']} held-out test digits "
                                           f"(PyTorch accuracy {100 * summary['torch_test_accuracy']:.2f}%)"))
     out.print("Latency: p50 per call at batch 1 and batch 64, measured on this host (× = speed-up over fp32).")
     out.print(f"Bundles, data and reports: {workdir}/")
-
-
-def main() -> None:
-    """Console-script entry point."""
-    app()
-
-
-if __name__ == "__main__":
-    main()

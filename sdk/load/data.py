@@ -8,19 +8,24 @@ or dicts, with an optional ``transform`` applied to each item.
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import CalibrationError
-from ..runtime.manifest import TensorSpec
+from ..._optional import need
+from ...errors import CalibrationError, ModelLoadError
+from ...runtime.arrays import read_npz
+from ...runtime.tensors import TensorSpec, check_array
 
 LABELS_KEY = "labels"
 MIN_SAMPLES = 32
+# Random inputs used to check a conversion when no sample data is given.
+SYNTHETIC_SAMPLES = 64
+# Held-out samples used to measure each candidate.
+MAX_EVAL_SAMPLES = 500
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -125,18 +130,7 @@ def load_samples(
 
 
 def _load_npz(path: Path, inputs: Sequence[TensorSpec], what: str) -> SampleSet:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise CalibrationError(
-                f"{what} {path.name} holds object (pickled) arrays, which edgec refuses to load: "
-                "save plain numeric arrays with np.savez"
-            ) from None
-        raise CalibrationError(f"{what} {path.name} is not a readable .npz ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise CalibrationError(f"{what} {path.name} is not a readable .npz ({exc}); it may be truncated") from None
+    arrays = read_npz(path, what=f"{what} {path.name}", error=CalibrationError)
     return _match_names(arrays, inputs, what, source=path.name)
 
 
@@ -189,12 +183,7 @@ def _stack_items(
 
 
 def _load_images(folder: Path, inputs: Sequence[TensorSpec], options: ImageOptions, what: str) -> SampleSet:
-    try:
-        from PIL import Image
-    except ImportError:
-        from ..errors import MissingDependencyError
-
-        raise MissingDependencyError("pillow", "sdk", "to read image folders") from None
+    Image = need("PIL.Image", extra="sdk", purpose="to read image folders")
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise CalibrationError(f"{what}: an image folder feeds models with one 4-D image input; use an .npz instead")
     spec = inputs[0]
@@ -247,35 +236,17 @@ def check_samples(samples: SampleSet, inputs: Sequence[TensorSpec], what: str = 
         raise CalibrationError(f"{what} ({samples.source}) has no samples")
     for spec in inputs:
         array = samples.arrays[spec.name]
-        if array.ndim != len(spec.shape):
-            raise CalibrationError(
-                f"{what} array {spec.name!r} has shape {list(array.shape)}, but the model "
-                f"expects {spec.describe()} (first axis = samples)"
-            )
-        for axis, (got, want) in enumerate(zip(array.shape[1:], spec.shape[1:]), start=1):
-            if want is not None and got != want:
-                raise CalibrationError(
-                    f"{what} array {spec.name!r} has shape {list(array.shape)}: dimension "
-                    f"{axis} must be {want} for {spec.describe()}"
-                )
+        problem = check_array(array, spec, what=f"{what} array", samples=True)
+        if problem:
+            raise CalibrationError(problem)
         if len(array) != n:
             raise CalibrationError(f"{what}: arrays have different sample counts ({n} and {len(array)})")
-        kind = array.dtype.kind
         if spec.dtype.startswith("float"):
-            if kind != "f":
-                raise CalibrationError(
-                    f"{what} array {spec.name!r} is {array.dtype}, but the model takes "
-                    f"{spec.dtype}: preprocess it as in training (e.g. scale uint8 images to float)"
-                )
             if not np.isfinite(array).all():
                 raise CalibrationError(f"{what} array {spec.name!r} contains NaN or infinity")
             samples.arrays[spec.name] = array.astype(spec.dtype, copy=False)
         elif spec.dtype.startswith(("int", "uint")):
-            if kind not in "iu":
-                raise CalibrationError(f"{what} array {spec.name!r} is {array.dtype}, but the model takes {spec.dtype}")
             samples.arrays[spec.name] = array.astype(spec.dtype, copy=False)
-        elif spec.dtype == "bool" and kind != "b":
-            raise CalibrationError(f"{what} array {spec.name!r} is {array.dtype}, but the model takes bool")
     if samples.labels is not None:
         if samples.labels.ndim != 1 or len(samples.labels) != n or samples.labels.dtype.kind not in "iu":
             raise CalibrationError(
@@ -288,3 +259,115 @@ def check_samples(samples: SampleSet, inputs: Sequence[TensorSpec], what: str = 
             "samples often clip real inputs and cost accuracy; 100-500 representative samples are typical"
         )
     return warnings
+
+
+@dataclass
+class Split:
+    """The sample data of one conversion.
+
+    Attributes:
+        calib: Samples to calibrate int8 on (``None`` when no int8 is tried).
+        holdout: Held-out samples every artifact is measured and verified on.
+        info: What the report says about the data (sources, counts, labels, synthetic).
+        warnings: Sentences worth showing the user.
+    """
+
+    calib: SampleSet | None
+    holdout: SampleSet
+    info: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.info["synthetic"])
+
+
+def split_samples(calib: Any, eval_data: Any, inputs: Sequence[TensorSpec], *, quantized: bool,
+                  holdout: float = 0.2, seed: int = 0, image: ImageOptions | None = None,
+                  max_eval: int = MAX_EVAL_SAMPLES) -> Split:
+    """Calibration and held-out samples from ``--calib`` and ``--eval``.
+
+    With ``eval_data`` the held-out samples come from it alone; without, a ``holdout`` share of
+    ``calib`` is held out (never calibrated on). Without any data, synthetic inputs check the
+    conversion (not accuracy).
+
+    Args:
+        calib, eval_data: Sample data (see :func:`load_samples`), or ``None``.
+        inputs: The model's inputs.
+        quantized: int8 may be tried (then ``calib`` is kept for calibration).
+        holdout: Share of ``calib`` held out when there is no ``eval_data``.
+        seed: Seed of the split and of synthetic inputs.
+        image: Options for image folders.
+        max_eval: Most held-out samples used.
+
+    Raises:
+        CalibrationError: Data that does not fit the model, or too little of it for int8.
+    """
+    if eval_data is not None:
+        held, found = load_samples(eval_data, inputs, image=image, what="--eval data")
+        held = held.take(slice(0, max_eval))
+        calib_set = None
+        if calib is not None and quantized:
+            calib_set, more = load_samples(calib, inputs, image=image)
+            found = found + more
+        return Split(calib_set, held, {
+            "source": held.source, "calibration": calib_set.source if calib_set else None, "synthetic": False,
+            "labels": held.labels is not None, "calibration_samples": len(calib_set) if calib_set else 0,
+            "holdout_samples": len(held)}, found)
+    if calib is None:
+        rng = np.random.default_rng(seed)
+        arrays = {}
+        for t in inputs:
+            shape = (SYNTHETIC_SAMPLES, *(1 if d is None else d for d in t.shape[1:]))
+            arrays[t.name] = rng.standard_normal(shape).astype(t.dtype) if t.dtype.startswith("float") \
+                else np.zeros(shape, t.dtype)
+        held = SampleSet(arrays, None, "synthetic")
+        return Split(None, held, {"source": "synthetic (no --calib)", "synthetic": True, "labels": False,
+                                  "calibration_samples": 0, "holdout_samples": len(held)})
+    samples, found = load_samples(calib, inputs, image=image)
+    if quantized:
+        if len(samples) < 2:
+            raise CalibrationError(f"int8 needs at least 2 samples (some to calibrate, some held out to verify); "
+                                   f"{samples.source} has {len(samples)}")
+        calib_set, held = samples.split(holdout, seed=seed)
+        found = found if len(calib_set) >= MIN_SAMPLES else [
+            f"only {len(calib_set)} samples left for calibration after holding out {len(held)} for "
+            "verification: int8 ranges from so few samples often clip real inputs; 100-500 are typical"]
+    else:
+        calib_set, held = None, samples.take(slice(0, max_eval))
+        found = []  # float precisions use the samples only to verify
+    return Split(calib_set, held, {
+        "source": samples.source, "synthetic": False, "labels": samples.labels is not None,
+        "calibration_samples": len(calib_set) if calib_set is not None else 0, "holdout_samples": len(held)}, found)
+
+
+def example_inputs(data: Any, input_shapes: Sequence[str] = ()) -> dict[str, np.ndarray] | None:
+    """Example inputs to trace a module with: ``--input-shape``, else the first sample of ``data``."""
+    if input_shapes:
+        return example_from_shapes(input_shapes)
+    if isinstance(data, (str, Path)) and Path(data).suffix.lower() == ".npz" and Path(data).is_file():
+        try:
+            arrays = read_npz(data, what=str(data), error=CalibrationError)
+        except CalibrationError:
+            return None  # load_samples reports the problem with the file precisely
+        return {k: v[:1] for k, v in arrays.items() if k != LABELS_KEY}
+    if isinstance(data, np.ndarray):
+        return {"input": data[:1]}
+    if isinstance(data, Mapping):
+        return {k: np.asarray(v)[:1] for k, v in data.items() if k != LABELS_KEY}
+    return None
+
+
+def example_from_shapes(shapes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Parse ``--input-shape`` values (``1x3x224x224`` or ``name=1x3x224x224``) into zeros."""
+    out: dict[str, np.ndarray] = {}
+    for i, text in enumerate(shapes):
+        name, _, dims = text.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x"))
+        except ValueError:
+            raise ModelLoadError(f"--input-shape {text!r} is not like 1x3x224x224 or name=1x3x224x224") from None
+        if any(d <= 0 for d in shape):
+            raise ModelLoadError(f"--input-shape {text!r} has a dimension that is not positive")
+        out[name or f"input_{i}"] = np.zeros(shape, dtype=np.float32)
+    return out

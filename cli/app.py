@@ -1,0 +1,115 @@
+"""The typer application every command registers on, and what the commands share.
+
+Every ``EdgecError`` becomes one line on stderr and exit code 1. Heavy frameworks load
+only inside the commands that need them, so ``edgec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from .._version import __version__
+from ..errors import EdgecError, InputError, first_line
+
+app = typer.Typer(
+    name="edgec",
+    help="Compress, convert and verify models for edge boards, and serve them there.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+devices_app = typer.Typer(help="List device profiles, or show one with `edgec devices show NAME`.",
+                          invoke_without_command=True)
+telemetry_app = typer.Typer(help="Watch the telemetry edgec devices publish over MQTT.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+app.add_typer(telemetry_app, name="telemetry")
+
+F = TypeVar("F", bound=Callable[..., Any])
+# Piped output is read by people too: do not squeeze tables into 80 columns there.
+out = Console() if sys.stdout.isatty() else Console(width=120)
+
+
+def err_console() -> Console:
+    """stderr for progress, on a duplicate of fd 2 so converter-output capture leaves it alone."""
+    try:
+        return Console(file=os.fdopen(os.dup(sys.stderr.fileno()), "w"), stderr=False)
+    except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
+        return Console(stderr=True)
+
+
+def handles_errors(fn: F) -> F:
+    """Turn EdgecError into one line and exit code 1; Ctrl-C into exit code 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgecError as exc:
+            typer.echo(f"error: {first_line(exc, 2000)}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: nothing was written", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def stepper(console: Console, quiet: bool = False) -> Callable[[str], contextlib.AbstractContextManager[None]]:
+    """The progress hook SDK verbs take: a spinner per step, then ✓ or ✗ with its time."""
+
+    @contextlib.contextmanager
+    def step(name: str) -> Iterator[None]:
+        if quiet:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            with console.status(f"{name}..."):
+                yield
+        except BaseException:
+            console.print(f"[red]✗[/] {name}")
+            raise
+        console.print(f"[green]✓[/] {name} [dim]({time.perf_counter() - start:.1f}s)[/]")
+
+    return step
+
+
+def floats(text: Optional[str], what: str) -> tuple[float, ...] | None:
+    """``0.485,0.456,0.406`` as numbers, or a one-line error naming the option."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{what} {text!r} must be comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """edgec: take a trained model to an edge board and keep it running there.
+
+    \b
+    Typical use:
+      edgec devices                                   # which boards edgec knows
+      edgec convert model.pt2 --device rpi4 --calib calib.npz --out build/rpi4
+      edgec run build/rpi4 --input sample.npz --output out.npz
+      edgec quickstart                                # the whole path on real digits data
+    """

@@ -1,0 +1,102 @@
+"""Commands on the board and the fleet: serve, telemetry watch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..errors import InputError
+from .app import app, err_console, handles_errors, telemetry_app
+
+
+@app.command()
+@handles_errors
+def serve(
+    config: Path = typer.Option(..., "--config", "-c", help="runtime.toml: models, memory budget, batcher limits, port."),
+    port: Optional[int] = typer.Option(None, "--port", help="Override the config's port."),
+    host: Optional[str] = typer.Option(None, "--host", help="Override the config's host (default 127.0.0.1: loopback only)."),
+) -> None:
+    """Serve bundles over HTTP: a memory-bounded model cache and a dynamic batcher per model.
+
+    \b
+    Endpoints: GET /health, /ready, /v1/models, /v1/stats, /metrics (Prometheus);
+    POST /v1/models/NAME/predict (JSON, .npy or .npz body), POST /v1/models/NAME/reload.
+    Ctrl-C or SIGTERM stops taking connections and finishes queued requests.
+    \b
+    Example runtime.toml:
+      port = 8080
+      budget_mb = 512
+      \\[batcher]
+      max_batch_size = 8
+      max_queue_delay_ms = 2
+      \\[[models]]
+      name = "digits"
+      path = "build/rpi4"
+    """
+    import dataclasses
+    import logging
+    import signal
+
+    from ..runtime.config import ServeConfig
+    from ..runtime.server import Server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = ServeConfig.from_toml(config)
+    overrides = {k: v for k, v in (("port", port), ("host", host)) if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    if not cfg.models:
+        raise InputError(f"{config} lists no [[models]] to serve")
+    try:
+        server = Server(cfg)
+    except OSError as exc:
+        raise InputError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}; pick another --port") from None
+    err = err_console()
+    for name, why in server.runtime.failed.items():
+        err.print(f"[yellow]warning:[/] model {name} is not served: {why}")
+    err.print(f"edgec serving {len(server.runtime.batchers)} model(s) on {server.url} (Ctrl-C to stop)")
+    if cfg.telemetry is not None:
+        t = cfg.telemetry
+        where = f"MQTT {t.broker}:{t.port}" if t.broker else "the spool only (no broker configured)"
+        err.print(f"telemetry every {t.interval_s:g}s to {where} as edgec/{t.fleet}/{t.device}/, spool {t.spool}")
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        err.print("stopping: finishing queued requests")
+    finally:
+        server.stop(drain=True)
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@telemetry_app.command("watch")
+@handles_errors
+def telemetry_watch(
+    broker: str = typer.Option(..., "--broker", "-b", help="MQTT broker host."),
+    port: int = typer.Option(1883, "--port", help="Broker port (8883 is usual with TLS)."),
+    fleet: str = typer.Option("+", "--fleet", help="Only this fleet (+: every fleet)."),
+    username: Optional[str] = typer.Option(None, "--username", help="Broker user."),
+    password: Optional[str] = typer.Option(None, "--password", help="Broker password (or EDGEC_MQTT_PASSWORD).",
+                                           envvar="EDGEC_MQTT_PASSWORD"),
+    ca_file: Optional[Path] = typer.Option(None, "--ca-file", help="CA certificate: connect with TLS and verify the broker."),
+    duration: float = typer.Option(0, "--duration", help="Stop after this many seconds and print the table (0: run until Ctrl-C)."),
+) -> None:
+    """A live table of every device and model publishing under edgec/<fleet>/<device>/.
+
+    Example: edgec telemetry watch --broker localhost
+    """
+    from rich.console import Console
+
+    from ..sdk.fleet.watch import watch
+
+    console = Console()
+    if not console.is_terminal:  # piped or logged: do not squeeze 18 columns into 80
+        console = Console(width=220)
+    view = watch(broker, port, fleet=fleet, username=username, password=password, ca_file=ca_file,
+                 duration_s=duration, console=console)
+    if not view.devices:
+        err_console().print(f"no edgec device published on {broker}:{port} under edgec/{fleet}/ in that time")

@@ -1,0 +1,214 @@
+"""The device agent: publishes a runtime's metrics and alerts over MQTT, and takes commands.
+
+Topics (``<fleet>`` and ``<device>`` from the config; every payload is a JSON object with
+``"schema": 1``)::
+
+    edgec/<fleet>/<device>/status       retained; "online" at connect, "offline" at stop and
+                                        as the Last Will when the device drops off
+    edgec/<fleet>/<device>/telemetry    metrics every ``interval_s`` (and on the stats command)
+    edgec/<fleet>/<device>/events       alerts: memory_pressure, model_load_failure, latency
+    edgec/<fleet>/<device>/cmd/<verb>   commands to the device: reload, stats, interval
+    edgec/<fleet>/<device>/cmd-result   one answer per command, ok or with an error
+
+Telemetry, events and command results go through :class:`~edgec.runtime.mqtt.Publisher`
+(spooled, QoS 1). Each carries ``seq``, increasing per device across restarts, so a
+dashboard can spot gaps and duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+from .._version import __version__
+from ..errors import EdgecError, ValidationError
+from .config import TelemetryConfig
+from .mqtt import SCHEMA, Publisher
+from .system import CpuMeter, cpu_temperature_c, rss_bytes
+
+log = logging.getLogger("edgec.telemetry")
+VERBS = ("reload", "stats", "interval")
+
+
+class Telemetry:
+    """Publishes a runtime's metrics and alerts, and takes commands, over MQTT.
+
+    Args:
+        config: Broker and topic settings.
+        runtime: A :class:`edgec.runtime.server.Runtime` (or anything with ``stats()``,
+            ``reload(name, path)`` and ``alert_listeners``); ``None`` publishes process
+            metrics only.
+
+    Example:
+        >>> telemetry = Telemetry(TelemetryConfig(broker="localhost", fleet="shop"), runtime).start()
+        >>> telemetry.stop()
+    """
+
+    def __init__(self, config: TelemetryConfig, runtime: Any = None) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.interval_s = config.interval_s
+        self.started = time.time()
+        online = {"schema": SCHEMA, "state": "online", "edgec": __version__, "pid": os.getpid()}
+        offline = {"schema": SCHEMA, "state": "offline"}
+        self.publisher = Publisher(config, on_message=self._on_message, subscriptions=(config.topic("cmd/+"),),
+                                   status=(online, offline))
+        self._commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=64)
+        self._stop = threading.Event()
+        self._tick = threading.Event()
+        self._cpu = CpuMeter()
+        self._previous: dict[str, tuple[float, int, int]] = {}
+        self._threads = [threading.Thread(target=self._ticker, name="edgec-telemetry", daemon=True),
+                         threading.Thread(target=self._command_loop, name="edgec-telemetry-cmd", daemon=True)]
+
+    def start(self) -> Telemetry:
+        self.publisher.start()
+        if self.runtime is not None:
+            self.runtime.alert_listeners.append(self._on_alert)
+            for name, why in getattr(self.runtime, "failed", {}).items():
+                self.event("model_load_failure", f"model {name} is not served: {why}", model=name)
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self, flush_s: float = 5.0) -> None:
+        self._stop.set()
+        self._tick.set()
+        for t in self._threads:
+            t.join(5)
+        if self.runtime is not None and self._on_alert in self.runtime.alert_listeners:
+            self.runtime.alert_listeners.remove(self._on_alert)
+        self.publisher.stop(flush_s)
+
+    # -- messages -----------------------------------------------------------------------------
+    def event(self, kind: str, message: str, **extra: Any) -> int:
+        """Publish one alert on ``events``."""
+        return self.publisher.publish(self.config.topic("events"), {
+            "schema": SCHEMA, "time": time.time(), "kind": kind, "message": message, **extra})
+
+    def snapshot(self) -> dict[str, Any]:
+        """The telemetry message: process, spool, cache and per-model metrics."""
+        now = time.time()
+        out: dict[str, Any] = {
+            "schema": SCHEMA, "time": now, "fleet": self.config.fleet, "device": self.config.device,
+            "uptime_s": round(now - self.started, 3), "interval_s": self.interval_s,
+            "process": {"rss_bytes": rss_bytes(), "cpu_percent": self._cpu.read(), "cpu_temp_c": cpu_temperature_c()},
+            "spool": {"queued": len(self.publisher.spool), "dropped": self.publisher.spool.dropped},
+            "models": {},
+        }
+        if self.runtime is None:
+            return out
+        stats = self.runtime.stats()
+        out["uptime_s"] = round(stats["uptime_s"], 3)
+        out["cache"] = {k: stats["cache"][k] for k in ("budget_bytes", "used_bytes")} | stats["cache"]["stats"]
+        loaded = {e["name"]: e for e in stats["cache"]["loaded"]}
+        for name, batcher in stats["batchers"].items():
+            lat = stats["latency"].get(name, {})
+            requests, errors = lat.get("requests", 0), lat.get("errors", 0)
+            before = self._previous.get(name, (self.started, 0, 0))
+            span = max(now - before[0], 1e-9)
+            self._previous[name] = (now, requests, errors)
+            entry = loaded.get(name, {})
+            out["models"][name] = {
+                "loaded": name in loaded, "version": entry.get("version"), "sha256": entry.get("sha256"),
+                "format": entry.get("format"), "precision": entry.get("precision"),
+                "latency_ms": {q: lat.get(f"{q}_ms") for q in ("p50", "p95", "p99")},
+                "requests": requests, "errors": errors,
+                "requests_per_s": round((requests - before[1]) / span, 3),
+                "errors_per_s": round((errors - before[2]) / span, 3),
+                "queue_depth": batcher["queue_depth"], "batch_sizes": batcher["stats"]["batch_sizes"],
+                "rejected": batcher["stats"]["rejected"],
+            }
+            p95 = lat.get("p95_ms")
+            if self.config.latency_alert_ms is not None and p95 is not None and p95 > self.config.latency_alert_ms:
+                self.event("latency", f"model {name} p95 latency {p95:.1f} ms is above {self.config.latency_alert_ms:g} ms",
+                           model=name, p95_ms=p95)
+        return out
+
+    def publish_snapshot(self) -> int:
+        return self.publisher.publish(self.config.topic("telemetry"), self.snapshot())
+
+    def _ticker(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.publish_snapshot()
+            except Exception:  # telemetry must never take serving down
+                log.exception("telemetry snapshot failed")
+            self._tick.wait(self.interval_s)
+            self._tick.clear()
+
+    def _on_alert(self, alert: dict[str, Any]) -> None:
+        self.event(alert.get("kind", "alert"), alert.get("message", ""))
+
+    # -- commands -----------------------------------------------------------------------------
+    def _on_message(self, topic_name: str, payload: bytes) -> None:
+        try:
+            self._commands.put_nowait((topic_name, payload))
+        except queue.Full:
+            self._result(topic_name.rsplit("/", 1)[-1], None, error="device busy: too many commands queued; retry")
+
+    def _command_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                topic_name, payload = self._commands.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            verb = topic_name.rsplit("/", 1)[-1]
+            request_id = None
+            try:
+                body = json.loads(payload) if payload.strip() else {}
+                if not isinstance(body, dict):
+                    raise ValidationError("command payload must be a JSON object")
+                request_id = body.get("id")
+                result = self.command(verb, body)
+            except json.JSONDecodeError as exc:
+                self._result(verb, request_id, error=f"payload is not JSON: {exc}")
+            except KeyError as exc:
+                self._result(verb, request_id, error=f"unknown model {exc}")
+            except (EdgecError, OSError, ValueError, TypeError) as exc:
+                self._result(verb, request_id, error=str(exc))
+            except Exception as exc:  # a command must never kill the device
+                log.exception("command %s failed", verb)
+                self._result(verb, request_id, error=f"internal error: {exc}")
+            else:
+                self._result(verb, request_id, result=result)
+
+    def command(self, verb: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Run one command; returns its result.
+
+        Raises:
+            ValidationError: Unknown verb or bad arguments.
+            KeyError: Unknown model.
+            EdgecError: The command failed (e.g. the new bundle is broken).
+        """
+        if verb == "interval":
+            seconds = body.get("seconds")
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0.1 <= seconds <= 86_400:
+                raise ValidationError('interval needs {"seconds": <number between 0.1 and 86400>}')
+            self.interval_s = float(seconds)
+            self._tick.set()
+            return {"interval_s": self.interval_s}
+        if verb == "stats":
+            seq = self.publish_snapshot()
+            return {"telemetry_seq": seq}
+        if verb == "reload":
+            if self.runtime is None:
+                raise ValidationError("this device serves no models")
+            model = body.get("model")
+            if not isinstance(model, str):
+                raise ValidationError('reload needs {"model": "<name>"} (and optionally "path")')
+            return {"reloaded": self.runtime.reload(model, body.get("path"))}
+        raise ValidationError(f"unknown command {verb!r}: use one of {', '.join(VERBS)}")
+
+    def _result(self, verb: str, request_id: Any, *, result: Any = None, error: str | None = None) -> None:
+        message = {"schema": SCHEMA, "time": time.time(), "verb": verb, "id": request_id, "ok": error is None}
+        if error is None:
+            message["result"] = result
+        else:
+            message["error"] = error
+        self.publisher.publish(self.config.topic("cmd-result"), message)

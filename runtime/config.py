@@ -1,0 +1,235 @@
+"""Everything a board is told in ``runtime.toml``: models, memory, batching, telemetry.
+
+Each table is a frozen dataclass that checks its values when built and raises
+:class:`~edgec.errors.ValidationError` naming the key and what it takes.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgecError, ValidationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """Batching limits.
+
+    Attributes:
+        max_batch_size: Most samples run together.
+        max_queue_delay_ms: Longest wait after the first queued request for more to join.
+        max_queue: Most requests waiting.
+        max_bytes: Most input bytes waiting.
+    """
+
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 2.0
+    max_queue: int = 64
+    max_bytes: int = 64 * 2**20
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_queue < 1 or self.max_bytes < 1 or self.max_queue_delay_ms < 0:
+            raise ValidationError("[batcher] limits must be positive: max_batch_size, max_queue and max_bytes at "
+                                  "least 1, max_queue_delay_ms 0 or more")
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """Where and how to publish (the ``[telemetry]`` table of ``runtime.toml``).
+
+    Attributes:
+        broker: Broker host; ``None`` keeps every message in the spool (no network).
+        port: Broker port (8883 is usual with TLS).
+        fleet, device: Topic levels; the device defaults to the host name.
+        client_id: MQTT client id (default ``edgec-<fleet>-<device>``).
+        protocol: ``"5"`` (MQTT 5) or ``"3.1.1"``.
+        username, password: Broker credentials.
+        tls: Connect with TLS; ``ca_file`` verifies the broker, ``cert_file``/``key_file``
+            authenticate the device.
+        keepalive_s: MQTT keep-alive.
+        reconnect_max_s: Longest wait between reconnect attempts (backoff doubles from 1 s).
+        session_expiry_s: How long the broker keeps the device's session, and with it the
+            QoS 1 commands sent while the device is offline or restarting; 0 drops them.
+            MQTT 3.1.1 has no expiry: above 0, the broker keeps them until the device is back.
+        interval_s: Seconds between telemetry messages.
+        spool: The SQLite spool file.
+        spool_max_messages, spool_max_mb: Spool bounds; the oldest messages go first.
+        window: Most messages handed to the broker and not yet acknowledged.
+        latency_alert_ms: Raise a ``latency`` event when a model's p95 is above this.
+    """
+
+    broker: str | None = None
+    port: int = 1883
+    fleet: str = "default"
+    device: str = ""
+    client_id: str | None = None
+    protocol: str = "5"
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive_s: int = 30
+    reconnect_max_s: float = 30.0
+    session_expiry_s: int = 3600
+    interval_s: float = 10.0
+    spool: Path = Path("edgec-spool.sqlite")
+    spool_max_messages: int = 100_000
+    spool_max_mb: float = 64.0
+    window: int = 256
+    latency_alert_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.device:
+            object.__setattr__(self, "device", re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname()) or "device")
+        for key in ("fleet", "device"):
+            if not _NAME.match(getattr(self, key)):
+                raise ValidationError(f"telemetry {key} {getattr(self, key)!r} must be letters, digits, '.', '_' "
+                                      "or '-' (it is a topic level)")
+        if self.protocol not in ("5", "3.1.1"):
+            raise ValidationError(f"telemetry protocol {self.protocol!r} must be \"5\" or \"3.1.1\"")
+        if not 0.1 <= self.interval_s <= 86_400:
+            raise ValidationError(f"telemetry interval_s {self.interval_s} must be between 0.1 and 86400")
+        if (not isinstance(self.session_expiry_s, int) or isinstance(self.session_expiry_s, bool)
+                or not 0 <= self.session_expiry_s <= 2**32 - 1):
+            raise ValidationError(f"telemetry session_expiry_s {self.session_expiry_s!r} must be whole seconds "
+                                  "between 0 and 4294967295")
+        if self.window < 1 or self.spool_max_messages < 1 or self.spool_max_mb <= 0:
+            raise ValidationError("telemetry window and spool limits must be positive")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValidationError("telemetry cert_file and key_file go together")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> TelemetryConfig:
+        """From a TOML table; relative file paths are relative to ``base``.
+
+        Raises:
+            ValidationError: Unknown keys or bad values.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValidationError(f"unknown [telemetry] key(s): {', '.join(unknown)}")
+        data = dict(data)
+        for key in ("spool", "ca_file", "cert_file", "key_file"):
+            if data.get(key) is not None:
+                p = Path(data[key])
+                data[key] = p if p.is_absolute() else base / p
+                if key != "spool":
+                    data[key] = str(data[key])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValidationError(f"bad [telemetry] table: {exc}") from None
+
+    def topic(self, kind: str) -> str:
+        """This device's topic for ``kind``: ``edgec/<fleet>/<device>/<kind>``."""
+        return f"edgec/{self.fleet}/{self.device}/{kind}"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One bundle to serve."""
+
+    name: str
+    path: Path
+    pinned: bool = False
+    preload: bool = True
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``edgec serve`` needs (the ``runtime.toml`` file).
+
+    Example ``runtime.toml``::
+
+        host = "127.0.0.1"
+        port = 8080
+        budget_mb = 512            # memory the loaded models may cost together
+        min_available_mb = 64      # evict when the board has less free memory than this
+        max_request_mb = 16
+        [batcher]
+        max_batch_size = 8
+        max_queue_delay_ms = 2
+        max_queue = 64
+        max_bytes_mb = 64
+        [[models]]
+        name = "digits"
+        path = "build/rpi4"
+        pinned = true
+        [telemetry]                # optional: MQTT (see edgec.runtime.telemetry)
+        broker = "localhost"
+        fleet = "shop"
+        interval_s = 10
+    """
+
+    models: tuple[ModelConfig, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8080
+    budget_mb: float = 512.0
+    min_available_mb: float | None = None
+    max_request_mb: float = 16.0
+    threads: int | None = None
+    request_timeout_s: float = 30.0
+    batcher: BatcherConfig = field(default_factory=BatcherConfig)
+    telemetry: TelemetryConfig | None = None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> ServeConfig:
+        """Read a ``runtime.toml``; relative model paths are relative to the file.
+
+        Raises:
+            ValidationError: Unreadable file, unknown keys, or bad values.
+        """
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValidationError(f"config {path} does not exist") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValidationError(f"config {path} is not valid TOML: {exc}") from None
+        return cls.from_dict(data, base=path.parent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> ServeConfig:
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        batcher = dict(data.pop("batcher", {}))
+        if "max_bytes_mb" in batcher:
+            batcher["max_bytes"] = int(float(batcher.pop("max_bytes_mb")) * 2**20)
+        bad = sorted(set(batcher) - {f.name for f in fields(BatcherConfig)})
+        if bad:
+            raise ValidationError(f"unknown [batcher] key(s): {', '.join(bad)}")
+        telemetry = data.pop("telemetry", None)
+        if telemetry is not None:
+            if not isinstance(telemetry, dict):
+                raise ValidationError("[telemetry] must be a table")
+            data["telemetry"] = TelemetryConfig.from_dict(telemetry, base)
+        models = []
+        for i, m in enumerate(data.pop("models", [])):
+            extra = sorted(set(m) - {"name", "path", "pinned", "preload"})
+            if extra or "name" not in m or "path" not in m:
+                raise ValidationError(f"[[models]] entry {i + 1} needs name and path (unknown: {', '.join(extra) or 'none'})")
+            p = Path(m["path"])
+            models.append(ModelConfig(m["name"], p if p.is_absolute() else base / p, bool(m.get("pinned", False)),
+                                      bool(m.get("preload", True))))
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValidationError(f"unknown config key(s): {', '.join(unknown)}")
+        try:
+            return cls(models=tuple(models), batcher=BatcherConfig(**batcher), **data)
+        except (TypeError, EdgecError) as exc:
+            raise ValidationError(f"bad config: {exc}") from None

@@ -1,0 +1,185 @@
+"""The serving core: a memory-bounded cache of bundles and a batcher per model, without HTTP.
+
+:class:`Runtime` is what ``edgec serve`` runs behind its HTTP API, and what a Python program
+on the board can use directly: ``Runtime(ServeConfig.from_toml("runtime.toml")).predict(name, feeds)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeadlineError, EdgecError
+from .batcher import Batcher
+from .cache import ModelCache
+from .config import ServeConfig
+from .metrics import LatencyWindow, prometheus_text
+from .system import MemoryPressure, available_bytes, rss_bytes
+
+log = logging.getLogger("edgec.runtime")
+PRESSURE_EVERY_S = 0.05  # how stale a reading of the system's free memory may be
+
+
+class Runtime:
+    """The serving core: a cache of bundles and a batcher per model. Usable without HTTP.
+
+    Args:
+        config: What to serve and within which limits.
+    """
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.started = time.time()
+        self.cache = ModelCache(int(config.budget_mb * 2**20), threads=config.threads,
+                                min_available_bytes=int(config.min_available_mb * 2**20)
+                                if config.min_available_mb else None)
+        self.batchers: dict[str, Batcher] = {}
+        self.latency: dict[str, LatencyWindow] = {}
+        self.failed: dict[str, str] = {}
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=100)
+        self.alert_listeners: list[Callable[[dict[str, Any]], None]] = []  # e.g. telemetry's events
+        self._lock = threading.Lock()
+        self.pressure = MemoryPressure(self.cache.min_available_bytes, every_s=PRESSURE_EVERY_S)
+        for m in config.models:
+            try:
+                self.cache.register(m.name, m.path, pinned=m.pinned)
+            except EdgecError as exc:
+                self.failed[m.name] = str(exc)
+                log.error("model %s refused: %s", m.name, exc)
+                continue
+            self._batcher(m.name)
+        for m in config.models:
+            if m.preload and m.name not in self.failed:
+                try:
+                    self.cache.get(m.name)
+                except EdgecError as exc:
+                    self.failed[m.name] = str(exc)
+                    log.error("model %s refused: %s", m.name, exc)
+
+    def _batcher(self, name: str) -> Batcher:
+        with self._lock:
+            if name not in self.batchers:
+                self.batchers[name] = Batcher(name, lambda feeds, n=name: self.cache.get(n).predict(feeds),
+                                              self.config.batcher, pressure=self.pressure, alert=self.alert)
+                self.latency[name] = LatencyWindow()
+            return self.batchers[name]
+
+    def alert(self, message: str, kind: str = "memory_pressure") -> None:
+        log.warning(message)
+        alert = {"time": time.time(), "kind": kind, "message": message}
+        self.alerts.append(alert)
+        for listener in list(self.alert_listeners):
+            try:
+                listener(alert)
+            except Exception:  # a broken listener must not break serving
+                log.exception("alert listener failed")
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.batchers) and all(m.name not in self.failed for m in self.config.models if m.preload)
+
+    def predict(self, name: str, feeds: dict[str, np.ndarray], *, deadline_s: float | None = None) -> dict[str, np.ndarray]:
+        """Run ``feeds`` through model ``name`` via its batcher.
+
+        Raises:
+            KeyError: Unknown model.
+            InputError, QueueFullError, DeadlineError, BundleError: As the names say.
+        """
+        if name not in self.batchers:
+            raise KeyError(name)
+        started = time.perf_counter()
+        timeout = deadline_s if deadline_s is not None else self.config.request_timeout_s
+        try:
+            result = self.batchers[name].run(feeds, deadline_s=deadline_s, timeout_s=timeout + 1.0)
+        except TimeoutError:
+            raise DeadlineError(f"model {name} did not answer within {timeout:g}s") from None
+        except Exception:
+            self.latency[name].errors += 1
+            raise
+        self.latency[name].add(time.perf_counter() - started)
+        return result
+
+    def submit(self, name: str, feeds: dict[str, np.ndarray], *, deadline_s: float | None = None) -> Future:
+        """Queue ``feeds`` for model ``name`` without running them in this thread.
+
+        For event loops: the future resolves in the batcher's worker.
+
+        Raises:
+            KeyError: Unknown model.
+            QueueFullError, InputError: As for :meth:`Batcher.submit`.
+        """
+        if name not in self.batchers:
+            raise KeyError(name)
+        latency = self.latency[name]
+        started = time.perf_counter()
+        try:
+            future = self.batchers[name].submit(feeds, deadline_s=deadline_s, inline=False)
+        except Exception:
+            latency.errors += 1
+            raise
+
+        def record(f: Future) -> None:
+            if f.cancelled() or f.exception() is not None:
+                latency.errors += 1
+            else:
+                latency.add(time.perf_counter() - started)
+
+        future.add_done_callback(record)
+        return future
+
+    def reload(self, name: str, path: str | Path | None = None) -> dict[str, Any]:
+        """Swap in a new version of ``name`` (from ``path``, default its configured folder).
+
+        Raises:
+            KeyError: Unknown model.
+            BundleError, IntegrityError: The new bundle is refused; the old one keeps serving.
+        """
+        try:
+            entry = self.cache.reload(name, path)
+        except (EdgecError, OSError) as exc:
+            self.alert(f"reload of model {name} failed, the old version keeps serving: {exc}", "model_load_failure")
+            raise
+        self.failed.pop(name, None)
+        self._batcher(name)
+        return entry.describe()
+
+    def models(self) -> list[dict[str, Any]]:
+        loaded = {e["name"]: e for e in self.cache.describe()["loaded"]}
+        out = []
+        for m in self.config.models:
+            row: dict[str, Any] = {"name": m.name, "path": str(m.path), "pinned": m.pinned,
+                                   "loaded": m.name in loaded, "error": self.failed.get(m.name)}
+            model = self.cache.peek(m.name)
+            if m.name in loaded and model is not None:
+                row.update(version=loaded[m.name]["version"], bytes=loaded[m.name]["bytes"],
+                           inputs=[t.describe() for t in model.inputs])
+            out.append(row)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "uptime_s": time.time() - self.started,
+            "memory": {"rss_bytes": rss_bytes(), "available_bytes": available_bytes()},
+            "cache": self.cache.describe(),
+            "batchers": {n: b.describe() for n, b in self.batchers.items()},
+            "latency": {n: {**lat.percentiles(), "requests": lat.count, "errors": lat.errors}
+                        for n, lat in self.latency.items()},
+            "alerts": list(self.alerts)[-10:],
+            "failed": self.failed,
+        }
+
+    def metrics(self) -> str:
+        """The statistics in Prometheus text format."""
+        return prometheus_text(self.stats())
+
+    def close(self, drain: bool = True) -> None:
+        for b in self.batchers.values():
+            b.close(drain=drain)

@@ -1,0 +1,116 @@
+"""Readings of the board itself: this process's memory and CPU, free memory, CPU temperature.
+
+Linux ``/proc`` and ``/sys`` first, psutil where it is installed; every reading returns
+``None`` where the board cannot tell rather than guessing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def rss_bytes() -> int | None:
+    """This process's resident memory (Linux ``/proc``; psutil elsewhere; None without either)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        try:
+            import psutil
+        except ImportError:
+            return None
+        return int(psutil.Process().memory_info().rss)
+
+
+def available_bytes() -> int | None:
+    """Memory the system can still give (psutil), or None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by an evicted model back to the OS (glibc keeps it otherwise).
+
+    Without this, RSS after an eviction stays at its peak and the next load pushes the
+    process past its budget although the model's memory was freed.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
+
+
+def cpu_temperature_c() -> float | None:
+    """The CPU's temperature from ``/sys/class/thermal``, where the board exposes one."""
+    base = Path("/sys/class/thermal")
+    best = None
+    for zone in sorted(base.glob("thermal_zone*")) if base.exists() else []:
+        try:
+            kind = (zone / "type").read_text().strip().lower()
+            value = int((zone / "temp").read_text().strip()) / 1000
+        except (OSError, ValueError):
+            continue
+        if any(k in kind for k in ("cpu", "soc", "x86_pkg", "core")):
+            return value
+        best = value if best is None else best
+    return best
+
+
+class CpuMeter:
+    """Process CPU % since the previous reading (100 = one core busy)."""
+
+    def __init__(self) -> None:
+        self._last = (time.monotonic(), time.process_time())
+
+    def read(self) -> float:
+        now = (time.monotonic(), time.process_time())
+        wall = now[0] - self._last[0]
+        used = now[1] - self._last[1]
+        self._last = now
+        return round(100 * used / wall, 1) if wall > 0 else 0.0
+
+
+class MemoryPressure:
+    """Whether the board has less free memory than ``min_available_bytes``, read sparingly.
+
+    Every batch asks; reading the system's memory costs tens of microseconds, more than a
+    small model's whole run, and memory does not run out that fast: a reading is reused for
+    ``every_s`` seconds.
+
+    Args:
+        min_available_bytes: Below this much free memory the board is short (``None``: never).
+        every_s: How stale a reading may be.
+        read: Reads the free memory (default :func:`available_bytes`).
+        clock: A monotonic clock in seconds.
+    """
+
+    def __init__(self, min_available_bytes: int | None, *, every_s: float = 0.05,
+                 read: Callable[[], int | None] = available_bytes,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.min_available_bytes = min_available_bytes
+        self.every_s = every_s
+        self.readings = 0
+        self._read = read
+        self._clock = clock
+        self._last = (-math.inf, False)  # (when, short of memory)
+
+    def __call__(self) -> bool:
+        if self.min_available_bytes is None:
+            return False
+        now = self._clock()
+        at, short = self._last
+        if now - at >= self.every_s:
+            avail = self._read()
+            self.readings += 1
+            short = avail is not None and avail < self.min_available_bytes
+            self._last = (now, short)
+        return short

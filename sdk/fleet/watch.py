@@ -1,0 +1,99 @@
+"""``edgec telemetry watch``: subscribe to a broker and show every device and model as a live table."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ...errors import BrokerError
+from ...runtime.mqtt import paho_client
+from .view import FleetView
+
+
+def subscribe(broker: str, port: int, view: FleetView, *, fleet: str = "+", username: str | None = None,
+              password: str | None = None, ca_file: Path | None = None) -> tuple[Any, threading.Lock]:
+    """A started paho client feeding every ``edgec/<fleet>/+/+`` message into ``view``.
+
+    Returns:
+        The client (stop it with ``loop_stop()`` and ``disconnect()``) and the lock that
+        guards ``view``.
+
+    Raises:
+        BrokerError: The broker cannot be reached.
+    """
+    mqtt = paho_client()
+    lock = threading.Lock()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if ca_file is not None:
+        client.tls_set(ca_certs=str(ca_file))
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        c.subscribe(f"edgec/{fleet}/+/+", qos=1)
+
+    def on_message(c: Any, userdata: Any, message: Any) -> None:
+        with lock:
+            view.update(message.topic, message.payload)
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    try:
+        client.connect(broker, port, keepalive=30)
+    except (OSError, ValueError) as exc:
+        raise BrokerError(f"cannot reach MQTT broker {broker}:{port}: {exc}; check --broker and --port") from None
+    client.loop_start()
+    return client, lock
+
+
+def fleet_table(view: FleetView, title: str) -> Table:
+    """One row per device and model: state, latency, rates, memory, spool."""
+    def num(v: Any, fmt: str = "{:.1f}") -> str:
+        return "-" if v is None else fmt.format(v)
+
+    table = Table(title=title)
+    for col in ("fleet", "device", "state", "model", "version", "p50 ms", "p95 ms", "p99 ms", "req/s", "err/s",
+                "queue", "RSS MB", "CPU %", "temp °C", "spooled", "dropped", "seen", "last event"):
+        table.add_column(col, justify="left" if col in ("fleet", "device", "state", "model", "version", "last event")
+                         else "right")
+    for r in view.rows():
+        state = {"online": "[green]online[/]", "offline": "[red]offline[/]"}.get(r["state"], r["state"])
+        table.add_row(r["fleet"], r["device"], state, r["model"] or "-", r.get("version") or "-",
+                      num(r.get("p50"), "{:.2f}"), num(r.get("p95"), "{:.2f}"), num(r.get("p99"), "{:.2f}"),
+                      num(r.get("requests_per_s")), num(r.get("errors_per_s")), num(r.get("queue_depth"), "{}"),
+                      num(r["rss_mb"]), num(r["cpu_percent"]), num(r["cpu_temp_c"]), num(r["spool"], "{}"),
+                      num(r["dropped"], "{}"), f"{r['seen_s_ago']:.0f}s ago", (r["last_event"] or "")[:40])
+    return table
+
+
+def watch(broker: str, port: int = 1883, *, fleet: str = "+", username: str | None = None,
+          password: str | None = None, ca_file: Path | None = None, duration_s: float = 0,
+          console: Console | None = None) -> FleetView:
+    """Draw the fleet live until ``duration_s`` passes (0: until Ctrl-C); return what was seen.
+
+    Raises:
+        BrokerError: The broker cannot be reached.
+    """
+    view = FleetView()
+    client, lock = subscribe(broker, port, view, fleet=fleet, username=username, password=password, ca_file=ca_file)
+    console = console or Console()
+    title = f"edgec devices on {broker}:{port}"
+    stop = time.monotonic() + duration_s if duration_s > 0 else None
+    try:
+        with Live(fleet_table(view, title), console=console, refresh_per_second=2, transient=False) as live:
+            while stop is None or time.monotonic() < stop:
+                time.sleep(0.5)
+                with lock:
+                    live.update(fleet_table(view, title))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return view

@@ -1,0 +1,157 @@
+"""Load the model a user gives edgec, safely, into one :class:`~edgec.converters.base.Source` shape.
+
+Accepted forms:
+
+- ``model.pt2``: a ``torch.export`` program. Loaded with every ``torch.load`` forced to
+  ``weights_only=True`` and raw pickle refused, so a hostile file cannot run code.
+- ``model.onnx``: checked with the ONNX checker, run with onnxruntime.
+- ``pkg.module:factory``: a callable returning an ``nn.Module``, plus optional weights
+  (``.safetensors``, or a ``state_dict`` read with ``weights_only=True``).
+- an ``nn.Module`` or ``ExportedProgram`` object (Python API).
+
+Pickled checkpoints (``.pt``, ``.pth``, ``.pkl``, ``.ckpt``) are refused as models: unpickling
+runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...converters.base import Source
+from ...errors import ModelLoadError
+from .onnx import load_onnx
+from .pytorch import (call_factory, from_module, from_program, load_pt2, load_weights, require_torch, state_bytes,
+                      trainable)
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar")
+FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def precheck(model: Any) -> None:
+    """Cheap checks on a model argument (no framework import), so obvious mistakes fail first.
+
+    Raises:
+        ModelLoadError: A missing path, a folder, a pickle, or an unknown kind of file.
+    """
+    if not isinstance(model, (str, Path)):
+        return
+    path = Path(model)
+    if not path.exists():
+        if FACTORY_RE.match(str(model)):
+            return
+        raise ModelLoadError(
+            f"model file {path} does not exist: pass a .pt2 or .onnx file, or pkg.module:factory"
+        )
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder: pass a model file (.pt2, .onnx) or pkg.module:factory")
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise ModelLoadError(
+            f"refusing to load {path.name}: pickled checkpoints can run arbitrary code when "
+            "loaded. Export a program with torch.export.save(torch.export.export(model, args), "
+            "'model.pt2'), or save the weights with safetensors and pass "
+            "pkg.module:factory --weights model.safetensors"
+        )
+    if suffix in (".keras", ".h5"):
+        raise ModelLoadError(
+            f"{path.name}: this edgec build has no Keras loader yet; export the model to ONNX "
+            "(tf2onnx) or convert it from its PyTorch source"
+        )
+    if suffix == ".tflite":
+        raise ModelLoadError(
+            f"{path.name} is already a TFLite model: edgec converts from .pt2, .onnx or "
+            "pkg.module:factory; to serve a .tflite, convert its source model"
+        )
+    if suffix not in (".pt2", ".onnx"):
+        raise ModelLoadError(
+            f"cannot tell what kind of model {path.name} is from its suffix {suffix or '(none)'}: "
+            "expected .pt2 (torch.export), .onnx, or pkg.module:factory"
+        )
+    if suffix == ".pt2" and not zipfile.is_zipfile(path):
+        raise ModelLoadError(
+            f"{path.name} is not a torch.export archive (a .pt2 is a zip file); it may be "
+            "truncated or corrupt: save it again with torch.export.save"
+        )
+
+
+def load_model(
+    model: Any,
+    *,
+    weights: str | Path | None = None,
+    example: Mapping[str, np.ndarray] | None = None,
+) -> Source:
+    """Load ``model`` into a :class:`~edgec.converters.base.Source`.
+
+    Args:
+        model: A path (``.pt2``, ``.onnx``), ``pkg.module:factory``, an ``nn.Module`` or an
+            ``ExportedProgram``.
+        weights: Weights for a factory or module (``.safetensors``, or a ``.pt`` state_dict
+            read with ``weights_only=True``).
+        example: Example inputs keyed by input name (first axis the batch). Needed to trace
+            an ``nn.Module`` or factory; ignored for files that carry their own signature.
+
+    Raises:
+        ModelLoadError: The file is missing, corrupt, of an unknown kind, or unsafe to load.
+        MissingDependencyError: The framework for this kind of model is not installed.
+    """
+    precheck(model)
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if path.exists():
+            return _load_file(path, weights=weights)
+        return from_module(call_factory(str(model)), label=str(model), weights=weights, example=example)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.export.ExportedProgram):
+        return from_program(model, label="ExportedProgram", size_bytes=state_bytes(model.state_dict))
+    if torch is not None and isinstance(model, torch.nn.Module):
+        return from_module(model, label=type(model).__name__, weights=weights, example=example)
+    raise ModelLoadError(
+        f"cannot convert a {type(model).__name__}: pass a path, pkg.module:factory, an nn.Module "
+        "or an ExportedProgram"
+    )
+
+
+def load_module(model: Any, *, weights: str | Path | None = None, what: str = "model") -> Any:
+    """A trainable ``torch.nn.Module`` from ``pkg.module:factory`` (+ weights), a module, or a ``.pt2``.
+
+    A ``.pt2`` gives the exported graph as a module: it trains, but it has no Conv or Linear
+    submodules left for structured pruning to remove channels from.
+
+    Raises:
+        ModelLoadError: Not loadable as a torch module (an ``.onnx`` file, a bad factory...).
+    """
+    torch = require_torch()
+    precheck(model)
+    if isinstance(model, torch.nn.Module):
+        if weights is not None:
+            load_weights(model, weights)
+        return model
+    if isinstance(model, (str, Path)) and Path(model).exists():
+        path = Path(model)
+        if path.suffix.lower() != ".pt2":
+            raise ModelLoadError(f"{what} {path.name} is not a PyTorch model: training needs a .pt2 or "
+                                 "pkg.module:factory (with --weights)")
+        if weights is not None:
+            raise ModelLoadError("--weights applies to pkg.module:factory models, not to .pt2 files")
+        return trainable(load_pt2(path).module())
+    if isinstance(model, (str, Path)):
+        module = call_factory(str(model))
+        if not isinstance(module, torch.nn.Module):
+            raise ModelLoadError(f"{model} returned a {type(module).__name__}, not a torch.nn.Module")
+        if weights is not None:
+            load_weights(module, weights)
+        return module
+    raise ModelLoadError(f"cannot train a {type(model).__name__}: pass pkg.module:factory, a .pt2 or an nn.Module")
+
+
+def _load_file(path: Path, *, weights: str | Path | None) -> Source:
+    if weights is not None:
+        raise ModelLoadError(f"--weights applies to pkg.module:factory models, not to {path.suffix} files")
+    return load_pt2(path) if path.suffix.lower() == ".pt2" else load_onnx(path)

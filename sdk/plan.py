@@ -1,0 +1,154 @@
+"""What one conversion builds: the options (:class:`ConvertConfig`) resolved against a board (:class:`Target`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..converters import converter_for
+from ..converters.base import Converter
+from ..devices import DeviceProfile, get_profile
+from ..errors import ValidationError
+from ..formats import FORMATS, Format, check_precision, get_format
+from .bundle.writer import check_out_dir
+from .load.data import ImageOptions
+from .quantize.budget import Budget
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """What to build.
+
+    Attributes:
+        device: Device name, alias or ``.toml`` profile path.
+        format: ``auto`` (the profile's), ``onnx`` or ``tflite``.
+        precision: ``auto`` (search recipes from fastest to safest under the accuracy budget),
+            ``fp32``, ``fp16`` or ``int8`` (plain static int8, checked only against sanity floors).
+        out: Bundle folder; default ``build/<device>``.
+        force: Replace ``out`` if it exists.
+        weights: Weights for a ``pkg.module:factory`` model.
+        input_shapes: ``1x3x224x224`` or ``name=1x3x224x224`` for models traced from code.
+        image: How to read an image folder given as sample data.
+        holdout: Share of the samples held out from calibration for verification.
+        max_drop: With ``precision="auto"`` and labels: top-1 accuracy drop allowed, in points
+            (default 1.0).
+        min_cosine: Per-sample cosine floor against the original. With ``precision="auto"`` it
+            is the budget (default 0.99 without labels); otherwise a sanity floor by precision.
+        min_top1: Top-1 agreement floor for classifiers; default by precision.
+        seed: Seed of the calibration/held-out split and synthetic inputs.
+        latency_budget_s: Time spent timing each model.
+
+    Example:
+        >>> ConvertConfig(device="rpi4", precision="int8", out=Path("build/rpi4"))
+    """
+
+    device: str = "x86-64"
+    format: str = "auto"
+    precision: str = "auto"
+    out: Path | None = None
+    force: bool = False
+    weights: Path | None = None
+    input_shapes: tuple[str, ...] = ()
+    image: ImageOptions = field(default_factory=ImageOptions)
+    holdout: float = 0.2
+    max_drop: float | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = None
+    seed: int = 0
+    latency_budget_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.format != "auto":
+            get_format(self.format)
+        if self.precision != "auto":
+            check_precision(self.precision)
+        if not 0.0 < self.holdout < 1.0:
+            raise ValidationError(f"holdout must be between 0 and 1, got {self.holdout}")
+        Budget(self.max_drop, self.min_cosine)  # range checks
+        if self.max_drop is not None and self.precision != "auto":
+            raise ValidationError("--max-drop is the budget of --precision auto; drop --precision or --max-drop")
+        if self.min_top1 is not None and not 0.0 <= self.min_top1 <= 1.0:
+            raise ValidationError(f"min_top1 must be between 0 and 1, got {self.min_top1}")
+        if self.latency_budget_s <= 0:
+            raise ValidationError("latency_budget_s must be positive")
+
+    def with_options(self, options: dict[str, Any]) -> ConvertConfig:
+        """A copy with ``options`` (any field) replaced; paths and shapes take their Python forms.
+
+        Raises:
+            ValidationError: An option that is not a field.
+        """
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValidationError(f"unknown option(s) {', '.join(unknown)}; ConvertConfig takes "
+                                  f"{', '.join(sorted(known))}")
+        options = dict(options)
+        for key in ("out", "weights"):
+            if options.get(key) is not None:
+                options[key] = Path(options[key])
+        if "input_shapes" in options:
+            options["input_shapes"] = tuple(options["input_shapes"])
+        return replace(self, **options)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one conversion builds, and for which board."""
+
+    profile: DeviceProfile
+    format: Format
+    precision: str  # "auto" or the precision asked for
+    reason: str
+    out: Path
+
+    @property
+    def converter(self) -> Converter:
+        return converter_for(self.format)
+
+    @property
+    def threads(self) -> int:
+        """The board's thread count, at most this host's cores (latencies are measured here)."""
+        return max(1, min(self.profile.threads, os.cpu_count() or 1))
+
+    def precisions(self) -> list[str]:
+        """Precisions the board runs and the format makes, fastest first."""
+        return [p for p in ("int8", "fp16", "fp32")
+                if p in self.profile.allowed_precisions and p in self.format.precisions]
+
+
+def resolve_target(profile: DeviceProfile, fmt: str, precision: str) -> tuple[str, str, str]:
+    """Pick format and precision for ``profile``; return them with the reason for the precision.
+
+    Raises:
+        ValidationError: The device cannot run that precision, or the format cannot make it.
+    """
+    fmt = profile.format if fmt == "auto" else get_format(fmt).name
+    if precision == "auto":
+        choices = [p for p in ("int8", "fp16", "fp32") if p in profile.allowed_precisions and p in FORMATS[fmt].precisions]
+        return fmt, "auto", f"the fastest candidate within the accuracy budget among {', '.join(choices)}"
+    precision = check_precision(precision)
+    if precision not in profile.allowed_precisions:
+        raise ValidationError(
+            f"{profile.name} cannot run {precision} models (it runs {', '.join(profile.allowed_precisions)}): "
+            f"use --precision {profile.precision}"
+        )
+    if precision not in FORMATS[fmt].precisions:
+        raise ValidationError(f"format {fmt} cannot produce {precision}")
+    return fmt, precision, "asked for with --precision"
+
+
+def plan(cfg: ConvertConfig, profile: DeviceProfile | None = None) -> Target:
+    """The board, format and precision to build, and a free output folder.
+
+    Raises:
+        DeviceNotFoundError, ValidationError: An unknown device, or a precision it cannot run.
+        BundleError: ``out`` is in the way.
+    """
+    profile = profile or get_profile(cfg.device)
+    fmt, precision, reason = resolve_target(profile, cfg.format, cfg.precision)
+    out = Path(cfg.out or Path("build") / profile.name)
+    check_out_dir(out, force=cfg.force)
+    return Target(profile, FORMATS[fmt], precision, reason, out)
