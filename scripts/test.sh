@@ -3,7 +3,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh || exit 1
-.venv/bin/python -m pytest -q "$@"
+# Every test, the ones marked slow included (a plain `pytest` skips those): -m "not slow" for the fast set.
+.venv/bin/python -m pytest -q -m "slow or not slow" "$@"
 status=$?
 if [ "$status" -eq 5 ]; then
   echo "error: pytest collected no tests" >&2

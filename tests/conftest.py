@@ -1,4 +1,11 @@
-"""Shared fixtures: a CNN trained on real digits, its exports, sample files and bundles.
+"""Shared fixtures.
+
+Two kinds:
+
+- Committed fixture bundles and test digits (``tests/fixtures``), for the runtime tests:
+  they need nothing but ``edgec[runtime]``, as on a board.
+- A CNN trained on real digits, its exports, sample files and freshly converted bundles,
+  for the SDK, converter and CLI tests: these need torch, and skip without it.
 
 Expensive things are built once per session; tests copy what they mutate.
 """
@@ -6,43 +13,70 @@ Expensive things are built once per session; tests copy what they mutate.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from edgec.sdk.examples.zoo import digits_cnn, digits_splits, evaluate_accuracy, export_pt2, seeded, train  # noqa: E402
-
+FIXTURES = Path(__file__).parent / "fixtures"
 FAST = {"latency_budget_s": 0.05}
 
 
+# -- board side: committed bundles, no torch ----------------------------------------------------
+@pytest.fixture(scope="session")
+def fixture_bundle():
+    """``fixture_bundle(fmt, precision)``: a committed digits-CNN bundle (onnx/tflite, fp32/int8)."""
+
+    def get(fmt: str, precision: str) -> Path:
+        path = FIXTURES / "bundles" / f"{fmt}-{precision}"
+        assert path.is_dir(), f"no fixture bundle {path.name}: run tests/fixtures/build.py"
+        return path
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    """The 450 held-out test digits (``x`` NCHW float32 in [0, 1], ``y`` labels)."""
+    with np.load(FIXTURES / "digits-test.npz") as npz:
+        return SimpleNamespace(x=npz["x"], y=npz["labels"])
+
+
+# -- host side: trained models and fresh conversions (torch) -------------------------------------
 @pytest.fixture(scope="session")
 def digits():
+    pytest.importorskip("sklearn")
+    from edgec.sdk.examples.zoo import digits_splits
+
     return digits_splits()
 
 
 @pytest.fixture(scope="session")
 def digits_model(digits):
-    model = train(seeded(digits_cnn), digits.x_train, digits.y_train, epochs=6)
-    return model
+    pytest.importorskip("torch")
+    from edgec.sdk.examples.zoo import digits_cnn, seeded, train
+
+    return train(seeded(digits_cnn), digits.x_train, digits.y_train, epochs=6)
 
 
 @pytest.fixture(scope="session")
 def torch_accuracy(digits_model, digits):
+    from edgec.sdk.examples.zoo import evaluate_accuracy
+
     return evaluate_accuracy(digits_model, digits.x_test, digits.y_test)
 
 
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory, digits_model, digits) -> Path:
     """model.pt2, model.onnx, calib.npz (with labels), test.npz, eval.npz (test with labels) in one folder."""
+    from edgec import convert
+    from edgec.sdk.examples.zoo import export_pt2
+
     root = tmp_path_factory.mktemp("assets")
     export_pt2(digits_model, digits.x_train, root / "model.pt2")
     np.savez(root / "calib.npz", x=digits.x_calib, labels=digits.y_calib)
     np.savez(root / "test.npz", x=digits.x_test)
     np.savez(root / "eval.npz", x=digits.x_test, labels=digits.y_test)
-    from edgec import convert
-
     onnx_bundle = convert(root / "model.pt2", device="x86-64", precision="fp32", out=root / "onnx-fp32", **FAST)
     (root / "model.onnx").write_bytes((onnx_bundle.bundle / "model.onnx").read_bytes())
     return root
@@ -50,7 +84,7 @@ def assets(tmp_path_factory, digits_model, digits) -> Path:
 
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory, assets):
-    """One bundle per (format, precision), built lazily and cached for the session."""
+    """One freshly converted bundle per (format, precision), built lazily and cached for the session."""
     from edgec import convert
 
     root = tmp_path_factory.mktemp("bundles")

@@ -52,6 +52,7 @@ def publish(stage: Path, out: Path, *, force: bool) -> Path:
     """Move a complete staging folder to ``out`` (replacing it when ``force``)."""
     out = out.resolve()
     for path in stage.iterdir():  # flush file contents before the rename makes them visible
+        os.chmod(path, 0o644)  # (some exporters write their files executable)
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
     old = None

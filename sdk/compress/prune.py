@@ -14,6 +14,8 @@ from ..._optional import need
 from ...errors import ValidationError
 
 PRUNABLE = ("Conv1d", "Conv2d", "Conv3d", "Linear", "ConvTranspose2d")
+# The same layers as ops in an exported graph (aten.<op>.default).
+GRAPH_OPS = ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear")
 
 
 def check_ratio(ratio: float, what: str = "--prune") -> float:
@@ -25,8 +27,24 @@ def check_ratio(ratio: float, what: str = "--prune") -> float:
 
 
 def prunable_layers(model: Any) -> dict[str, Any]:
-    """Conv and Linear layers by their module path."""
-    return {name: m for name, m in model.named_modules() if type(m).__name__ in PRUNABLE}
+    """Conv and Linear layers by their module path.
+
+    An exported program's module keeps each layer's weights but not its type: its
+    convolutions and linear layers are read off the graph instead.
+    """
+    found = {name: m for name, m in model.named_modules() if type(m).__name__ in PRUNABLE}
+    graph = getattr(model, "graph", None)
+    if found or graph is None:
+        return found
+    modules = dict(model.named_modules())
+    for node in graph.nodes:
+        op = str(node.target).split(".")[-2] if node.op == "call_function" else ""
+        weight = node.args[1] if len(node.args) > 1 else None
+        if op in GRAPH_OPS and getattr(weight, "op", None) == "get_attr" and weight.target.endswith(".weight"):
+            path = weight.target.rsplit(".", 1)[0]
+            if path in modules:
+                found[path] = modules[path]
+    return found
 
 
 def resolve_layers(model: Any, names: Sequence[str], what: str = "--skip") -> list[Any]:

@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import inspect
 import threading
+import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,19 @@ def trainable(graph: Any) -> Any:
     switch what can switch in a graph (dropout and batch norm), which is what training and
     distillation need.
     """
-    pt2e = need("torchao.quantization.pt2e", extra="sdk", purpose="to train an exported program")
-    return pt2e.allow_exported_model_train_eval(graph)
+    with quiet():  # torchao reports every optional CUDA kernel it cannot load
+        pt2e = need("torchao.quantization.pt2e", extra="sdk", purpose="to train an exported program")
+
+    def train(self: Any, mode: bool = True) -> Any:
+        (pt2e.move_exported_model_to_train if mode else pt2e.move_exported_model_to_eval)(self)
+        return self  # as nn.Module.train does, so `model.eval()(x)` works
+
+    def evaluate(self: Any) -> Any:
+        return train(self, False)
+
+    graph.train = types.MethodType(train, graph)
+    graph.eval = types.MethodType(evaluate, graph)
+    return graph
 
 
 def require_torch() -> Any:

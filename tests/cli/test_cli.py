@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from typer.testing import CliRunner
 
-from edgec.cli import app
+torch = pytest.importorskip("torch")
+from typer.testing import CliRunner  # noqa: E402
+
+from edgec.cli import app  # noqa: E402
 
 runner = CliRunner()
 
@@ -177,6 +178,23 @@ def test_compress_factory_with_distillation_then_convert(assets, factory_weights
     assert report["summary"]["params_vs_original"] < 0.35
     converted = invoke("convert", out, "--device", "x86-64", "--precision", "fp32", "--out", tmp_path / "b")
     assert converted.exit_code == 0, converted.output
+
+
+def test_compress_takes_pt2_files_as_teacher_and_as_student(assets, factory_weights, tmp_path):
+    """The help says --distill-from takes the same forms as MODEL: a .pt2 teacher must work,
+    and a .pt2 student trains (unstructured pruning keeps its graph)."""
+    result = invoke("compress", "edgec.sdk.examples.zoo:digits_cnn", "--weights", factory_weights, "--data",
+                    assets / "calib.npz", "--eval", assets / "eval.npz", "--prune", "0.25", "--epochs", "1",
+                    "--threads", "1", "--distill-from", assets / "model.pt2", "--out", tmp_path / "a.pt2")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "a.report.json").read_text())
+    assert report["title"].endswith("distilled from " + str(assets / "model.pt2"))
+    assert report["steps"][-1]["accuracy"] >= 0.9
+    result = invoke("compress", assets / "model.pt2", "--unstructured", "--data", assets / "calib.npz", "--prune",
+                    "0.5", "--epochs", "1", "--threads", "1", "--distill-from", assets / "model.pt2",
+                    "--out", tmp_path / "b.pt2")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "b.report.json").read_text())["summary"]["weight_sparsity"] >= 0.45
 
 
 COMPRESS_BAD = {

@@ -19,8 +19,8 @@ from edgec.runtime.system import MemoryPressure
 
 
 @pytest.fixture
-def three(bundles):
-    return {"a": bundles("onnx", "fp32").bundle, "b": bundles("onnx", "int8").bundle, "c": bundles("tflite", "int8").bundle}
+def three(fixture_bundle):
+    return {"a": fixture_bundle("onnx", "fp32"), "b": fixture_bundle("onnx", "int8"), "c": fixture_bundle("tflite", "int8")}
 
 
 def test_hits_misses_and_measured_cost(three):
@@ -101,18 +101,18 @@ class Gate:
         return self.model.predict(feeds)
 
 
-def test_full_queue_rejects_at_once_and_bad_requests_fail_alone(bundles, digits):
-    gate = Gate(load(bundles("onnx", "fp32").bundle))
+def test_full_queue_rejects_at_once_and_bad_requests_fail_alone(fixture_bundle, digits_test):
+    gate = Gate(load(fixture_bundle("onnx", "fp32")))
     batcher = Batcher("m", gate, BatcherConfig(max_batch_size=8, max_queue_delay_ms=0, max_queue=2))
     holder = {}
-    busy = threading.Thread(target=lambda: holder.update(first=batcher.submit({"input": digits.x_test[:1]})))
+    busy = threading.Thread(target=lambda: holder.update(first=batcher.submit({"input": digits_test.x[:1]})))
     busy.start()  # an idle model runs a request in its caller's thread: here, a client of its own
     assert gate.entered.wait(5)  # the model is busy with the first request
     queued_while_busy = batcher.queue_depth()
-    good = batcher.submit({"input": digits.x_test[1:3]})
+    good = batcher.submit({"input": digits_test.x[1:3]})
     bad = batcher.submit({"input": np.zeros((1, 1, 6, 6), np.float32)})
     with pytest.raises(QueueFullError) as info:
-        batcher.submit({"input": digits.x_test[:1]})
+        batcher.submit({"input": digits_test.x[:1]})
     assert info.value.retry_after_s > 0 and "2 requests" in str(info.value)
     gate.release.set()
     busy.join(10)
@@ -124,24 +124,24 @@ def test_full_queue_rejects_at_once_and_bad_requests_fail_alone(bundles, digits)
     batcher.close()
 
 
-def test_expired_requests_never_run_and_pressure_shrinks_batches(bundles, digits):
-    model = load(bundles("onnx", "fp32").bundle)
+def test_expired_requests_never_run_and_pressure_shrinks_batches(fixture_bundle, digits_test):
+    model = load(fixture_bundle("onnx", "fp32"))
     alerts = []
     batcher = Batcher("m", model.predict, BatcherConfig(max_batch_size=8), pressure=lambda: True, alert=alerts.append)
     with pytest.raises(DeadlineError):
-        batcher.submit({"input": digits.x_test[:1]}, deadline_s=-1).result(10)
-    batcher.submit({"input": digits.x_test[:1]}).result(10)
+        batcher.submit({"input": digits_test.x[:1]}, deadline_s=-1).result(10)
+    batcher.submit({"input": digits_test.x[:1]}).result(10)
     assert batcher.stats.expired == 1
     assert batcher.batch_limit < 8 and alerts and "memory pressure" in alerts[0]
     batcher.close()
 
 
-def test_batch_one_tflite_models_serve_batched_requests(bundles, digits):
-    model = load(bundles("tflite", "int8").bundle)
+def test_batch_one_tflite_models_serve_batched_requests(fixture_bundle, digits_test):
+    model = load(fixture_bundle("tflite", "int8"))
     batcher = Batcher("m", model.predict, BatcherConfig(max_batch_size=8, max_queue_delay_ms=20))
-    futures = [batcher.submit({"input": digits.x_test[i:i + 2]}) for i in range(0, 8, 2)]
+    futures = [batcher.submit({"input": digits_test.x[i:i + 2]}) for i in range(0, 8, 2)]
     outs = np.concatenate([f.result(10)["output"] for f in futures])
-    np.testing.assert_allclose(outs, model.predict(digits.x_test[:8])["output"], atol=1e-6)
+    np.testing.assert_allclose(outs, model.predict(digits_test.x[:8])["output"], atol=1e-6)
     batcher.close()
 
 
@@ -163,17 +163,17 @@ def test_memory_pressure_reads_the_board_at_most_once_per_interval():
     assert MemoryPressure(None, read=read)() is False and len(readings) == 3  # no floor set: never read
 
 
-def test_a_board_short_of_memory_shrinks_batches_and_alerts(bundles, digits):
+def test_a_board_short_of_memory_shrinks_batches_and_alerts(fixture_bundle, digits_test):
     import psutil
 
     more_than_the_board_has = 2 * psutil.virtual_memory().total / 2**20  # real readings, always short
     rt = Runtime(ServeConfig.from_dict({
         "min_available_mb": more_than_the_board_has, "batcher": {"max_batch_size": 16},
-        "models": [{"name": "digits", "path": str(bundles("onnx", "fp32").bundle), "pinned": True}]}))
+        "models": [{"name": "digits", "path": str(fixture_bundle("onnx", "fp32")), "pinned": True}]}))
     try:
-        expected = load(bundles("onnx", "fp32").bundle).predict(digits.x_test[:1])["output"]
+        expected = load(fixture_bundle("onnx", "fp32")).predict(digits_test.x[:1])["output"]
         for _ in range(50):
-            out = rt.predict("digits", {"input": digits.x_test[:1]})
+            out = rt.predict("digits", {"input": digits_test.x[:1]})
         np.testing.assert_allclose(out["output"], expected, atol=1e-6)  # short of memory, still right
         assert rt.batchers["digits"].batch_limit == 1
         assert any(a["kind"] == "memory_pressure" and "batch size for digits cut" in a["message"] for a in rt.alerts)

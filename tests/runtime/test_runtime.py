@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ import pytest
 import edgec
 from edgec.errors import BundleError, InputError, IntegrityError
 from edgec.runtime.manifest import sha256_file
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 BLOCKER = textwrap.dedent(
     """
@@ -28,8 +31,8 @@ BLOCKER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
-def test_runtime_serves_bundles_with_host_frameworks_blocked(bundles, assets, fmt):
-    bundle = bundles(fmt, "int8").bundle
+def test_runtime_serves_bundles_with_host_frameworks_blocked(fixture_bundle, fmt):
+    bundle = fixture_bundle(fmt, "int8")
     script = BLOCKER + textwrap.dedent(
         f"""
         import numpy as np
@@ -38,7 +41,7 @@ def test_runtime_serves_bundles_with_host_frameworks_blocked(bundles, assets, fm
         for info in pkgutil.walk_packages(edgec.runtime.__path__, "edgec.runtime."):  # every runtime module
             importlib.import_module(info.name)
         model = edgec.runtime.load({str(bundle)!r})
-        x = np.load({str(assets / "test.npz")!r})["x"]
+        x = np.load({str(FIXTURES / "digits-test.npz")!r})["x"]
         out = model.predict(x)["output"]
         assert out.shape == (len(x), 10), out.shape
         from edgec.runtime.config import ServeConfig
@@ -70,8 +73,8 @@ def _copy(bundle, tmp_path):
     return target
 
 
-def test_tampered_model_file_is_refused(bundles, tmp_path):
-    bundle = _copy(bundles("onnx", "fp32").bundle, tmp_path)
+def test_tampered_model_file_is_refused(fixture_bundle, tmp_path):
+    bundle = _copy(fixture_bundle("onnx", "fp32"), tmp_path)
     data = bytearray((bundle / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (bundle / "model.onnx").write_bytes(bytes(data))
@@ -79,8 +82,8 @@ def test_tampered_model_file_is_refused(bundles, tmp_path):
         edgec.load(bundle)
 
 
-def test_corrupt_model_with_matching_hash_is_refused_by_the_backend(bundles, tmp_path):
-    bundle = _copy(bundles("tflite", "fp32").bundle, tmp_path)
+def test_corrupt_model_with_matching_hash_is_refused_by_the_backend(fixture_bundle, tmp_path):
+    bundle = _copy(fixture_bundle("tflite", "fp32"), tmp_path)
     model_file = bundle / "model.tflite"
     model_file.write_bytes(model_file.read_bytes()[:2000])
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -90,8 +93,8 @@ def test_corrupt_model_with_matching_hash_is_refused_by_the_backend(bundles, tmp
         edgec.load(bundle)
 
 
-def test_missing_file_and_missing_manifest_are_bundle_errors(bundles, tmp_path):
-    bundle = _copy(bundles("onnx", "fp32").bundle, tmp_path)
+def test_missing_file_and_missing_manifest_are_bundle_errors(fixture_bundle, tmp_path):
+    bundle = _copy(fixture_bundle("onnx", "fp32"), tmp_path)
     (bundle / "report.md").unlink()
     with pytest.raises(IntegrityError, match="report.md is missing"):
         edgec.load(bundle)
@@ -103,9 +106,9 @@ def test_missing_file_and_missing_manifest_are_bundle_errors(bundles, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
-def test_wrong_inputs_get_clear_errors(bundles, digits, fmt):
-    model = edgec.load(bundles(fmt, "int8").bundle)
-    x = digits.x_test[:4]
+def test_wrong_inputs_get_clear_errors(fixture_bundle, digits_test, fmt):
+    model = edgec.load(fixture_bundle(fmt, "int8"))
+    x = digits_test.x[:4]
     with pytest.raises(InputError, match="missing input.*unknown pixels"):
         model.predict({"pixels": x})
     with pytest.raises(InputError, match="dimension 2 must be 8"):
@@ -116,16 +119,16 @@ def test_wrong_inputs_get_clear_errors(bundles, digits, fmt):
         model.predict((x * 16).astype(np.uint8))
 
 
-def test_batch_of_one_model_serves_any_batch(bundles, digits):
-    model = edgec.load(bundles("tflite", "fp32").bundle)
+def test_batch_of_one_model_serves_any_batch(fixture_bundle, digits_test):
+    model = edgec.load(fixture_bundle("tflite", "fp32"))
     assert model.inputs[0].shape[0] == 1
-    batched = model.predict(digits.x_test[:7])["output"]
-    single = np.concatenate([model.predict(digits.x_test[i : i + 1])["output"] for i in range(7)])
+    batched = model.predict(digits_test.x[:7])["output"]
+    single = np.concatenate([model.predict(digits_test.x[i : i + 1])["output"] for i in range(7)])
     np.testing.assert_allclose(batched, single, rtol=0, atol=0)
 
 
-def test_float64_inputs_are_accepted(bundles, digits):
-    model = edgec.load(bundles("onnx", "fp32").bundle)
-    a = model.predict(digits.x_test[:3].astype(np.float64))["output"]
-    b = model.predict(digits.x_test[:3])["output"]
+def test_float64_inputs_are_accepted(fixture_bundle, digits_test):
+    model = edgec.load(fixture_bundle("onnx", "fp32"))
+    a = model.predict(digits_test.x[:3].astype(np.float64))["output"]
+    b = model.predict(digits_test.x[:3])["output"]
     np.testing.assert_allclose(a, b, atol=1e-6)

@@ -31,8 +31,8 @@ def call(url, method="GET", body=None, ctype="application/json", headers=None):
 
 
 @pytest.fixture
-def served(bundles, tmp_path):
-    onnx_dir, tflite_dir = bundles("onnx", "fp32").bundle, bundles("tflite", "int8").bundle
+def served(fixture_bundle, tmp_path):
+    onnx_dir, tflite_dir = fixture_bundle("onnx", "fp32"), fixture_bundle("tflite", "int8")
     tampered = tmp_path / "tampered"
     shutil.copytree(onnx_dir, tampered)
     model_file = tampered / "model.onnx"
@@ -59,10 +59,10 @@ def test_health_models_and_a_refused_tampered_bundle(served):
 
 
 @pytest.mark.parametrize("name", ["digits", "digits-int8"])
-def test_predict_json_npy_npz_match_the_bundle(served, bundles, digits, name):
-    x = digits.x_test[:5]
+def test_predict_json_npy_npz_match_the_bundle(served, fixture_bundle, digits_test, name):
+    x = digits_test.x[:5]
     fmt_precision = ("onnx", "fp32") if name == "digits" else ("tflite", "int8")
-    expected = next(iter(load(bundles(*fmt_precision).bundle).predict(x).values()))
+    expected = next(iter(load(fixture_bundle(*fmt_precision)).predict(x).values()))
     status, _, body = call(f"{served.url}/v1/models/{name}/predict", "POST", {"inputs": x.tolist()})
     assert status == 200, body
     got = np.array(next(iter(json.loads(body)["outputs"].values())))
@@ -76,10 +76,10 @@ def test_predict_json_npy_npz_match_the_bundle(served, bundles, digits, name):
         np.testing.assert_allclose(next(iter(npz.values())), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, digits):
+def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, digits_test):
     url = served.url + "/v1/models/digits/predict"
     cases = [
-        ({"inputs": {"image": digits.x_test[:1].tolist()}}, 400, "unknown image"),
+        ({"inputs": {"image": digits_test.x[:1].tolist()}}, 400, "unknown image"),
         ({"inputs": np.zeros((1, 1, 6, 6)).tolist()}, 400, "dimension 2 must be 8"),
         ({"inputs": [["a", "b"]]}, 400, "not a rectangular array of numbers"),
         ({"wrong": 1}, 400, '"inputs"'),
@@ -91,10 +91,10 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, digi
     too_big = b"{" + b" " * (2 * 2**20) + b"}"
     status, _, raw = call(url, "POST", too_big)
     assert status == 413 and "limit" in json.loads(raw)["error"]
-    assert call(url, "POST", {"inputs": digits.x_test[:1].tolist()})[0] == 200
+    assert call(url, "POST", {"inputs": digits_test.x[:1].tolist()})[0] == 200
 
 
-def test_reload_to_a_broken_bundle_keeps_the_old_version(served, tmp_path, bundles, digits):
+def test_reload_to_a_broken_bundle_keeps_the_old_version(served, tmp_path, fixture_bundle, digits_test):
     before = {m["name"]: m for m in json.loads(call(served.url + "/v1/models")[2])["models"]}["digits"]["version"]
     broken = tmp_path / "half"
     broken.mkdir()
@@ -103,17 +103,17 @@ def test_reload_to_a_broken_bundle_keeps_the_old_version(served, tmp_path, bundl
     assert status == 409 and "manifest" in json.loads(raw)["error"]
     after = {m["name"]: m for m in json.loads(call(served.url + "/v1/models")[2])["models"]}["digits"]["version"]
     assert after == before
-    assert call(served.url + "/v1/models/digits/predict", "POST", {"inputs": digits.x_test[:1].tolist()})[0] == 200
+    assert call(served.url + "/v1/models/digits/predict", "POST", {"inputs": digits_test.x[:1].tolist()})[0] == 200
     # A good reload swaps it in.
-    status, _, raw = call(served.url + "/v1/models/digits/reload", "POST", {"path": str(bundles("onnx", "int8").bundle)})
+    status, _, raw = call(served.url + "/v1/models/digits/reload", "POST", {"path": str(fixture_bundle("onnx", "int8"))})
     assert status == 200 and json.loads(raw)["reloaded"]["precision"] == "int8"
 
 
-def test_concurrent_clients_are_batched_and_all_answered(served, bundles, digits):
-    expected = next(iter(load(bundles("onnx", "fp32").bundle).predict(digits.x_test[:64]).values())).argmax(1)
+def test_concurrent_clients_are_batched_and_all_answered(served, fixture_bundle, digits_test):
+    expected = next(iter(load(fixture_bundle("onnx", "fp32")).predict(digits_test.x[:64]).values())).argmax(1)
 
     def one(i):
-        status, _, raw = call(served.url + "/v1/models/digits/predict", "POST", {"inputs": digits.x_test[i:i + 1].tolist()})
+        status, _, raw = call(served.url + "/v1/models/digits/predict", "POST", {"inputs": digits_test.x[i:i + 1].tolist()})
         return status, int(np.argmax(json.loads(raw)["outputs"]["output"][0])) if status == 200 else raw
 
     with ThreadPoolExecutor(16) as pool:
@@ -128,23 +128,23 @@ def test_concurrent_clients_are_batched_and_all_answered(served, bundles, digits
     assert 'edgec_requests_total{model="digits"}' in metrics and "edgec_cache_hits_total" in metrics
 
 
-def test_a_full_queue_answers_429_with_a_retry_hint(bundles, digits):
+def test_a_full_queue_answers_429_with_a_retry_hint(fixture_bundle, digits_test):
     config = ServeConfig.from_dict({"port": 0, "batcher": {"max_bytes": 100},
-                                    "models": [{"name": "digits", "path": str(bundles("onnx", "fp32").bundle)}]})
+                                    "models": [{"name": "digits", "path": str(fixture_bundle("onnx", "fp32"))}]})
     server = Server(config).start()
     try:
         status, headers, raw = call(server.url + "/v1/models/digits/predict", "POST",
-                                    {"inputs": digits.x_test[:4].tolist()})
+                                    {"inputs": digits_test.x[:4].tolist()})
         assert status == 429 and int(headers["Retry-After"]) >= 1 and "busy" in json.loads(raw)["error"]
     finally:
         server.stop()
 
 
-def test_graceful_stop_drains_queued_requests(bundles, digits):
+def test_graceful_stop_drains_queued_requests(fixture_bundle, digits_test):
     config = ServeConfig.from_dict({"port": 0, "batcher": {"max_batch_size": 4, "max_queue_delay_ms": 50},
-                                    "models": [{"name": "digits", "path": str(bundles("onnx", "fp32").bundle)}]})
+                                    "models": [{"name": "digits", "path": str(fixture_bundle("onnx", "fp32"))}]})
     server = Server(config).start()
-    futures = [server.runtime.batchers["digits"].submit({"input": digits.x_test[i:i + 1]}) for i in range(20)]
+    futures = [server.runtime.batchers["digits"].submit({"input": digits_test.x[i:i + 1]}) for i in range(20)]
     threading.Thread(target=server.stop).start()
     assert all(f.result(timeout=30)["output"].shape == (1, 10) for f in futures)
 
@@ -171,7 +171,7 @@ def _npy(x) -> bytes:
     return buf.getvalue()
 
 
-def test_malformed_and_chunked_requests_get_an_answer_and_the_server_keeps_serving(served, digits):
+def test_malformed_and_chunked_requests_get_an_answer_and_the_server_keeps_serving(served, digits_test):
     assert _raw(served, b"NONSENSE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
     chunked = (b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"5\r\nhello\r\n0\r\n\r\n")
@@ -180,11 +180,11 @@ def test_malformed_and_chunked_requests_get_an_answer_and_the_server_keeps_servi
     assert _raw(served, b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n").startswith(
         b"HTTP/1.1 431 ")
     assert _raw(served, b"DELETE /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 405 ")
-    assert call(served.url + "/v1/models/digits/predict", "POST", {"inputs": digits.x_test[:1].tolist()})[0] == 200
+    assert call(served.url + "/v1/models/digits/predict", "POST", {"inputs": digits_test.x[:1].tolist()})[0] == 200
 
 
-def test_keep_alive_requests_are_answered_in_order_on_one_connection(served, digits):
-    bodies = [_npy(digits.x_test[i:i + 1]) for i in range(3)]
+def test_keep_alive_requests_are_answered_in_order_on_one_connection(served, digits_test):
+    bodies = [_npy(digits_test.x[i:i + 1]) for i in range(3)]
     pipelined = b"".join(
         b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
         b"Accept: application/x-npz\r\nContent-Length: %d\r\n\r\n" % len(b) + b for b in bodies)
@@ -192,17 +192,17 @@ def test_keep_alive_requests_are_answered_in_order_on_one_connection(served, dig
     answer = _raw(served, pipelined)
     parts = answer.split(b"HTTP/1.1 ")[1:]
     assert [p[:3] for p in parts] == [b"200"] * 4
-    want = load(served.config.models[0].path).predict(digits.x_test[:3])["output"]
+    want = load(served.config.models[0].path).predict(digits_test.x[:3])["output"]
     for i, part in enumerate(parts[:3]):
         with np.load(io.BytesIO(part.split(b"\r\n\r\n", 1)[1]), allow_pickle=False) as npz:
             np.testing.assert_allclose(npz["output"], want[i:i + 1], rtol=1e-5, atol=1e-5)
     assert parts[3].endswith(b'{"status": "ok"}')
 
 
-def test_expect_100_continue_is_honoured_and_oversized_bodies_are_refused_before_sending(served, digits):
+def test_expect_100_continue_is_honoured_and_oversized_bodies_are_refused_before_sending(served, digits_test):
     import http.client
 
-    body = _npy(digits.x_test[:1])
+    body = _npy(digits_test.x[:1])
     conn = http.client.HTTPConnection(*served.address, timeout=10)
     conn.putrequest("POST", "/v1/models/digits/predict")
     for k, v in (("Content-Type", "application/x-npy"), ("Content-Length", str(len(body))),
@@ -220,10 +220,10 @@ def test_expect_100_continue_is_honoured_and_oversized_bodies_are_refused_before
     assert _raw(served, too_big).startswith(b"HTTP/1.1 413 ")
 
 
-def test_a_client_that_hangs_up_mid_request_harms_nobody(served, digits):
+def test_a_client_that_hangs_up_mid_request_harms_nobody(served, digits_test):
     import socket
 
-    body = _npy(digits.x_test[:1])
+    body = _npy(digits_test.x[:1])
     head = b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\nContent-Length: %d\r\n\r\n"
     for payload in (head % len(body) + body[:10], head % len(body) + body):  # mid-body, and before the answer
         sock = socket.create_connection(served.address, timeout=10)
@@ -232,17 +232,17 @@ def test_a_client_that_hangs_up_mid_request_harms_nobody(served, digits):
         sock.close()
     with ThreadPoolExecutor(4) as pool:
         codes = list(pool.map(lambda i: call(served.url + "/v1/models/digits/predict", "POST",
-                                             {"inputs": digits.x_test[i:i + 1].tolist()})[0], range(8)))
+                                             {"inputs": digits_test.x[i:i + 1].tolist()})[0], range(8)))
     assert codes == [200] * 8
 
 
-def test_stop_answers_http_requests_already_in_flight(bundles, digits):
+def test_stop_answers_http_requests_already_in_flight(fixture_bundle, digits_test):
     config = ServeConfig.from_dict({"port": 0, "batcher": {"max_batch_size": 8, "max_queue_delay_ms": 300},
-                                    "models": [{"name": "digits", "path": str(bundles("onnx", "fp32").bundle)}]})
+                                    "models": [{"name": "digits", "path": str(fixture_bundle("onnx", "fp32"))}]})
     server = Server(config).start()
     with ThreadPoolExecutor(4) as pool:
         pending = [pool.submit(call, server.url + "/v1/models/digits/predict", "POST",
-                               {"inputs": digits.x_test[i:i + 1].tolist()}) for i in range(4)]
+                               {"inputs": digits_test.x[i:i + 1].tolist()}) for i in range(4)]
         deadline = time.monotonic() + 10
         while server.runtime.batchers["digits"].queue_depth() < 4 and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -250,9 +250,9 @@ def test_stop_answers_http_requests_already_in_flight(bundles, digits):
         assert [f.result(timeout=30)[0] for f in pending] == [200] * 4
 
 
-def test_npy_in_npy_out_matches_the_model_and_bad_npy_is_a_400(served, digits):
+def test_npy_in_npy_out_matches_the_model_and_bad_npy_is_a_400(served, digits_test):
     model = load(served.config.models[0].path)
-    x = digits.x_test[:3]
+    x = digits_test.x[:3]
     for sent in (x, np.asfortranarray(x)):  # a Fortran-order body takes numpy's own reader
         status, headers, raw = call(served.url + "/v1/models/digits/predict", "POST", _npy(sent),
                                     ctype="application/x-npy", headers={"Accept": "application/x-npy"})

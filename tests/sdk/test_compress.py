@@ -7,13 +7,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from edgec import convert
-from edgec.errors import CalibrationError, ValidationError
-from edgec.sdk.compress import compress
+torch = pytest.importorskip("torch")
 
-from conftest import FAST
+from edgec import convert  # noqa: E402
+from edgec.errors import CalibrationError, ValidationError  # noqa: E402
+from edgec.sdk.compress import compress  # noqa: E402
+
+from conftest import FAST  # noqa: E402
 
 QUICK = {"epochs": 2, "threads": 1}
 

@@ -6,10 +6,11 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 
-from edgec.errors import ModelLoadError
-from edgec.sdk.load.models import load_model
+torch = pytest.importorskip("torch")
+
+from edgec.errors import ModelLoadError  # noqa: E402
+from edgec.sdk.load.models import load_model  # noqa: E402
 
 
 class _Payload:

