@@ -31,7 +31,7 @@ def serve(
       \\[batcher]
       max_batch_size = 8
       max_queue_delay_ms = 2
-      \\[[models]]
+      \\[\\[models]]
       name = "digits"
       path = "build/rpi4"
     """

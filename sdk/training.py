@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CalibrationError, ValidationError
+from ..runtime.arrays import read_npz
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -34,14 +35,7 @@ def arrays_from(data: Any, input_names: list[str] | None = None) -> tuple[tuple[
         CalibrationError: No ``labels``, an unknown input name, or mismatched lengths.
     """
     if isinstance(data, (str, Path)):
-        path = Path(data)
-        if not path.is_file():
-            raise CalibrationError(f"training data {path} does not exist")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in npz.files}
-        except Exception as exc:
-            raise CalibrationError(f"training data {path} is not a readable .npz file ({exc})") from None
+        data = read_npz(data, what=f"training data {data}", error=CalibrationError)
     if isinstance(data, dict):
         if "labels" not in data:
             raise CalibrationError("training data needs a `labels` array beside the inputs")
