@@ -39,6 +39,7 @@ class Format:
         smoothing: Whether SmoothQuant-style smoothing can precede dynamic int8.
         dynamic_ops: The only layer types dynamic int8 quantizes (``None``: every weight layer).
         batch_of_one: Exported models take a batch of 1 (the runtime serves larger ones row by row).
+        platform: The platform name the Open Inference Protocol's model metadata gives.
         extra: The pip extra that brings its converter's dependencies.
     """
 
@@ -52,6 +53,7 @@ class Format:
     smoothing: bool = False
     dynamic_ops: tuple[str, ...] | None = None
     batch_of_one: bool = False
+    platform: str = ""
     extra: str = "sdk"
 
 
@@ -60,12 +62,12 @@ FORMATS: dict[str, Format] = {
         "onnx", ".onnx", PRECISIONS, "edgec.converters.onnx", "edgec.runtime.backends.onnx",
         modes=("static", "dynamic"), calibrations=CALIBRATIONS, smoothing=True,
         # onnxruntime has integer kernels at run time for these only (MatMulInteger, int8 Gather).
-        dynamic_ops=("MatMul", "Gather", "Attention", "LSTM"),
+        dynamic_ops=("MatMul", "Gather", "Attention", "LSTM"), platform="onnxruntime_onnx",
     ),
     "tflite": Format(
         "tflite", ".tflite", PRECISIONS, "edgec.converters.tflite", "edgec.runtime.backends.tflite",
         # ai-edge-quantizer calibrates by min/max; histogram methods are onnxruntime's.
-        modes=MODES, calibrations=("minmax",), batch_of_one=True,
+        modes=MODES, calibrations=("minmax",), batch_of_one=True, platform="tensorflow_lite",
     ),
 }
 

@@ -30,7 +30,7 @@ def serve(
       budget_mb = 512
       \\[batcher]
       max_batch_size = 8
-      max_queue_delay_ms = 2
+      max_queue_delay_ms = 0
       \\[\\[models]]
       name = "digits"
       path = "build/rpi4"

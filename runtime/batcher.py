@@ -155,6 +155,11 @@ class Batcher:
                 self._run_lock.release()
         return request.future
 
+    @property
+    def last_run_s(self) -> float:
+        """How long the last batch took to run (0 before the first)."""
+        return self._last_batch_s
+
     def queue_depth(self) -> int:
         with self._cond:
             return len(self._queue)

@@ -122,6 +122,15 @@ class ModelCache:
             if pinned:
                 self._pinned.add(name)
 
+    def path(self, name: str) -> Path:
+        """The bundle folder ``name`` serves from.
+
+        Raises:
+            KeyError: No model is registered under ``name``.
+        """
+        with self._lock:
+            return self._paths[name]
+
     @property
     def names(self) -> list[str]:
         return sorted(self._paths)

@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeadlineError, EdgecError
+from ..formats import FORMATS
 from .batcher import Batcher
 from .cache import ModelCache
 from .config import ServeConfig
+from .manifest import Manifest, read_manifest
 from .metrics import LatencyWindow, prometheus_text
 from .system import MemoryPressure, available_bytes, rss_bytes
 
@@ -107,10 +109,12 @@ class Runtime:
         self.latency[name].add(time.perf_counter() - started)
         return result
 
-    def submit(self, name: str, feeds: dict[str, np.ndarray], *, deadline_s: float | None = None) -> Future:
-        """Queue ``feeds`` for model ``name`` without running them in this thread.
+    def submit(self, name: str, feeds: dict[str, np.ndarray], *, deadline_s: float | None = None,
+               inline: bool = False) -> Future:
+        """Queue ``feeds`` for model ``name``; the future resolves in the batcher's worker.
 
-        For event loops: the future resolves in the batcher's worker.
+        With ``inline``, a request that finds the model idle and nobody queued runs at once in
+        this thread instead, and the future is done when this returns.
 
         Raises:
             KeyError: Unknown model.
@@ -121,7 +125,7 @@ class Runtime:
         latency = self.latency[name]
         started = time.perf_counter()
         try:
-            future = self.batchers[name].submit(feeds, deadline_s=deadline_s, inline=False)
+            future = self.batchers[name].submit(feeds, deadline_s=deadline_s, inline=inline)
         except Exception:
             latency.errors += 1
             raise
@@ -150,6 +154,30 @@ class Runtime:
         self.failed.pop(name, None)
         self._batcher(name)
         return entry.describe()
+
+    def manifest(self, name: str) -> Manifest:
+        """The manifest of model ``name``: the loaded one's, else read from its bundle.
+
+        Raises:
+            KeyError: Unknown model.
+            BundleError: Its bundle's manifest cannot be read.
+        """
+        model = self.cache.peek(name)
+        return model.manifest if model is not None else read_manifest(self.cache.path(name))
+
+    def version(self, name: str) -> str:
+        """The version model ``name`` serves: its bundle's (the first 12 hex digits of its model's sha256).
+
+        Raises:
+            KeyError: Unknown model.
+        """
+        manifest = self.manifest(name)
+        return manifest.files.get(manifest.model_file, "unknown")[:12]
+
+    def platform(self, name: str) -> str:
+        """The Open Inference Protocol platform of model ``name`` (``onnxruntime_onnx``, ``tensorflow_lite``)."""
+        fmt = self.manifest(name).format
+        return FORMATS[fmt].platform if fmt in FORMATS else fmt
 
     def models(self) -> list[dict[str, Any]]:
         loaded = {e["name"]: e for e in self.cache.describe()["loaded"]}

@@ -171,12 +171,14 @@ def _npy(x) -> bytes:
     return buf.getvalue()
 
 
-def test_malformed_and_chunked_requests_get_an_answer_and_the_server_keeps_serving(served, digits_test):
+def test_malformed_smuggled_and_chunked_requests_get_an_answer_and_the_server_keeps_serving(served, digits_test):
     assert _raw(served, b"NONSENSE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
-    chunked = (b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-               b"5\r\nhello\r\n0\r\n\r\n")
-    answer = _raw(served, chunked)
-    assert answer.startswith(b"HTTP/1.1 411 ") and b"Content-Length" in answer
+    body = json.dumps({"inputs": digits_test.x[:1].tolist()}).encode()
+    head = b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    chunked = head + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    assert _raw(served, chunked).startswith(b"HTTP/1.1 200 ")  # a real parser takes chunked bodies
+    smuggled = head + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /ready HTTP/1.1\r\n\r\n"
+    assert _raw(served, smuggled).startswith(b"HTTP/1.1 400 ")  # both lengths: refused, nothing smuggled in
     assert _raw(served, b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n").startswith(
         b"HTTP/1.1 431 ")
     assert _raw(served, b"DELETE /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 405 ")

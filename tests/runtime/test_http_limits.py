@@ -1,0 +1,93 @@
+"""Clients that misbehave on purpose, over real sockets: slow heads and bodies, idle connections, too many."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from edgec.runtime.config import ServeConfig
+from edgec.runtime.server import Server
+from edgec.errors import ValidationError
+
+
+@pytest.fixture
+def strict(fixture_bundle):
+    config = ServeConfig.from_dict({
+        "port": 0, "models": [{"name": "digits", "path": str(fixture_bundle("onnx", "fp32"))}],
+        "http": {"header_timeout_s": 0.5, "body_timeout_s": 0.5, "idle_timeout_s": 0.5, "max_connections": 3}})
+    server = Server(config).start()
+    yield server
+    server.stop()
+
+
+def _read_until_closed(sock: socket.socket, limit_s: float = 5.0) -> tuple[bytes, float]:
+    """Everything the server sends until it closes, and how long that took."""
+    started = time.monotonic()
+    sock.settimeout(limit_s)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data, time.monotonic() - started
+        data += chunk
+
+
+def test_a_connection_that_sends_nothing_is_closed(strict):
+    with socket.create_connection(strict.address) as sock:
+        answer, took = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"request head" in answer and took < 3
+
+
+def test_a_head_sent_a_byte_at_a_time_is_cut_off(strict):
+    started = time.monotonic()
+    with socket.create_connection(strict.address) as sock:
+        try:
+            for byte in b"GET /health HTTP/1.1\r\nHost: x\r\n":  # 31 bytes over ~3 s
+                sock.sendall(bytes([byte]))
+                time.sleep(0.1)
+            answer = _read_until_closed(sock)[0]
+        except (BrokenPipeError, ConnectionResetError):
+            answer = b"(closed while sending)"
+    assert time.monotonic() - started < 2.5  # cut off long before the head was complete
+    assert answer.startswith((b"HTTP/1.1 408 ", b"(closed while sending)"))
+
+
+def test_a_body_that_never_arrives_is_cut_off(strict):
+    with socket.create_connection(strict.address) as sock:
+        sock.sendall(b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"inputs\": [")
+        answer, took = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"body" in answer and took < 3
+
+
+def test_an_idle_keep_alive_connection_is_closed(strict):
+    with socket.create_connection(strict.address) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer, took = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and 0.3 < took < 3  # answered, then closed when idle
+
+
+def test_past_max_connections_requests_get_503_and_the_rest_serve(strict):
+    held = [socket.create_connection(strict.address) for _ in range(3)]
+    try:
+        time.sleep(0.1)
+        with socket.create_connection(strict.address) as extra:
+            extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer, _ = _read_until_closed(extra)
+        assert answer.startswith(b"HTTP/1.1 503 ")
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
+    with socket.create_connection(strict.address) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert _read_until_closed(sock)[0].startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("table", [{"max_connections": 0}, {"header_timeout_s": -1}, {"idle_timeout_s": "soon"},
+                                   {"max_header": 1}])
+def test_bad_http_limits_are_refused_with_the_key(table):
+    with pytest.raises(ValidationError, match=next(iter(table))):
+        ServeConfig.from_dict({"http": table})
