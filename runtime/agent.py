@@ -6,7 +6,8 @@ Topics (``<fleet>`` and ``<device>`` from the config; every payload is a JSON ob
     edgec/<fleet>/<device>/status       retained; "online" at connect, "offline" at stop and
                                         as the Last Will when the device drops off
     edgec/<fleet>/<device>/telemetry    metrics every ``interval_s`` (and on the stats command)
-    edgec/<fleet>/<device>/events       alerts: memory_pressure, model_load_failure, latency
+    edgec/<fleet>/<device>/events       alerts: memory_pressure, model_load_failure, latency,
+                                        telemetry_problem (a damaged spool recovered, a sender error)
     edgec/<fleet>/<device>/cmd/<verb>   commands to the device: reload, stats, interval
     edgec/<fleet>/<device>/cmd-result   one answer per command, ok or with an error
 
@@ -23,6 +24,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from .._version import __version__
@@ -59,6 +61,7 @@ class Telemetry:
         self.publisher = Publisher(config, on_message=self._on_message, subscriptions=(config.topic("cmd/+"),),
                                    status=(online, offline))
         self._commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=64)
+        self._problems: deque[str] = deque(maxlen=100)
         self._stop = threading.Event()
         self._tick = threading.Event()
         self._cpu = CpuMeter()
@@ -68,8 +71,13 @@ class Telemetry:
 
     def start(self) -> Telemetry:
         self.publisher.start()
+        for problem in self.publisher.spool.problems:  # found when the spool was opened
+            self.event("telemetry_problem", problem)
+        self.publisher.on_problem = self._on_problem
         if self.runtime is not None:
             self.runtime.alert_listeners.append(self._on_alert)
+            if hasattr(self.runtime, "health_checks"):
+                self.runtime.health_checks["telemetry"] = self.publisher.health
             for name, why in getattr(self.runtime, "failed", {}).items():
                 self.event("model_load_failure", f"model {name} is not served: {why}", model=name)
         for t in self._threads:
@@ -98,7 +106,7 @@ class Telemetry:
             "schema": SCHEMA, "time": now, "fleet": self.config.fleet, "device": self.config.device,
             "uptime_s": round(now - self.started, 3), "interval_s": self.interval_s,
             "process": {"rss_bytes": rss_bytes(), "cpu_percent": self._cpu.read(), "cpu_temp_c": cpu_temperature_c()},
-            "spool": {"queued": len(self.publisher.spool), "dropped": self.publisher.spool.dropped},
+            "spool": self.publisher.spool.describe(),
             "models": {},
         }
         if self.runtime is None:
@@ -136,11 +144,19 @@ class Telemetry:
     def _ticker(self) -> None:
         while not self._stop.is_set():
             try:
+                self.publisher.ensure_sender()
+                while self._problems:
+                    self.event("telemetry_problem", self._problems.popleft())
                 self.publish_snapshot()
             except Exception:  # telemetry must never take serving down
                 log.exception("telemetry snapshot failed")
             self._tick.wait(self.interval_s)
             self._tick.clear()
+
+    def _on_problem(self, message: str) -> None:
+        """(from inside the spool or the sender) Publish it later, from the ticker: never re-enter the spool."""
+        self._problems.append(message)
+        self._tick.set()
 
     def _on_alert(self, alert: dict[str, Any]) -> None:
         self.event(alert.get("kind", "alert"), alert.get("message", ""))

@@ -66,6 +66,7 @@ class Publisher:
         self._connected = threading.Event()
         self._wake = threading.Event()
         self._stopping = False
+        self._started = False
         self._acked: deque[int] = deque()  # mids from paho's thread; appends are atomic
         self._inflight: dict[int, int] = {}  # mid -> seq, owned by the sender thread
         self._last_handed = 0
@@ -74,11 +75,16 @@ class Publisher:
         self.connects = 0
         self.client = None
         self._session: dict[str, Any] = {}  # connect_async's session arguments (MQTT 5)
-        self._sender = threading.Thread(target=self._send_loop, name="edgec-telemetry-send", daemon=True)
+        self.sender_errors = 0  # exceptions the sender survived
+        self.sender_restarts = 0
+        self.last_error: str | None = None
+        self._beat = time.monotonic()  # the sender's last pass
+        self.on_problem: Any = None  # called with a one-line message (the agent publishes it as an event)
+        self._sender = self._new_sender()
         if config.broker:
             self.client = self._make_client()  # bad TLS files fail here, before the spool is opened
         self.spool = Spool(config.spool, max_messages=config.spool_max_messages,
-                           max_bytes=int(config.spool_max_mb * 2**20))
+                           max_bytes=int(config.spool_max_mb * 2**20), on_problem=self._problem)
 
     def _make_client(self) -> Any:
         mqtt = paho_client()
@@ -121,6 +127,7 @@ class Publisher:
             cfg = self.config
             self.client.connect_async(cfg.broker, cfg.port, keepalive=cfg.keepalive_s, **self._session)
             self.client.loop_start()  # connects, reconnects with backoff, runs callbacks
+        self._started = True
         self._sender.start()
         return self
 
@@ -161,26 +168,67 @@ class Publisher:
         self._wake.set()
         return seq
 
+    def _new_sender(self) -> threading.Thread:
+        return threading.Thread(target=self._send_loop, name="edgec-telemetry-send", daemon=True)
+
+    def _problem(self, message: str) -> None:
+        if self.on_problem is not None:
+            self.on_problem(message)
+
     def _send_loop(self) -> None:
+        """Hand spooled messages to paho, forever: an error is logged, counted and retried, never fatal."""
+        failures = 0
         while not self._stopping:
+            self._beat = time.monotonic()
             self._wake.wait(0.5)
             self._wake.clear()
+            try:
+                self._send_pass()
+                failures = 0
+            except Exception as exc:  # a damaged spool, a paho error: the sender must not die of it
+                failures += 1
+                self.sender_errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("telemetry sender failed (%d in a row); retrying", failures)
+                if failures in (1, 10, 100):
+                    self._problem(f"telemetry sender failed ({failures} in a row), retrying: {self.last_error}")
+                time.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+
+    def ensure_sender(self) -> bool:
+        """Restart the sender thread if it is gone (it should never be); True if it had to."""
+        if self._stopping or self._sender.is_alive() or not self._started:
+            return False
+        self.sender_restarts += 1
+        self._problem("telemetry sender thread was gone; restarted it")
+        self._sender = self._new_sender()
+        self._sender.start()
+        return True
+
+    def health(self) -> dict[str, Any]:
+        """How the telemetry path is: ok (sender alive and passing), and what it is doing."""
+        alive = self._sender.is_alive()
+        stale = time.monotonic() - self._beat > 30.0
+        ok = not self._started or self._stopping or (alive and not stale)
+        return {"ok": ok, "sender": "running" if alive and not stale else ("stuck" if alive else "stopped"),
+                "connected": self.connected, "queued": len(self.spool), "sender_errors": self.sender_errors,
+                "last_error": self.last_error, "spool_problems": self.spool.problems[-3:]}
+
+    def _send_pass(self) -> None:
+        self._ack_drained()
+        if self.client is None or not self._connected.is_set():
+            return
+        room = self.config.window - len(self._inflight)
+        while room > 0 and self._connected.is_set() and not self._stopping:
+            batch = self.spool.after(self._last_handed, min(room, 256))
+            if not batch:
+                break
+            for message in batch:
+                info = self.client.publish(message.topic, _wire(message), qos=message.qos, retain=message.retain)
+                self._inflight[info.mid] = message.seq
+                self._last_handed = message.seq
+                self.sent += 1
             self._ack_drained()
-            if self.client is None or not self._connected.is_set():
-                continue
             room = self.config.window - len(self._inflight)
-            while room > 0 and self._connected.is_set() and not self._stopping:
-                batch = self.spool.after(self._last_handed, min(room, 256))
-                if not batch:
-                    break
-                for message in batch:
-                    info = self.client.publish(message.topic, _wire(message), qos=message.qos, retain=message.retain)
-                    self._inflight[info.mid] = message.seq
-                    self._last_handed = message.seq
-                    self.sent += 1
-                room -= len(batch)
-                self._ack_drained()
-                room = self.config.window - len(self._inflight)
 
     def _ack_drained(self) -> None:
         seqs = []
