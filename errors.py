@@ -49,6 +49,16 @@ class IntegrityError(BundleError):
     """A bundle file's sha256 does not match its manifest."""
 
 
+class InferenceError(EdgecError):
+    """The model's backend failed while running it: a damaged model, or kernels that reject
+    the inputs it was given. The message names the model and the backend's reason."""
+
+
+class AccessError(EdgecError, PermissionError):
+    """A caller is not allowed to do what it asked: no or a wrong admin token, or a bundle
+    outside the folders the runtime may load from."""
+
+
 class InputError(EdgecError, ValueError):
     """Inputs passed to a loaded model do not match its manifest (name, shape or dtype)."""
 

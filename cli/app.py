@@ -60,6 +60,10 @@ def handles_errors(fn: F) -> F:
         except KeyboardInterrupt:
             typer.echo("interrupted: nothing was written", err=True)
             raise typer.Exit(130) from None
+        except OSError as exc:  # a path the system refused (a file where a folder must be, /proc...)
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(f"error: {where}{exc.strerror or exc}: check the paths given", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -264,9 +264,11 @@ def run(
     """
     from ..runtime.arrays import read_npz, write_npz
     from ..runtime.model import load
+    from ..runtime.probe import probe
 
     if output_path is not None and output_path.exists() and not force:
         raise InputError(f"{output_path} already exists: pass --force to replace it")
+    probe(bundle)  # a model file that crashes or hangs its backend does so in a child process
     model = load(bundle)
     arrays = {k: v for k, v in read_npz(input_path, what=f"input file {input_path}").items() if k != "labels"}
     if len(model.inputs) == 1 and len(arrays) == 1:

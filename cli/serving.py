@@ -1,4 +1,4 @@
-"""Commands on the board and the fleet: serve, telemetry watch."""
+"""Commands on the board and the fleet: serve, verify, telemetry watch."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from ..errors import InputError
-from .app import app, err_console, handles_errors, telemetry_app
+from .app import app, err_console, handles_errors, out, telemetry_app
 
 
 @app.command()
@@ -22,12 +23,15 @@ def serve(
 
     \b
     Endpoints: GET /health, /ready, /v1/models, /v1/stats, /metrics (Prometheus);
-    POST /v1/models/NAME/predict (JSON, .npy or .npz body), POST /v1/models/NAME/reload.
+    POST /v1/models/NAME/predict (JSON, .npy or .npz body); the Open Inference Protocol
+    under /v2 (tritonclient, KServe clients); POST /v1/models/NAME/reload with
+    Authorization: Bearer ADMIN_TOKEN once admin_token is set.
     Ctrl-C or SIGTERM stops taking connections and finishes queued requests.
     \b
     Example runtime.toml:
       port = 8080
       budget_mb = 512
+      admin_token = "a long random string"
       \\[batcher]
       max_batch_size = 8
       max_queue_delay_ms = 0
@@ -67,6 +71,31 @@ def serve(
         err.print("stopping: finishing queued requests")
     finally:
         server.stop(drain=True)
+
+
+@app.command()
+@handles_errors
+def verify(
+    bundle: Path = typer.Argument(..., help="Bundle folder written by `edgec convert`."),
+    no_run: bool = typer.Option(False, "--no-run", help="Check the manifest and files only; do not load the model."),
+) -> None:
+    """Check a bundle before serving it: manifest, file hashes, a test run, signature.
+
+    \b
+    The model is loaded and run once on zeros in a child process, so a damaged model that
+    would crash its backend fails this check instead. Exit code 1 when a check fails.
+    \b
+    Example:
+      edgec verify build/rpi4
+    """
+    from ..runtime.verify import verify_bundle
+
+    checks = verify_bundle(bundle, run=not no_run)
+    marks = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]-[/]"}
+    for check in checks:
+        out.print(f"{marks[check.ok]} {check.what}: {escape(check.detail)}")
+    if any(check.ok is False for check in checks):
+        raise typer.Exit(1)
 
 
 def _interrupt(*_: Any) -> None:

@@ -16,6 +16,7 @@ are read as they arrive, within ``max_request_mb``.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._version import __version__
-from ..errors import DeadlineError, EdgecError, InputError, QueueFullError
+from ..errors import AccessError, DeadlineError, EdgecError, InputError, QueueFullError
 from . import oip
 from .bodies import decode_inputs, encode_outputs
 from .handoff import Waiter
@@ -89,14 +90,19 @@ class Api:
         self.max_array_bytes = self.config.batcher.max_bytes
         self._waiter: Waiter | None = None
         self._inflight = 0  # requests being answered now
+        self._pending = 0  # body bytes held by them (received, being decoded or run)
+        self.max_pending = int(self.config.http.max_pending_mb * 2**20)
+        token = self.config.admin_token
+        self._token = f"Bearer {token}".encode() if token else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         headers = _Headers(scope["headers"])
         self._inflight += 1
+        held = [0]  # this request's body bytes counted in self._pending
         try:
-            response = await self._route(scope["method"], scope["path"], headers, receive)
+            response = await self._route(scope["method"], scope["path"], headers, receive, held)
         except HttpError as exc:
             response = json_response(exc.status, {"error": str(exc)}, exc.headers)
             if exc.close:
@@ -106,16 +112,18 @@ class Api:
             response = json_response(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
         finally:
             self._inflight -= 1
+            self._pending -= held[0]
         head = [(b"content-type", response.ctype.encode()), (b"content-length", b"%d" % len(response.body))]
         head += [(k.encode(), v.encode()) for k, v in response.headers.items()]
         await send({"type": "http.response.start", "status": response.status, "headers": head})
         await send({"type": "http.response.body", "body": response.body})
 
-    async def _route(self, method: str, path: str, headers: _Headers, receive: Any) -> Response:
+    async def _route(self, method: str, path: str, headers: _Headers, receive: Any, held: list[int]) -> Response:
         rt = self.runtime
         if method == "GET":
             if path == "/health":
-                return json_response(200, {"status": "ok"})
+                health = rt.health()
+                return json_response(200 if health["status"] == "ok" else 503, health)
             if path == "/v2/health/live":
                 return json_response(200, {"live": True})
             if path in ("/ready", "/v2/health/ready"):
@@ -138,7 +146,9 @@ class Api:
         if not (v1 or (v2 and v2.group(3) == "infer")):
             raise HttpError(404, f"no route POST {path}")
         name = (v1 or v2).group(1)
-        body = await self._body(headers, receive)
+        if v1 and v1.group(2) == "reload":
+            self._authorize(headers)
+        body = await self._body(headers, receive, held)
         try:
             if v2:
                 return await self._infer(name, v2.group(2), headers, body)
@@ -149,6 +159,8 @@ class Api:
             raise HttpError(404, f"unknown model {name!r}; serving {', '.join(sorted(rt.batchers)) or 'none'}") from None
         except InputError as exc:
             raise HttpError(400, str(exc)) from None
+        except AccessError as exc:
+            raise HttpError(403, str(exc)) from None
         except QueueFullError as exc:
             raise HttpError(429, str(exc), {"Retry-After": f"{max(1, round(exc.retry_after_s))}"}) from None
         except DeadlineError as exc:
@@ -157,8 +169,18 @@ class Api:
             raise HttpError(409 if v1 and v1.group(2) == "reload" else 503, str(exc)) from None
 
     # -- bodies ------------------------------------------------------------------------------------
-    async def _body(self, headers: _Headers, receive: Any) -> bytes:
-        """The request body, read as it arrives: 413 past ``max_body``, 408 past the body timeout."""
+    def _authorize(self, headers: _Headers) -> None:
+        """Admin routes: 403 when no ``admin_token`` is configured, 401 without the right one."""
+        if self._token is None:
+            raise HttpError(403, "admin routes are off: set admin_token in runtime.toml to reload models over HTTP")
+        given = headers.get("authorization", "").encode("latin-1")
+        if not hmac.compare_digest(given, self._token):
+            raise HttpError(401, "admin routes need the header Authorization: Bearer <admin_token>",
+                            {"WWW-Authenticate": 'Bearer realm="edgec"'})
+
+    async def _body(self, headers: _Headers, receive: Any, held: list[int]) -> bytes:
+        """The request body, read as it arrives: 413 past ``max_body``, 503 past ``max_pending``
+        over all requests, 408 past the body timeout (from the HTTP layer)."""
         declared = headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -167,14 +189,18 @@ class Api:
                 expecting = "100-continue" in headers.get("expect", "").lower()
                 raise HttpError(413, f"body of {declared} bytes is over the {self.max_body} byte limit",
                                 close=expecting or int(declared) > DRAIN_LIMIT)
-        chunks, size = [], 0
+        chunks = []
         while True:  # (the HTTP layer closes a connection whose body is late: receive() then ends)
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise HttpError(400, "the client went away", close=True)
             chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
+            if self._pending + len(chunk) > self.max_pending:
+                raise HttpError(503, f"the server holds {self.max_pending} bytes of request bodies already: retry "
+                                "shortly", {"Retry-After": "1"}, close=True)
+            self._pending += len(chunk)
+            held[0] += len(chunk)
+            if held[0] > self.max_body:
                 raise HttpError(413, f"body is over the {self.max_body} byte limit", close=True)
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -245,7 +271,10 @@ class Api:
             data = json.loads(body) if body else {}
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise InputError(f"reload body is not JSON: {exc}") from None
-        path = data.get("path") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise InputError('reload body must be a JSON object: {"path": "/opt/models/digits"} or {} for the '
+                             "model's configured folder")
+        path = data.get("path")
         entry = await asyncio.get_running_loop().run_in_executor(self._pool, self.runtime.reload, name, path)
         return json_response(200, {"reloaded": entry})
 

@@ -19,11 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from ..errors import BundleError, EdgecError, ValidationError
+from ..errors import BundleError, EdgecError, ValidationError, first_line
 from .manifest import read_manifest
 from .model import LoadedModel, load
+from .probe import probe
 from .system import available_bytes, release_freed_memory, rss_bytes
 
 log = logging.getLogger("edgec.runtime")
@@ -74,16 +74,6 @@ def bundle_version(path: Path) -> str:
     return manifest.files.get(manifest.model_file, "unknown")[:12]
 
 
-def warm_up(model: LoadedModel) -> None:
-    """One prediction on zeros (batch 1) so the first real request does not pay for it."""
-    feeds = {}
-    for spec in model.inputs:
-        shape = tuple(1 if d is None else d for d in spec.shape)
-        dtype = np.float32 if spec.takes_floats else spec.dtype
-        feeds[spec.name] = np.zeros(shape, dtype=dtype)
-    model.predict(feeds)
-
-
 class ModelCache:
     """Bundles by name, loaded on demand within ``budget_bytes``.
 
@@ -93,16 +83,21 @@ class ModelCache:
         min_available_bytes: Evict when the system has less than this available.
         loader: ``loader(path) -> LoadedModel`` (default: :func:`edgec.runtime.load`, lean).
         memory: How to read this process's memory (default: :func:`rss_bytes`).
+        isolate: Load and run each bundle in a child process first (:mod:`edgec.runtime.probe`):
+            one that crashes or hangs its backend is refused without taking this process down.
     """
 
     def __init__(self, budget_bytes: int, *, threads: int | None = None, min_available_bytes: int | None = None,
                  loader: Callable[[Path], LoadedModel] | None = None,
-                 memory: Callable[[], int | None] = rss_bytes) -> None:
+                 memory: Callable[[], int | None] = rss_bytes, isolate: bool = False) -> None:
         if budget_bytes <= 0:
             raise ValidationError(f"the model cache budget must be positive, got {budget_bytes} bytes")
         self.budget_bytes = budget_bytes
         self.min_available_bytes = min_available_bytes
         self._loader = loader or (lambda p: load(p, threads=threads, lean=True))
+        self._threads = threads
+        self.isolate = isolate
+        self._probed: set[tuple[str, str]] = set()  # (bundle, model sha256) that loaded in a child
         self._memory = memory
         self._paths: dict[str, Path] = {}
         self._pinned: set[str] = set()
@@ -233,6 +228,16 @@ class ModelCache:
             }
 
     # -- internals ------------------------------------------------------------------------
+    def _probe(self, path: Path) -> None:
+        """With ``isolate``: load ``path`` in a child process first, once per model file."""
+        if not self.isolate:
+            return
+        manifest = read_manifest(path)
+        key = (str(path.resolve()), manifest.files[manifest.model_file])
+        if key not in self._probed:
+            probe(path, threads=self._threads, lean=True)
+            self._probed.add(key)
+
     def _victim(self, keep: str | None = None) -> str | None:
         with self._lock:
             for name in self._entries:  # oldest first
@@ -263,12 +268,17 @@ class ModelCache:
             before = self._memory() or 0
             started = time.perf_counter()
             try:
+                self._probe(path)
                 model = self._loader(path)
                 loaded = time.perf_counter()
-                warm_up(model)
-            except Exception:
+                model.warm_up()
+            except EdgecError:
                 self.stats.load_failures += 1
                 raise
+            except Exception as exc:  # an error type of a backend's own: refused, typed
+                self.stats.load_failures += 1
+                raise BundleError(f"model {name} could not be loaded from {path}: {type(exc).__name__}: "
+                                  f"{first_line(exc)}") from None
             warmed = time.perf_counter()
             rss = (self._memory() or 0) - before
             version = bundle_version(path)

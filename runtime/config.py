@@ -160,7 +160,8 @@ class HttpConfig:
     The defaults let a Raspberry Pi survive clients that misbehave: a connection that sends
     no complete request head within ``header_timeout_s``, or no complete body within
     ``body_timeout_s``, is answered 408 and closed; one idle for ``idle_timeout_s`` after an
-    answer is closed; past ``max_connections`` open connections, requests get 503.
+    answer is closed; past ``max_connections`` open connections, or ``max_pending_mb`` of
+    request bodies held at once, requests get 503.
 
     Attributes:
         max_header_kb: Largest request head (request line and headers); larger get 431.
@@ -168,6 +169,8 @@ class HttpConfig:
         idle_timeout_s: How long a keep-alive connection may wait for its next request.
         header_timeout_s: How long a client may take to send a request's head.
         body_timeout_s: How long a client may take to send a request's body.
+        max_pending_mb: Most request-body bytes the server holds at once, over all connections
+            (bodies being received, decoded or run); a request that would pass it gets 503.
     """
 
     max_header_kb: float = 64.0
@@ -175,9 +178,10 @@ class HttpConfig:
     idle_timeout_s: float = 15.0
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    max_pending_mb: float = 64.0
 
     def __post_init__(self) -> None:
-        for key in ("max_header_kb", "idle_timeout_s", "header_timeout_s", "body_timeout_s"):
+        for key in ("max_header_kb", "idle_timeout_s", "header_timeout_s", "body_timeout_s", "max_pending_mb"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 86_400:
                 raise ValidationError(f"[http] {key} must be a number above 0, got {value!r}")
@@ -198,6 +202,9 @@ class ServeConfig:
         budget_mb = 512            # memory the loaded models may cost together
         min_available_mb = 64      # evict when the board has less free memory than this
         max_request_mb = 16
+        isolate = true             # load each bundle in a child process first (crashes stay there)
+        admin_token = "..."        # enables POST /v1/models/NAME/reload (Authorization: Bearer ...)
+        model_roots = ["build"]    # where reloads may load bundles from (default: the models' parents)
         [http]                     # connection limits (see HttpConfig)
         max_connections = 128
         [batcher]
@@ -223,9 +230,26 @@ class ServeConfig:
     max_request_mb: float = 16.0
     threads: int | None = None
     request_timeout_s: float = 30.0
+    isolate: bool = True
+    admin_token: str | None = None
+    model_roots: tuple[Path, ...] = ()
     http: HttpConfig = field(default_factory=HttpConfig)
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     telemetry: TelemetryConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.isolate, bool):
+            raise ValidationError(f"isolate must be true or false, got {self.isolate!r}")
+        token = self.admin_token
+        if token is not None and (not isinstance(token, str) or len(token) < 16 or not token.isprintable()
+                                  or " " in token):
+            raise ValidationError("admin_token must be a string of at least 16 characters without spaces; make one "
+                                  "with: python -c 'import secrets; print(secrets.token_urlsafe())'")
+
+    def roots(self) -> tuple[Path, ...]:
+        """The folders reloads may load bundles from (resolved): ``model_roots``, else each model's parent."""
+        roots = self.model_roots or tuple(m.path.parent for m in self.models)
+        return tuple(dict.fromkeys(r.resolve() for r in roots))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ServeConfig:
@@ -276,6 +300,10 @@ class ServeConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValidationError(f"unknown config key(s): {', '.join(unknown)}")
+        roots = data.pop("model_roots", [])
+        if not isinstance(roots, list) or not all(isinstance(r, str) and r for r in roots):
+            raise ValidationError('model_roots must be a list of folders, e.g. model_roots = ["/opt/models"]')
+        data["model_roots"] = tuple(Path(r) if Path(r).is_absolute() else base / r for r in roots)
         try:
             return cls(models=tuple(models), batcher=BatcherConfig(**batcher), **data)
         except (TypeError, EdgecError) as exc:

@@ -104,6 +104,9 @@ def _protocol_class(limits: HttpConfig) -> type:
 
         def _enter(self, phase: int) -> None:
             self._phase, self._since = phase, self.loop.time()
+            if self._timer is not None:  # the new phase has its own deadline, armed when data comes in
+                self._timer.cancel()
+                self._timer = None
             if phase == HEAD:
                 self._head_bytes, self._body_started = 0, False
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError, IntegrityError
-from .tensors import TensorSpec
+from ..formats import FORMATS, PRECISIONS
+from .tensors import DTYPES, QUANTIZED, TensorSpec
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -44,7 +48,8 @@ class Manifest:
 
     @property
     def threads(self) -> int:
-        return int(self.device.get("threads", 1))
+        """The profile's thread count, at most twice the cores of this machine (more only thrash)."""
+        return min(int(self.device.get("threads", 1)), 2 * (os.cpu_count() or 1))
 
     @property
     def execution_providers(self) -> tuple[str, ...]:
@@ -66,29 +71,25 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        try:
-            version = int(data.get("schema_version", 0))
-            if version != SCHEMA_VERSION:
-                raise BundleError(
-                    f"manifest schema version {version} is not supported by this edgec "
-                    f"(expects {SCHEMA_VERSION}): rebuild the bundle with this edgec version"
-                )
-            return cls(
-                format=str(data["format"]),
-                precision=str(data["precision"]),
-                model_file=str(data["model_file"]),
-                inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
-                outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
-                device=dict(data["device"]),
-                files={str(k): str(v) for k, v in data["files"].items()},
-                versions=dict(data.get("versions", {})),
-                metrics=dict(data.get("metrics", {})),
-                weight_bits=int(data["weight_bits"]) if data.get("weight_bits") is not None else None,
-                schema_version=version,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"manifest is malformed ({type(exc).__name__}: {exc})") from None
+    def from_dict(cls, data: Any) -> Manifest:
+        """Validate a manifest's every field, then build it.
+
+        A manifest is checked before any backend sees it: types, ranges, names and sizes, so
+        an edited or damaged one is refused with the field and the reason, never a crash.
+
+        Raises:
+            BundleError: The manifest is of another schema version, or a field is missing or
+                out of range.
+        """
+        _check_manifest(data)
+        return cls(
+            format=data["format"], precision=data["precision"], model_file=data["model_file"],
+            inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
+            device=dict(data["device"]), files=dict(data["files"]), versions=dict(data.get("versions") or {}),
+            metrics=dict(data.get("metrics") or {}), weight_bits=data.get("weight_bits"),
+            schema_version=data["schema_version"],
+        )
 
     def write(self, bundle: Path) -> Path:
         path = Path(bundle) / MANIFEST_NAME
@@ -150,3 +151,105 @@ def verify_files(bundle: str | Path, manifest: Manifest) -> None:
                 f"(expected {expected[:12]}..., found {actual[:12]}...): the file was changed "
                 "or damaged; copy the bundle again or rebuild it"
             )
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_PROVIDER = re.compile(r"^[A-Za-z0-9]+ExecutionProvider$")
+MAX_TENSORS = 64
+MAX_RANK = 8
+MAX_NAME = 256
+MAX_THREADS = 1024  # a profile's; the runtime uses at most twice the cores of the board it runs on
+
+
+class _Invalid(Exception):
+    """One manifest field that is wrong, and why."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise _Invalid(message)
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _plain_name(value: Any) -> bool:
+    """A file name inside the bundle: no folders, no way out."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_NAME and value not in (".", "..")
+            and not any(c in value for c in "/\\\0"))
+
+
+def _check_manifest(data: Any) -> None:
+    """Raise BundleError naming the first field of ``data`` that a runtime must not trust."""
+    try:
+        _require(isinstance(data, dict), "is not a JSON object")
+        version = data.get("schema_version", 0)
+        if version != SCHEMA_VERSION:
+            raise BundleError(f"manifest schema version {version!r} is not supported by this edgec (expects "
+                              f"{SCHEMA_VERSION}): rebuild the bundle with this edgec version")
+        for key in ("format", "precision", "model_file", "inputs", "outputs", "device", "files"):
+            _require(key in data, f"{key} is missing")
+        _require(data["format"] in FORMATS, f"format {data['format']!r} is not one this runtime serves "
+                                            f"({', '.join(FORMATS)})")
+        _require(data["precision"] in PRECISIONS, f"precision {data['precision']!r} is not one of {', '.join(PRECISIONS)}")
+        files = data["files"]
+        _require(isinstance(files, dict) and len(files) <= 64, "files must be an object of file name -> sha256")
+        for name, digest in files.items():
+            _require(_plain_name(name), f"files names {name!r}, which is not a plain file name in the bundle")
+            _require(isinstance(digest, str) and bool(_SHA256.match(digest)),
+                     f"files[{name!r}] is not a sha256 (64 lowercase hex digits)")
+        model_file = data["model_file"]
+        _require(_plain_name(model_file), f"model_file {model_file!r} is not a plain file name in the bundle")
+        suffix = FORMATS[data["format"]].suffix
+        _require(model_file.endswith(suffix), f"model_file {model_file!r} is not a {data['format']} file ({suffix})")
+        _require(model_file in files, f"files lists no sha256 for the model file {model_file}")
+        for side in ("inputs", "outputs"):
+            tensors = data[side]
+            _require(isinstance(tensors, list) and 0 < len(tensors) <= MAX_TENSORS,
+                     f"{side} must be a list of 1 to {MAX_TENSORS} tensors")
+            names = [_check_tensor(t, f"{side}[{i}]") for i, t in enumerate(tensors)]
+            _require(len(set(names)) == len(names), f"{side} names a tensor twice")
+        _check_device(data["device"])
+        _require(data.get("weight_bits") in (None, 7, 8), f"weight_bits {data.get('weight_bits')!r} must be 7 or 8")
+        for key in ("versions", "metrics"):
+            _require(isinstance(data.get(key) or {}, dict), f"{key} must be a JSON object")
+    except _Invalid as exc:
+        raise BundleError(f"manifest.json: {exc}: the bundle was edited or damaged; rebuild it with edgec convert") from None
+
+
+def _check_tensor(tensor: Any, where: str) -> str:
+    _require(isinstance(tensor, dict), f"{where} is not an object")
+    name = tensor.get("name")
+    _require(isinstance(name, str) and 0 < len(name) <= MAX_NAME, f"{where}.name must be a non-empty string")
+    shape = tensor.get("shape")
+    _require(isinstance(shape, list) and len(shape) <= MAX_RANK
+             and all(d is None or (_int(d) and 0 <= d < 2**31) for d in shape),
+             f"{where}.shape must be a list of at most {MAX_RANK} dimensions (non-negative integers or null)")
+    dtype = tensor.get("dtype")
+    _require(dtype in DTYPES, f"{where}.dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    tensor_name = tensor.get("tensor")
+    _require(tensor_name is None or (isinstance(tensor_name, str) and 0 < len(tensor_name) <= MAX_NAME),
+             f"{where}.tensor must be a string")
+    q = tensor.get("quantization")
+    if q is not None:
+        _require(dtype in QUANTIZED, f"{where} has quantization but dtype {dtype}: only {', '.join(QUANTIZED)} do")
+        _require(isinstance(q, dict), f"{where}.quantization must be an object")
+        scale, zero = q.get("scale"), q.get("zero_point")
+        _require(isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0,
+                 f"{where}.quantization.scale must be a finite number above 0, got {scale!r}")
+        info = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}[dtype]
+        _require(_int(zero) and info[0] <= zero <= info[1],
+                 f"{where}.quantization.zero_point must be an integer in [{info[0]}, {info[1]}], got {zero!r}")
+    return name
+
+
+def _check_device(device: Any) -> None:
+    _require(isinstance(device, dict), "device must be an object")
+    threads = device.get("threads", 1)
+    _require(_int(threads) and 1 <= threads <= MAX_THREADS,
+             f"device.threads {threads!r} must be a whole number from 1 to {MAX_THREADS}")
+    providers = device.get("execution_providers", ["CPUExecutionProvider"])
+    _require(isinstance(providers, list) and 0 < len(providers) <= 16
+             and all(isinstance(p, str) and _PROVIDER.match(p) for p in providers),
+             "device.execution_providers must be a list of onnxruntime provider names (...ExecutionProvider)")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import BundleError, InferenceError, InputError, first_line
 from .backends import Backend, BackendOptions, open_backend
 from .manifest import Manifest, read_manifest, verify_files
 from .tensors import QUANTIZED, TensorSpec, check_array, dequantize, quantize
@@ -34,6 +34,7 @@ class LoadedModel:
         self.manifest = manifest
         self.backend = backend
         self.load_seconds = load_seconds
+        _check_agreement(manifest, backend)
         # Arrays that already are exactly what the model file takes (dtype, every fixed
         # dimension, C order) skip the casts; anything else goes through the full checks.
         self._exact = {
@@ -82,15 +83,33 @@ class LoadedModel:
         feeds = self._exact_feeds(inputs)
         if feeds is None:
             feeds = self._prepare(inputs)
-        batch = next(iter(feeds.values())).shape[0] if self._batch_of_one else 1
-        if batch > 1:
-            parts = [self.backend.run({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(batch)]
-            raw = [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(self.outputs))]
-        else:
-            raw = self.backend.run(feeds)
+        first = next(iter(feeds.values()))
+        if first.ndim and first.shape[0] == 0:
+            raise InputError("the inputs hold 0 samples: send a batch of at least one")
+        batch = first.shape[0] if self._batch_of_one else 1
+        try:
+            if batch > 1:
+                parts = [self.backend.run({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(batch)]
+                raw = [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(self.outputs))]
+            else:
+                raw = self.backend.run(feeds)
+        except Exception as exc:  # a backend's own error types: the model failed, not the request
+            raise InferenceError(f"model {self.path.name} failed in {self.backend.name}: {first_line(exc)}") from None
         if self._plain_outputs is not None:
             return dict(zip(self._plain_outputs, raw))
         return {spec.name: self._finish(value, spec) for spec, value in zip(self.outputs, raw)}
+
+    def warm_up(self) -> None:
+        """One prediction on zeros (batch 1), so the first real request does not pay for it.
+
+        Raises:
+            InferenceError: The model fails to run.
+        """
+        feeds = {}
+        for spec in self.inputs:
+            shape = tuple(1 if d is None else d for d in spec.shape)
+            feeds[spec.name] = np.zeros(shape, dtype=np.float32 if spec.takes_floats else spec.dtype)
+        self.predict(feeds)
 
     def _exact_feeds(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray] | None:
         """The feeds as given when every array is already what the model takes, else None."""
@@ -121,7 +140,23 @@ class LoadedModel:
             feeds[want[0]] = array
         return feeds
 
+    def check(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
+        """``inputs`` as arrays keyed by input name, once each is checked against the model.
+
+        A batcher checks every request with this before it joins a batch: concatenated,
+        a wrong dtype would be cast along with the right ones and pass.
+
+        Raises:
+            InputError: As for :meth:`predict`.
+        """
+        checked = self._checked(inputs)
+        return {spec.name: array for spec, array in zip(self.inputs, checked)}
+
     def _prepare(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
+        return {spec.model_name: _to_model_dtype(array, spec) for spec, array in zip(self.inputs, self._checked(inputs))}
+
+    def _checked(self, inputs: Mapping[str, Any] | np.ndarray) -> list[np.ndarray]:
+        """One array per model input, in the model's order, each checked against its spec."""
         if not isinstance(inputs, Mapping):
             if len(self.inputs) != 1:
                 names = ", ".join(t.name for t in self.inputs)
@@ -138,19 +173,22 @@ class LoadedModel:
                 parts.append(f"unknown {', '.join(unknown)}")
             want = "; ".join(t.describe() for t in self.inputs)
             raise InputError(f"inputs do not match the model ({'; '.join(parts)}): expected {want}")
-        feeds: dict[str, np.ndarray] = {}
+        arrays: list[np.ndarray] = []
         batches = set()
         for spec in self.inputs:
-            array = np.asarray(inputs[spec.name])
+            try:
+                array = np.asarray(inputs[spec.name])
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"input {spec.name} is not an array of numbers ({exc})") from None
             problem = check_array(array, spec)
             if problem:
                 raise InputError(problem)
             if array.ndim:
                 batches.add(array.shape[0])
-            feeds[spec.model_name] = _to_model_dtype(array, spec)
+            arrays.append(array)
         if len(batches) > 1:
             raise InputError(f"inputs have different batch sizes {sorted(batches)}: give every input the same first axis")
-        return feeds
+        return arrays
 
     @staticmethod
     def _finish(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -159,6 +197,27 @@ class LoadedModel:
         if value.dtype == np.float16:
             return value.astype(np.float32)
         return value
+
+
+def _check_agreement(manifest: Manifest, backend: Backend) -> None:
+    """The manifest describes the model file: its input names and dtypes, its number of outputs.
+
+    Raises:
+        BundleError: They disagree (an edited manifest, or another model file).
+    """
+    file = manifest.model_file
+    for spec in manifest.inputs:
+        actual = backend.input_types.get(spec.model_name)
+        if actual is None:
+            raise BundleError(f"manifest.json names input {spec.model_name!r}, which {file} does not have (it has "
+                              f"{', '.join(backend.input_types) or 'none'}): the bundle was edited or damaged")
+        if actual != spec.dtype:
+            raise BundleError(f"manifest.json says input {spec.model_name!r} is {spec.dtype}, but {file} takes "
+                              f"{actual}: the bundle was edited or damaged")
+    if len(backend.input_types) != len(manifest.inputs) or len(backend.output_names) != len(manifest.outputs):
+        raise BundleError(f"manifest.json lists {len(manifest.inputs)} inputs and {len(manifest.outputs)} outputs, "
+                          f"{file} has {len(backend.input_types)} and {len(backend.output_names)}: the bundle was "
+                          "edited or damaged")
 
 
 def _to_model_dtype(array: np.ndarray, spec: TensorSpec) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DeadlineError, EdgecError
+from ..errors import AccessError, DeadlineError, EdgecError, InputError
 from ..formats import FORMATS
 from .batcher import Batcher
 from .cache import ModelCache
@@ -42,12 +42,14 @@ class Runtime:
         self.started = time.time()
         self.cache = ModelCache(int(config.budget_mb * 2**20), threads=config.threads,
                                 min_available_bytes=int(config.min_available_mb * 2**20)
-                                if config.min_available_mb else None)
+                                if config.min_available_mb else None, isolate=config.isolate)
         self.batchers: dict[str, Batcher] = {}
         self.latency: dict[str, LatencyWindow] = {}
         self.failed: dict[str, str] = {}
         self.alerts: deque[dict[str, Any]] = deque(maxlen=100)
         self.alert_listeners: list[Callable[[dict[str, Any]], None]] = []  # e.g. telemetry's events
+        # Parts that report their own health (telemetry): name -> check returning {"ok": bool, ...}.
+        self.health_checks: dict[str, Callable[[], dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.pressure = MemoryPressure(self.cache.min_available_bytes, every_s=PRESSURE_EVERY_S)
         for m in config.models:
@@ -84,6 +86,17 @@ class Runtime:
             except Exception:  # a broken listener must not break serving
                 log.exception("alert listener failed")
 
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok"}``, or ``"degraded"`` with the part that is not well (a stopped telemetry sender)."""
+        parts = {}
+        for name, check in list(self.health_checks.items()):
+            try:
+                parts[name] = check()
+            except Exception as exc:  # a check that fails says so
+                parts[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        ok = all(part.get("ok") for part in parts.values())
+        return {"status": "ok" if ok else "degraded", **parts}
+
     @property
     def ready(self) -> bool:
         return bool(self.batchers) and all(m.name not in self.failed for m in self.config.models if m.preload)
@@ -100,6 +113,7 @@ class Runtime:
         started = time.perf_counter()
         timeout = deadline_s if deadline_s is not None else self.config.request_timeout_s
         try:
+            feeds = self._checked(name, feeds)
             result = self.batchers[name].run(feeds, deadline_s=deadline_s, timeout_s=timeout + 1.0)
         except TimeoutError:
             raise DeadlineError(f"model {name} did not answer within {timeout:g}s") from None
@@ -123,6 +137,11 @@ class Runtime:
         if name not in self.batchers:
             raise KeyError(name)
         latency = self.latency[name]
+        try:
+            feeds = self._checked(name, feeds)
+        except Exception:
+            latency.errors += 1
+            raise
         started = time.perf_counter()
         try:
             future = self.batchers[name].submit(feeds, deadline_s=deadline_s, inline=inline)
@@ -139,21 +158,55 @@ class Runtime:
         future.add_done_callback(record)
         return future
 
+    def _checked(self, name: str, feeds: Any) -> dict[str, np.ndarray]:
+        """Check a request against its model before it queues (loading the model if it is not)."""
+        model = self.cache.peek(name)
+        return (model or self.cache.get(name)).check(feeds)
+
     def reload(self, name: str, path: str | Path | None = None) -> dict[str, Any]:
         """Swap in a new version of ``name`` (from ``path``, default its configured folder).
 
+        Only configured models can be reloaded, and only from inside the configured model
+        folders (:meth:`ServeConfig.roots`): a reload cannot add a model or read elsewhere.
+
         Raises:
             KeyError: Unknown model.
+            InputError: ``path`` is not a string, does not exist, or is a file.
+            AccessError: ``path`` is outside the model folders.
             BundleError, IntegrityError: The new bundle is refused; the old one keeps serving.
         """
+        configured = next((m for m in self.config.models if m.name == name), None)
+        if configured is None and name not in self.batchers:
+            raise KeyError(name)
+        folder = self._reload_folder(path)
         try:
-            entry = self.cache.reload(name, path)
+            if name not in self.batchers:  # refused at start: registered now, or refused again
+                self.cache.register(name, folder or configured.path, pinned=configured.pinned)
+            entry = self.cache.reload(name, folder)
         except (EdgecError, OSError) as exc:
             self.alert(f"reload of model {name} failed, the old version keeps serving: {exc}", "model_load_failure")
             raise
         self.failed.pop(name, None)
         self._batcher(name)
         return entry.describe()
+
+    def _reload_folder(self, path: Any) -> Path | None:
+        """A reload's ``path``, checked: a string naming a folder inside the model folders."""
+        if path is None:
+            return None
+        if not isinstance(path, str) or not path:
+            raise InputError(f'reload "path" must be a bundle folder as a string, got {path!r}')
+        folder = Path(path)
+        if not folder.exists():
+            raise InputError(f"reload path {path} does not exist")
+        if not folder.is_dir():
+            raise InputError(f"reload path {path} is a file: give the bundle's folder (the one with manifest.json)")
+        resolved = folder.resolve()
+        roots = self.config.roots()
+        if not any(resolved.is_relative_to(root) for root in roots):
+            raise AccessError(f"reload path {path} is outside the model folders this runtime may load from "
+                              f"({', '.join(map(str, roots))}); set model_roots in runtime.toml to allow it")
+        return resolved
 
     def manifest(self, name: str) -> Manifest:
         """The manifest of model ``name``: the loaded one's, else read from its bundle.

@@ -42,6 +42,35 @@ def digits_test():
         return SimpleNamespace(x=npz["x"], y=npz["labels"])
 
 
+@pytest.fixture
+def crashing_bundle(tmp_path, fixture_bundle):
+    """A copy of the TFLite fp32 bundle whose model segfaults LiteRT at load (sha256 re-computed).
+
+    Bytes 16..19 (the root table's first field offset) zeroed, the damage a fuzz run found; it
+    crashes LiteRT whatever the process's memory layout. The fixture checks that a plain load
+    really dies of it, so the tests using it test isolation and not a lucky refusal.
+    """
+    import hashlib
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    bundle = tmp_path / "crashing"
+    shutil.copytree(fixture_bundle("tflite", "fp32"), bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    model = bundle / manifest["model_file"]
+    data = bytearray(model.read_bytes())
+    data[16:20] = bytes(4)
+    model.write_bytes(bytes(data))
+    manifest["files"][manifest["model_file"]] = hashlib.sha256(bytes(data)).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    plain = subprocess.run([sys.executable, "-c", f"from edgec.runtime import load; load({str(bundle)!r}).warm_up()"],
+                           capture_output=True)
+    assert plain.returncode < 0, "the damaged fixture no longer crashes LiteRT: find another offset with fuzz.py"
+    return bundle
+
+
 # -- host side: trained models and fresh conversions (torch) -------------------------------------
 @pytest.fixture(scope="session")
 def digits():

@@ -16,7 +16,7 @@ import edgec
 
 PACKAGE = "edgec"
 ROOT = Path(edgec.__file__).parent
-LAYERS = ("__init__", "cli", "sdk", "devices", "converters", "runtime", "ground")
+LAYERS = ("__main__", "__init__", "cli", "sdk", "devices", "converters", "runtime", "ground")
 GROUND = ("errors", "formats", "_optional", "_quiet", "_version")
 NOT_PACKAGE = ("tests", "benchmarks", "scripts", "build", "dist", "deploy", "docs")
 

@@ -20,9 +20,17 @@ from ...formats import FORMATS, get_format
 
 
 class Backend(Protocol):
-    """Runs one model file."""
+    """Runs one model file.
+
+    Attributes:
+        name: The backend's name (``onnxruntime``, ``tflite``).
+        input_types: The model file's inputs: name -> numpy dtype name.
+        output_names: The model file's outputs, in order.
+    """
 
     name: str
+    input_types: dict[str, str]
+    output_names: list[str]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the model on ``feeds`` (keyed by model tensor name); outputs in model order."""

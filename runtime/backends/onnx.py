@@ -116,6 +116,7 @@ class OnnxRuntimeBackend:
                 log.warning("execution provider %s did not start for %s; running on %s",
                             p, path.name, ", ".join(self.providers))
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_types = {i.name: DTYPES.get(i.type, i.type) for i in self.session.get_inputs()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self.output_names, feeds)

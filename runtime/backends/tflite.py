@@ -58,6 +58,7 @@ class TFLiteBackend:
         self._inputs = {name: int(d["index"]) for name, d in self._details[0].items()}
         self._outputs = [int(self._details[1][name]["index"]) for name in self.output_names]
         self._shapes = {name: tuple(int(n) for n in d["shape"]) for name, d in self._details[0].items()}
+        self.input_types = {name: np.dtype(d["dtype"]).name for name, d in self._details[0].items()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         it = self.interpreter

@@ -5,9 +5,12 @@ renamed into place only once complete, so a failure leaves no partial bundle beh
 from __future__ import annotations
 
 import contextlib
+import glob
+import logging
 import os
 import platform
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from importlib import metadata
@@ -15,6 +18,8 @@ from pathlib import Path
 
 from ..._version import __version__
 from ...errors import BundleError
+
+log = logging.getLogger("edgec.convert")
 
 _PACKAGES = ("numpy", "torch", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-quantizer", "ai-edge-litert")
 
@@ -26,26 +31,70 @@ def check_out_dir(out: Path, *, force: bool) -> None:
     if out.exists() and not force:
         raise BundleError(f"output folder {out} already exists: pass --force to replace it, or choose another --out")
     parent = out.resolve().parent
-    if not parent.exists():
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BundleError(f"cannot create {parent}: {exc.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise BundleError(f"cannot write to {parent}: check its permissions or choose another --out")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.check-", dir=parent))  # can we write there at all?
+    except FileExistsError:
+        raise BundleError(f"--out {out}: {parent} is a file, not a folder; choose a folder path for the bundle") \
+            from None
+    except NotADirectoryError:
+        raise BundleError(f"--out {out}: a part of {parent} is a file, not a folder; choose another --out") from None
+    except OSError as exc:
+        raise BundleError(f"--out {out}: cannot write in {parent} ({exc.strerror}); choose another --out") from None
 
 
 @contextlib.contextmanager
 def staging(out: Path) -> Iterator[Path]:
-    """A fresh folder beside ``out``; removed on any failure inside the block."""
+    """A fresh folder beside ``out``; removed on any failure inside the block.
+
+    Its name carries this process's id, so folders left by a run that was killed (its
+    process gone) are swept here by the next run that writes beside them.
+    """
     out = out.resolve()
-    stage = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
-    stage.mkdir(parents=True)
+    sweep_stale(out)
+    stage = out.parent / f".{out.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        stage.mkdir(parents=True)
+    except OSError as exc:
+        raise BundleError(f"cannot create the bundle beside {out} ({exc.strerror}); choose another --out") from None
     try:
         yield stage
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def sweep_stale(out: Path) -> list[Path]:
+    """Clean up after runs writing ``out`` whose process is gone (killed mid-way).
+
+    Their staging folders are removed. A replaced bundle (``.old-``) is put back as ``out``
+    when the run died between moving it aside and moving the new one in, else removed.
+    """
+    swept = []
+    for path in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
+        kind, _, rest = path.name[len(out.name) + 2:].partition("-")
+        pid = rest.split("-")[0]
+        if kind not in ("staging", "old") or not pid.isdigit() or not path.is_dir() or _alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            path.rename(out)
+            log.warning("restored %s, which a killed run had moved aside", out)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        swept.append(path)
+    if swept:
+        log.info("removed %d folder(s) left beside %s by killed runs", len(swept), out)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's
+        return True
+    return True
 
 
 def publish(stage: Path, out: Path, *, force: bool) -> Path:
@@ -60,7 +109,7 @@ def publish(stage: Path, out: Path, *, force: bool) -> Path:
         if not force:
             shutil.rmtree(stage, ignore_errors=True)
             raise BundleError(f"output folder {out} appeared while converting: pass --force to replace it")
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         out.rename(old)
     try:
         stage.rename(out)

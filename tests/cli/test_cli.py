@@ -256,3 +256,67 @@ def test_serve_config_errors_are_one_line(tmp_path):
     result = invoke("serve", "--config", bad)
     assert result.exit_code == 1 and "unknown config key(s): budget" in result.output
     assert "does not exist" in invoke("serve", "--config", tmp_path / "nope.toml").output
+
+
+@pytest.mark.parametrize("where", ["file in the path", "proc"])
+def test_an_output_path_that_cannot_be_written_is_one_line(assets, tmp_path, where):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "out" if where == "file in the path" else "/proc/edgec-bundle"
+    result = invoke("convert", assets / "model.pt2", "--precision", "fp32", "--out", out)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "--out" in lines[0] and "Traceback" not in result.output, result.output
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_folders_left_by_a_killed_convert_are_swept_by_the_next(assets, tmp_path):
+    dead = _dead_pid()
+    stale = tmp_path / f".bundle.staging-{dead}-0123abcd"
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"half")
+    replaced = tmp_path / f".bundle.old-{dead}-4567cdef"  # killed between moving the old one aside and the rename
+    replaced.mkdir()
+    (replaced / "manifest.json").write_text("{}")
+    mine = tmp_path / f".bundle.staging-{__import__('os').getpid()}-89abcdef"  # a live run's: left alone
+    mine.mkdir()
+    result = invoke("convert", assets / "model.pt2", "--precision", "fp32", "--out", tmp_path / "bundle", "--force")
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and not replaced.exists() and mine.exists()
+    assert (tmp_path / "bundle" / "manifest.json").read_text() != "{}"  # restored, then replaced by --force
+
+
+def test_a_killed_run_s_replaced_bundle_is_restored_not_lost(tmp_path):
+    from edgec.sdk.bundle.writer import sweep_stale
+
+    dead = _dead_pid()
+    (tmp_path / f".bundle.old-{dead}-4567cdef").mkdir()
+    (tmp_path / f".bundle.old-{dead}-4567cdef" / "manifest.json").write_text('{"v": 1}')
+    (tmp_path / f".bundle.staging-{dead}-0123abcd").mkdir()
+    assert [p.name for p in sweep_stale(tmp_path / "bundle")] == [f".bundle.staging-{dead}-0123abcd"]
+    assert (tmp_path / "bundle" / "manifest.json").read_text() == '{"v": 1}'
+
+
+def test_verify_passes_a_good_bundle_and_says_it_is_unsigned(bundles, tmp_path):
+    import shutil
+
+    good = bundles("onnx", "fp32").bundle
+    result = invoke("verify", good)
+    assert result.exit_code == 0, result.output
+    assert "✓ manifest" in result.output and "✓ files" in result.output and "✓ model" in result.output
+    assert "- signature: not signed" in result.output
+    tampered = tmp_path / "tampered"
+    shutil.copytree(good, tampered)
+    model = tampered / "model.onnx"
+    model.write_bytes(model.read_bytes()[:-4] + b"edgc")
+    result = invoke("verify", tampered)
+    assert result.exit_code == 1 and "✗ files" in result.output and "sha256" in result.output
+    assert "✓ model" not in result.output and "✗ model" not in result.output  # not loaded: its hash failed

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import socket
+import sys
+import threading
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 
 from edgec.runtime.config import ServeConfig
 from edgec.runtime.server import Server
 from edgec.errors import ValidationError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from abuse import npz_bomb  # noqa: E402  (benchmarks/abuse.py)
 
 
 @pytest.fixture
@@ -91,3 +99,69 @@ def test_past_max_connections_requests_get_503_and_the_rest_serve(strict):
 def test_bad_http_limits_are_refused_with_the_key(table):
     with pytest.raises(ValidationError, match=next(iter(table))):
         ServeConfig.from_dict({"http": table})
+
+
+def _rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_an_npz_bomb_is_refused_from_its_headers_and_the_server_stays_responsive(strict):
+    body = npz_bomb(2**30, level=1)  # ~4.7 MB that inflates to 1 GiB
+    assert len(body) < 16 * 2**20
+    peak, done = [_rss_mb()], threading.Event()
+    before = peak[0]
+
+    def watch():
+        while not done.is_set():
+            peak.append(_rss_mb())
+            time.sleep(0.005)
+
+    health = []
+
+    def poll():
+        while not done.is_set():
+            with urllib.request.urlopen(strict.url + "/health", timeout=10) as resp:
+                health.append(resp.status)
+
+    threads = [threading.Thread(target=watch), threading.Thread(target=poll)]
+    for t in threads:
+        t.start()
+    try:
+        req = urllib.request.Request(strict.url + "/v1/models/digits/predict", data=body, method="POST",
+                                     headers={"Content-Type": "application/x-npz"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=30)
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert refused.value.code == 400 and b"once decompressed" in refused.value.read()
+    assert max(peak) - before < 100  # never inflated: the body and its copies only
+    assert health and set(health) == {200}  # the loop kept answering while the body was handled
+
+
+def test_request_bodies_held_at_once_are_bounded(fixture_bundle):
+    config = ServeConfig.from_dict({"port": 0, "models": [{"name": "digits", "path": str(fixture_bundle("onnx", "fp32"))}],
+                                    "http": {"max_pending_mb": 1, "body_timeout_s": 2}})
+    server = Server(config).start()
+    partial = []
+    try:
+        head = (b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+                b"Content-Length: 900000\r\n\r\n")
+        for _ in range(2):  # two bodies of 0.9 MB, each sent up to 600 kB and then stalled
+            sock = socket.create_connection(server.address)
+            sock.sendall(head + bytes(600_000))
+            partial.append(sock)
+        refused, _ = _read_until_closed(partial[1])  # answered at once, closed when its body ends or stalls
+        assert refused.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in refused.lower()
+        stalled, took = _read_until_closed(partial[0])  # the first, when its body stalls past body_timeout_s
+        assert stalled.startswith(b"HTTP/1.1 408 ") and took < 4
+        with urllib.request.urlopen(server.url + "/health", timeout=10) as resp:
+            assert resp.status == 200  # requests without bodies are still served
+    finally:
+        for sock in partial:
+            sock.close()
+        server.stop()

@@ -30,6 +30,10 @@ def call(url, method="GET", body=None, ctype="application/json", headers=None):
         return err.code, err.headers, err.read()
 
 
+TOKEN = "test-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
 @pytest.fixture
 def served(fixture_bundle, tmp_path):
     onnx_dir, tflite_dir = fixture_bundle("onnx", "fp32"), fixture_bundle("tflite", "int8")
@@ -38,7 +42,7 @@ def served(fixture_bundle, tmp_path):
     model_file = tampered / "model.onnx"
     model_file.write_bytes(model_file.read_bytes()[:-10] + b"0123456789")
     config = ServeConfig.from_dict({
-        "port": 0, "budget_mb": 256, "max_request_mb": 1,
+        "port": 0, "budget_mb": 256, "max_request_mb": 1, "admin_token": TOKEN,
         "batcher": {"max_batch_size": 16, "max_queue_delay_ms": 5, "max_queue": 256},
         "models": [{"name": "digits", "path": str(onnx_dir), "pinned": True},
                    {"name": "digits-int8", "path": str(tflite_dir)},
@@ -94,19 +98,89 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, digi
     assert call(url, "POST", {"inputs": digits_test.x[:1].tolist()})[0] == 200
 
 
+def test_edge_cases_get_a_4xx_or_valid_json_never_a_500(served):
+    url = served.url + "/v1/models/{}/predict"
+    deep = b'{"inputs": ' + b"[" * 3000 + b"]" * 3000 + b"}"
+    status, _, raw = call(url.format("digits"), "POST", deep)
+    assert status == 400 and "not JSON" in json.loads(raw)["error"]
+    status, _, raw = call(url.format("digits"), "POST", {"inputs": np.zeros((1, 1, 8, 8)).tolist()},
+                          headers={"X-Deadline-Ms": "nan"})
+    assert status == 400 and "X-Deadline-Ms" in json.loads(raw)["error"]
+    empty = io.BytesIO()
+    np.save(empty, np.zeros((0, 1, 8, 8), np.float32))
+    for name in ("digits", "digits-int8"):
+        status, _, raw = call(url.format(name), "POST", empty.getvalue(), "application/x-npy")
+        assert status == 400 and "0 samples" in json.loads(raw)["error"]
+    # Non-finite outputs: null in JSON (strict parsers refuse a bare NaN), on both protocols.
+    status, _, raw = call(url.format("digits"), "POST", {"inputs": np.full((1, 1, 8, 8), 1e38).tolist()})
+    assert status == 200 and json.loads(raw, parse_constant=_refuse)["outputs"]["output"][0][0] is None
+    oip = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [1e38] * 64}]}
+    status, _, raw = call(served.url + "/v2/models/digits/infer", "POST", oip)
+    assert status == 200 and json.loads(raw, parse_constant=_refuse)["outputs"][0]["data"][0] is None
+
+
+def _refuse(constant):
+    raise AssertionError(f"bare {constant} in JSON")
+
+
 def test_reload_to_a_broken_bundle_keeps_the_old_version(served, tmp_path, fixture_bundle, digits_test):
     before = {m["name"]: m for m in json.loads(call(served.url + "/v1/models")[2])["models"]}["digits"]["version"]
     broken = tmp_path / "half"
     broken.mkdir()
     (broken / "manifest.json").write_text("{not json")
-    status, _, raw = call(served.url + "/v1/models/digits/reload", "POST", {"path": str(broken)})
+    status, _, raw = call(served.url + "/v1/models/digits/reload", "POST", {"path": str(broken)}, headers=ADMIN)
     assert status == 409 and "manifest" in json.loads(raw)["error"]
     after = {m["name"]: m for m in json.loads(call(served.url + "/v1/models")[2])["models"]}["digits"]["version"]
     assert after == before
     assert call(served.url + "/v1/models/digits/predict", "POST", {"inputs": digits_test.x[:1].tolist()})[0] == 200
     # A good reload swaps it in.
-    status, _, raw = call(served.url + "/v1/models/digits/reload", "POST", {"path": str(fixture_bundle("onnx", "int8"))})
+    status, _, raw = call(served.url + "/v1/models/digits/reload", "POST", {"path": str(fixture_bundle("onnx", "int8"))},
+                          headers=ADMIN)
     assert status == 200 and json.loads(raw)["reloaded"]["precision"] == "int8"
+
+
+def test_reload_needs_the_admin_token_and_a_configured_folder(served, tmp_path, fixture_bundle):
+    url = served.url + "/v1/models/digits/reload"
+    good = {"path": str(fixture_bundle("onnx", "int8"))}
+    status, headers, raw = call(url, "POST", good)
+    assert status == 401 and "Bearer" in headers["WWW-Authenticate"] and "admin_token" in json.loads(raw)["error"]
+    assert call(url, "POST", good, headers={"Authorization": "Bearer wrong-token-0123456789"})[0] == 401
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    shutil.copytree(fixture_bundle("onnx", "int8"), outside)
+    try:
+        status, _, raw = call(url, "POST", {"path": str(outside)}, headers=ADMIN)
+        assert status == 403 and "model_roots" in json.loads(raw)["error"]
+    finally:
+        shutil.rmtree(outside)
+    (tmp_path / "afile").write_text("x")
+    for body, message in [({"path": str(tmp_path / "missing")}, "does not exist"),
+                          ({"path": str(tmp_path / "afile")}, "is a file: give the bundle's folder"),
+                          ({"path": 5}, "string"), ([1, 2], "JSON object")]:
+        status, _, raw = call(url, "POST", body, headers=ADMIN)
+        assert status == 400 and message in json.loads(raw)["error"], raw
+    # Only configured names: a reload cannot publish a new model under a name of its choosing.
+    status, _, raw = call(served.url + "/v1/models/newname/reload", "POST", good, headers=ADMIN)
+    assert status == 404
+    assert "newname" not in {m["name"] for m in json.loads(call(served.url + "/v1/models")[2])["models"]}
+
+
+def test_admin_routes_are_off_without_a_token(fixture_bundle):
+    config = ServeConfig.from_dict({"port": 0, "models": [{"name": "digits", "path": str(fixture_bundle("onnx", "fp32"))}]})
+    server = Server(config).start()
+    try:
+        status, _, raw = call(server.url + "/v1/models/digits/reload", "POST", {}, headers=ADMIN)
+        assert status == 403 and "admin_token" in json.loads(raw)["error"]
+    finally:
+        server.stop()
+
+
+def test_a_crashing_bundle_on_reload_is_refused_and_the_server_keeps_serving(served, crashing_bundle, digits_test):
+    status, _, raw = call(served.url + "/v1/models/digits-int8/reload", "POST", {"path": str(crashing_bundle)},
+                          headers=ADMIN)
+    assert status == 409 and "crashed" in json.loads(raw)["error"], raw
+    assert call(served.url + "/health")[0] == 200
+    for name in ("digits", "digits-int8"):
+        assert call(f"{served.url}/v1/models/{name}/predict", "POST", {"inputs": digits_test.x[:2].tolist()})[0] == 200
 
 
 def test_concurrent_clients_are_batched_and_all_answered(served, fixture_bundle, digits_test):

@@ -1,0 +1,58 @@
+"""Check a bundle on the board before trusting it: its manifest, its files, its model, its signature.
+
+``edgec verify BUNDLE`` prints these checks. The sha256 sums prove the files are the ones
+the manifest lists; only a signature proves who wrote the manifest. An unsigned bundle
+says so rather than passing silently.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EdgecError
+from .manifest import read_manifest, verify_files
+from .probe import probe
+
+
+@dataclass(frozen=True)
+class Check:
+    """One thing checked: ``ok`` is True (passed), False (failed) or None (not checked, and why)."""
+
+    what: str
+    ok: bool | None
+    detail: str
+
+
+def verify_bundle(bundle: str | Path, *, run: bool = True) -> list[Check]:
+    """The checks of ``bundle``, in order; a failed one stops those that depend on it.
+
+    Args:
+        bundle: The bundle folder.
+        run: Also load the model and run it once on zeros (in a child process).
+    """
+    bundle = Path(bundle)
+    checks: list[Check] = []
+    try:
+        manifest = read_manifest(bundle)
+    except EdgecError as exc:
+        return [Check("manifest", False, str(exc))]
+    checks.append(Check("manifest", True, f"{manifest.format} {manifest.precision}, "
+                                          f"{len(manifest.inputs)} input(s), {len(manifest.outputs)} output(s)"))
+    try:
+        verify_files(bundle, manifest)
+    except EdgecError as exc:
+        return [*checks, Check("files", False, str(exc))]
+    checks.append(Check("files", True, f"{len(manifest.files)} file(s) match their sha256 in the manifest"))
+    if run:
+        started = time.perf_counter()
+        try:
+            probe(bundle)
+            checks.append(Check("model", True, f"loads and runs in a test process "
+                                               f"({time.perf_counter() - started:.2f} s)"))
+        except EdgecError as exc:
+            checks.append(Check("model", False, str(exc)))
+    checks.append(Check("signature", None, "not signed: the sha256 sums show the files match the manifest, not who "
+                                           "wrote the manifest"))
+    return checks
