@@ -35,8 +35,12 @@ _lock = threading.Lock()
 _ids = itertools.count(1)
 
 
-def probe(bundle: str | Path, *, threads: int | None = None, lean: bool = False, timeout_s: float = TIMEOUT_S) -> None:
-    """Load ``bundle`` and run it once on zeros in a child process.
+def probe(bundle: str | Path, *, threads: int | None = None, lean: bool = False,
+          timeout_s: float = TIMEOUT_S) -> str | None:
+    """Load ``bundle`` and run it once on zeros, and on its golden samples, in a child process.
+
+    Returns:
+        What the golden parity check found (None for a bundle without golden samples).
 
     Raises:
         BundleError: The child crashed, hung past ``timeout_s``, or refused the bundle; the
@@ -46,7 +50,7 @@ def probe(bundle: str | Path, *, threads: int | None = None, lean: bool = False,
     request = {"id": next(_ids), "bundle": str(bundle), "threads": threads, "lean": lean, "timeout": timeout_s}
     result = _ask_helper(request) if hasattr(os, "fork") else _run_alone(request)
     if result.get("ok"):
-        return
+        return result.get("parity")
     if result.get("signal"):
         raise BundleError(f"loading {bundle.name} crashed its backend ({result['signal']}) in a test process: the "
                           "model file is damaged or unsupported")
@@ -124,16 +128,19 @@ def _signal_name(number: int) -> str:
 
 
 def _load_and_run(bundle: str, threads: int | None, lean: bool) -> dict[str, Any]:
-    """(in the probe's child) Load the bundle and run it once on zeros."""
+    """(in the probe's child) Load the bundle, run it once on zeros, and on its golden samples."""
     from .model import load
+    from .parity import require_parity
 
     try:
-        load(bundle, threads=threads, lean=lean).warm_up()
+        model = load(bundle, threads=threads, lean=lean)
+        model.warm_up()
+        parity = require_parity(model)
     except EdgecError as exc:
         return {"ok": False, "error": str(exc)}
     except Exception as exc:  # an error type of the backend's own: the bundle is refused with it
         return {"ok": False, "error": f"{Path(bundle).name}: {type(exc).__name__}: {first_line(exc)}"}
-    return {"ok": True}
+    return {"ok": True, "parity": parity.describe() if parity is not None else None}
 
 
 def _fork_one(request: dict[str, Any]) -> dict[str, Any]:

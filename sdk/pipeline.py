@@ -13,6 +13,7 @@ The one data path (see ``docs/architecture.md``), one named stage each:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from ..devices import DeviceProfile
 from ..errors import CalibrationError, VerificationError
 from ..runtime.manifest import MANIFEST_NAME, Manifest, sha256_file
 from ..runtime.model import load
+from ..runtime.parity import GOLDEN_NAME, golden_inputs, write_golden
 from ..runtime.system import rss_bytes
 from .bundle.writer import publish, staging, versions
 from .load.data import Split, example_inputs, split_samples
@@ -160,7 +162,7 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
                 reference_accuracy=ref_acc, checks=verified.checks,
                 budget=budget.describe() if budget else "sanity floors for an explicit precision",
                 search=choice.search, measured=measured, timings=timings, versions=versions())
-            manifest = write_bundle(stage, target, choice, verified, measured, report, next(data.holdout.samples()))
+            manifest = write_bundle(stage, target, choice, verified, measured, report, data.holdout)
         bundle = publish(stage, target.out, force=cfg.force)
     return ConvertResult(bundle=bundle, manifest=manifest, report=report, warnings=data.warnings)
 
@@ -274,8 +276,10 @@ def measure(target: Target, source: Source, data: Split, verified: Verified, fp3
 
 
 def write_bundle(stage: Path, target: Target, choice: Choice, verified: Verified, measured: Measurements,
-                 report: dict[str, Any], one: dict[str, np.ndarray]) -> Manifest:
-    """Write ``report.json``, ``report.md`` and the manifest into ``stage``, then load it as a board would."""
+                 report: dict[str, Any], holdout: Any) -> Manifest:
+    """Write ``report.json``, ``report.md`` and the manifest into ``stage``, load it as a board would, and
+    store the golden samples (held-out inputs and this runtime's answers) that boards check theirs against."""
+    one = next(holdout.samples())
     (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (stage / "report.md").write_text(to_markdown(report), encoding="utf-8")
     manifest = Manifest(
@@ -287,7 +291,13 @@ def write_bundle(stage: Path, target: Target, choice: Choice, verified: Verified
                  "latency_host_p50_ms": measured.final.p50_ms},
     )
     manifest.write(stage)
-    load(stage).predict(one)  # the runtime's own path: hashes, manifest, backend
+    model = load(stage)  # the runtime's own path: hashes, manifest, backend
+    model.predict(one)
+    golden = golden_inputs(holdout.samples())  # what boards check their own answers against
+    write_golden(stage, golden, model.predict(golden), [s.name for s in manifest.inputs],
+                 [s.name for s in manifest.outputs])
+    manifest = dataclasses.replace(manifest, files={**manifest.files, GOLDEN_NAME: sha256_file(stage / GOLDEN_NAME)})
+    manifest.write(stage)
     return manifest
 
 

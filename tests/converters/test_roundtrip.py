@@ -10,6 +10,7 @@ import pytest
 import edgec
 import edgec.devices
 from edgec.runtime.manifest import read_manifest, sha256_file
+from edgec.runtime.probe import probe
 
 CASES = [(f, p) for f in ("onnx", "tflite") for p in ("fp32", "fp16", "int8")]
 
@@ -33,12 +34,16 @@ def test_manifest_describes_the_artifact(bundles, fmt, precision):
     assert (manifest.format, manifest.precision) == (fmt, precision)
     assert [t.name for t in manifest.inputs] == ["input"] and [t.name for t in manifest.outputs] == ["output"]
     assert manifest.inputs[0].shape[1:] == (1, 8, 8)
-    assert set(manifest.files) == {f"model.{fmt}", "report.json", "report.md"}
+    assert set(manifest.files) == {f"model.{fmt}", "golden.npz", "report.json", "report.md"}
     for name, digest in manifest.files.items():
         assert sha256_file(bundle / name) == digest
     assert manifest.versions["edgec"] == edgec.__version__
     assert ("onnxruntime" if fmt == "onnx" else "litert-torch") in manifest.versions
     assert sorted(p.name for p in bundle.iterdir()) == sorted([*manifest.files, "manifest.json"])
+    # The golden samples: held-out inputs and this runtime's answers, which a board must reproduce.
+    with np.load(bundle / "golden.npz") as golden:
+        assert golden["input_0"].shape == (8, 1, 8, 8) and golden["output_0"].shape == (8, 10)
+    assert "golden sample(s) give the host's answers" in probe(bundle)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
