@@ -32,7 +32,12 @@ devices_app = typer.Typer(help="List device profiles, or show one with `edgec de
                           invoke_without_command=True)
 telemetry_app = typer.Typer(help="Watch the telemetry edgec devices publish over MQTT.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
+keys_app = typer.Typer(help="Make the ed25519 key pair that signs bundles for a fleet.", no_args_is_help=True)
 app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(keys_app, name="keys")
+fleet_app = typer.Typer(help="Roll bundles out to boards over MQTT: push (with canaries), status, rollback.",
+                        no_args_is_help=True)
+app.add_typer(fleet_app, name="fleet")
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Piped output is read by people too: do not squeeze tables into 80 columns there.

@@ -78,6 +78,8 @@ def serve(
 def verify(
     bundle: Path = typer.Argument(..., help="Bundle folder written by `edgec convert`."),
     no_run: bool = typer.Option(False, "--no-run", help="Check the manifest and files only; do not load the model."),
+    key: Optional[list[Path]] = typer.Option(None, "--key", "-k", help="Trusted public key (repeatable): the bundle "
+                                                                       "must be signed by one of them."),
 ) -> None:
     """Check a bundle before serving it: manifest, file hashes, a test run, signature.
 
@@ -87,10 +89,12 @@ def verify(
     \b
     Example:
       edgec verify build/rpi4
+      edgec verify build/rpi4 --key fleet-key.pub
     """
+    from ..runtime.signing import TrustedKeys
     from ..runtime.verify import verify_bundle
 
-    checks = verify_bundle(bundle, run=not no_run)
+    checks = verify_bundle(bundle, run=not no_run, trusted=TrustedKeys.from_files(key) if key else None)
     marks = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]-[/]"}
     for check in checks:
         out.print(f"{marks[check.ok]} {check.what}: {escape(check.detail)}")

@@ -97,7 +97,15 @@ class Telemetry:
     def event(self, kind: str, message: str, **extra: Any) -> int:
         """Publish one alert on ``events``."""
         return self.publisher.publish(self.config.topic("events"), {
-            "schema": SCHEMA, "time": time.time(), "kind": kind, "message": message, **extra})
+            "schema": SCHEMA, "time": time.time(), "kind": kind, "message": message, "versions": self.versions(),
+            **extra})
+
+    def versions(self) -> dict[str, str | None]:
+        """The version each model runs now, carried by every message so dashboards can split by it."""
+        if self.runtime is None:
+            return {}
+        loaded = {name: self.runtime.cache.peek(name) for name in self.runtime.batchers}
+        return {name: model.version if model is not None else None for name, model in loaded.items()}
 
     def snapshot(self) -> dict[str, Any]:
         """The telemetry message: process, spool, cache and per-model metrics."""
@@ -107,7 +115,7 @@ class Telemetry:
             "uptime_s": round(now - self.started, 3), "interval_s": self.interval_s,
             "process": {"rss_bytes": rss_bytes(), "cpu_percent": self._cpu.read(), "cpu_temp_c": cpu_temperature_c()},
             "spool": self.publisher.spool.describe(),
-            "models": {},
+            "models": {}, "versions": self.versions(),
         }
         if self.runtime is None:
             return out
@@ -222,7 +230,8 @@ class Telemetry:
         raise ValidationError(f"unknown command {verb!r}: use one of {', '.join(VERBS)}")
 
     def _result(self, verb: str, request_id: Any, *, result: Any = None, error: str | None = None) -> None:
-        message = {"schema": SCHEMA, "time": time.time(), "verb": verb, "id": request_id, "ok": error is None}
+        message = {"schema": SCHEMA, "time": time.time(), "verb": verb, "id": request_id, "ok": error is None,
+                   "versions": self.versions()}
         if error is None:
             message["result"] = result
         else:

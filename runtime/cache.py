@@ -23,7 +23,9 @@ from typing import Any
 from ..errors import BundleError, EdgecError, ValidationError, first_line
 from .manifest import read_manifest
 from .model import LoadedModel, load
+from .parity import require_parity
 from .probe import probe
+from .signing import TrustedKeys, verify_signature
 from .system import available_bytes, release_freed_memory, rss_bytes
 
 log = logging.getLogger("edgec.runtime")
@@ -85,11 +87,13 @@ class ModelCache:
         memory: How to read this process's memory (default: :func:`rss_bytes`).
         isolate: Load and run each bundle in a child process first (:mod:`edgec.runtime.probe`):
             one that crashes or hangs its backend is refused without taking this process down.
+        trusted: Serve only bundles signed by one of these keys (checked before anything else).
     """
 
     def __init__(self, budget_bytes: int, *, threads: int | None = None, min_available_bytes: int | None = None,
                  loader: Callable[[Path], LoadedModel] | None = None,
-                 memory: Callable[[], int | None] = rss_bytes, isolate: bool = False) -> None:
+                 memory: Callable[[], int | None] = rss_bytes, isolate: bool = False,
+                 trusted: TrustedKeys | None = None) -> None:
         if budget_bytes <= 0:
             raise ValidationError(f"the model cache budget must be positive, got {budget_bytes} bytes")
         self.budget_bytes = budget_bytes
@@ -97,6 +101,7 @@ class ModelCache:
         self._loader = loader or (lambda p: load(p, threads=threads, lean=True))
         self._threads = threads
         self.isolate = isolate
+        self.trusted = trusted
         self._probed: set[tuple[str, str]] = set()  # (bundle, model sha256) that loaded in a child
         self._memory = memory
         self._paths: dict[str, Path] = {}
@@ -268,10 +273,14 @@ class ModelCache:
             before = self._memory() or 0
             started = time.perf_counter()
             try:
+                if self.trusted is not None:  # before anything reads the model: who wrote it?
+                    verify_signature(path, self.trusted)
                 self._probe(path)
                 model = self._loader(path)
                 loaded = time.perf_counter()
                 model.warm_up()
+                if not self.isolate:  # (the child process checked it otherwise)
+                    require_parity(model)
             except EdgecError:
                 self.stats.load_failures += 1
                 raise

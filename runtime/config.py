@@ -144,6 +144,54 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """Model updates from the fleet (the ``[fleet]`` table; needs ``[telemetry]`` for the broker).
+
+    Example::
+
+        [fleet]
+        groups = ["pi-lab"]                  # desired versions for these groups apply to this board
+        store = "/var/lib/edgec/bundles"     # downloaded versions, side by side (kept: current + previous)
+        watch_requests = 50                  # after a switch, watch this many requests ...
+        watch_s = 30                         # ... or this long, whichever comes first,
+        max_failure_rate = 0.05              # and roll back when more of them fail than this
+    """
+
+    groups: tuple[str, ...] = ()
+    store: Path = Path("/var/lib/edgec/bundles")
+    watch_requests: int = 50
+    watch_s: float = 30.0
+    max_failure_rate: float = 0.05
+    window: int = 8  # chunks asked for at once while downloading
+
+    def __post_init__(self) -> None:
+        for group in self.groups:
+            if not isinstance(group, str) or not _NAME.match(group):
+                raise ValidationError(f"[fleet] group {group!r} must be letters, digits, '.', '_' or '-'")
+        if self.watch_requests < 0 or self.watch_s < 0 or not 0 <= self.max_failure_rate <= 1 or self.window < 1:
+            raise ValidationError("[fleet] watch_requests and watch_s must be >= 0, max_failure_rate within 0..1, "
+                                  "window >= 1")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> FleetConfig:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValidationError(f"unknown [fleet] key(s): {', '.join(unknown)}")
+        data = dict(data)
+        if "groups" in data:
+            if not isinstance(data["groups"], list):
+                raise ValidationError('[fleet] groups must be a list, e.g. groups = ["pi-lab"]')
+            data["groups"] = tuple(data["groups"])
+        if "store" in data:
+            store = Path(str(data["store"]))
+            data["store"] = store if store.is_absolute() else base / store
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValidationError(f"bad [fleet] table: {exc}") from None
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """One bundle to serve."""
 
@@ -205,6 +253,7 @@ class ServeConfig:
         isolate = true             # load each bundle in a child process first (crashes stay there)
         admin_token = "..."        # enables POST /v1/models/NAME/reload (Authorization: Bearer ...)
         model_roots = ["build"]    # where reloads may load bundles from (default: the models' parents)
+        trusted_keys = ["fleet-key.pub"]  # serve only bundles signed by one of these (edgec sign)
         [http]                     # connection limits (see HttpConfig)
         max_connections = 128
         [batcher]
@@ -220,6 +269,8 @@ class ServeConfig:
         broker = "localhost"
         fleet = "shop"
         interval_s = 10
+        [fleet]                    # optional: model updates over MQTT (see FleetConfig)
+        groups = ["pi-lab"]
     """
 
     models: tuple[ModelConfig, ...] = ()
@@ -233,11 +284,15 @@ class ServeConfig:
     isolate: bool = True
     admin_token: str | None = None
     model_roots: tuple[Path, ...] = ()
+    trusted_keys: tuple[Path, ...] = ()
     http: HttpConfig = field(default_factory=HttpConfig)
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     telemetry: TelemetryConfig | None = None
+    fleet: FleetConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.fleet is not None and (self.telemetry is None or not self.telemetry.broker):
+            raise ValidationError("[fleet] needs [telemetry] with a broker: updates arrive over MQTT")
         if not isinstance(self.isolate, bool):
             raise ValidationError(f"isolate must be true or false, got {self.isolate!r}")
         token = self.admin_token
@@ -249,6 +304,8 @@ class ServeConfig:
     def roots(self) -> tuple[Path, ...]:
         """The folders reloads may load bundles from (resolved): ``model_roots``, else each model's parent."""
         roots = self.model_roots or tuple(m.path.parent for m in self.models)
+        if self.fleet is not None:
+            roots = (*roots, self.fleet.store)
         return tuple(dict.fromkeys(r.resolve() for r in roots))
 
     @classmethod
@@ -289,6 +346,11 @@ class ServeConfig:
             if not isinstance(telemetry, dict):
                 raise ValidationError("[telemetry] must be a table")
             data["telemetry"] = TelemetryConfig.from_dict(telemetry, base)
+        fleet = data.pop("fleet", None)
+        if fleet is not None:
+            if not isinstance(fleet, dict):
+                raise ValidationError("[fleet] must be a table")
+            data["fleet"] = FleetConfig.from_dict(fleet, base)
         models = []
         for i, m in enumerate(data.pop("models", [])):
             extra = sorted(set(m) - {"name", "path", "pinned", "preload"})
@@ -300,10 +362,11 @@ class ServeConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValidationError(f"unknown config key(s): {', '.join(unknown)}")
-        roots = data.pop("model_roots", [])
-        if not isinstance(roots, list) or not all(isinstance(r, str) and r for r in roots):
-            raise ValidationError('model_roots must be a list of folders, e.g. model_roots = ["/opt/models"]')
-        data["model_roots"] = tuple(Path(r) if Path(r).is_absolute() else base / r for r in roots)
+        for key, example in (("model_roots", '["/opt/models"]'), ("trusted_keys", '["/etc/edgec/fleet-key.pub"]')):
+            paths = data.pop(key, [])
+            if not isinstance(paths, list) or not all(isinstance(r, str) and r for r in paths):
+                raise ValidationError(f"{key} must be a list of paths, e.g. {key} = {example}")
+            data[key] = tuple(Path(r) if Path(r).is_absolute() else base / r for r in paths)
         try:
             return cls(models=tuple(models), batcher=BatcherConfig(**batcher), **data)
         except (TypeError, EdgecError) as exc:

@@ -15,6 +15,7 @@ class LatencyWindow:
         self.values: deque[float] = deque(maxlen=size)
         self.count = 0
         self.errors = 0
+        self.failures = 0  # errors of the model or the server, not the client's (bad input, busy)
 
     def add(self, seconds: float) -> None:
         self.values.append(seconds)

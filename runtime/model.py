@@ -99,6 +99,11 @@ class LoadedModel:
             return dict(zip(self._plain_outputs, raw))
         return {spec.name: self._finish(value, spec) for spec, value in zip(self.outputs, raw)}
 
+    @property
+    def version(self) -> str:
+        """The bundle's version: the first 12 hex digits of its model file's sha256."""
+        return self.manifest.files.get(self.manifest.model_file, "unknown")[:12]
+
     def warm_up(self) -> None:
         """One prediction on zeros (batch 1), so the first real request does not pay for it.
 

@@ -33,6 +33,19 @@ def paho_client() -> Any:
     return need("paho.mqtt.client", extra="runtime", purpose="to talk MQTT")
 
 
+def connect_settings(client: Any, cfg: TelemetryConfig) -> None:
+    """Credentials, TLS and reconnect backoff from ``cfg`` on a paho client (every edgec connection)."""
+    client.reconnect_delay_set(1, max(1, int(cfg.reconnect_max_s)))
+    if cfg.username is not None:
+        client.username_pw_set(cfg.username, cfg.password)
+    if cfg.tls or cfg.ca_file or cfg.cert_file:
+        try:
+            client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValidationError(f"telemetry TLS files cannot be used: {exc}") from None
+
+
 def _wire(message: Spooled) -> bytes:
     """The payload as sent: JSON objects get their ``seq`` first."""
     if message.payload[:1] == b"{" and len(message.payload) > 2:
@@ -104,15 +117,7 @@ class Publisher:
             # process was down are waiting in it.
             self._session = {"clean_start": not persistent, "properties": properties}
         client.max_inflight_messages_set(cfg.window)
-        client.reconnect_delay_set(1, max(1, int(cfg.reconnect_max_s)))
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls or cfg.ca_file or cfg.cert_file:
-            try:
-                client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file,
-                               cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ssl.SSLError) as exc:
-                raise ValidationError(f"telemetry TLS files cannot be used: {exc}") from None
+        connect_settings(client, cfg)
         if self._status is not None:
             client.will_set(cfg.topic("status"), json.dumps(self._status[1]), qos=1, retain=True)
         client.on_connect = self._connected_cb

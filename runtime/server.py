@@ -9,6 +9,7 @@ from .api import Api
 from .config import ServeConfig
 from .http import HttpServer
 from .serving import Runtime
+from .updater import Updater
 
 
 class Server:
@@ -34,6 +35,8 @@ class Server:
         self._stopped = False
         # Before binding: a spool that cannot be opened fails here with nothing to undo.
         self.telemetry = Telemetry(config.telemetry, self.runtime) if config.telemetry is not None else None
+        # Model updates from the fleet ([fleet] needs [telemetry]'s broker; checked by the config).
+        self.updater = Updater(self.runtime, config.telemetry, config.fleet) if config.fleet is not None else None
         # Slow work (reloads, cold loads, decoding large bodies) runs here, off the event loop.
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="edgec-http")
         try:
@@ -56,6 +59,8 @@ class Server:
         if self.telemetry is not None:
             self.telemetry.start()
         self.http.start()
+        if self.updater is not None:
+            self.updater.start()
         return self
 
     def serve_forever(self) -> None:
@@ -69,6 +74,8 @@ class Server:
         if self._stopped:
             return
         self._stopped = True
+        if self.updater is not None:
+            self.updater.stop()
         if not drain:
             self.runtime.close(drain=False)  # queued requests fail at once, and their HTTP answers go out
         self.http.stop(timeout_s=self.config.request_timeout_s + 5)

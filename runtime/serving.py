@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AccessError, DeadlineError, EdgecError, InputError
+from ..errors import AccessError, DeadlineError, EdgecError, InputError, QueueFullError
 from ..formats import FORMATS
 from .batcher import Batcher
 from .cache import ModelCache
 from .config import ServeConfig
 from .manifest import Manifest, read_manifest
+from .signing import TrustedKeys
 from .metrics import LatencyWindow, prometheus_text
 from .system import MemoryPressure, available_bytes, rss_bytes
 
@@ -42,7 +43,8 @@ class Runtime:
         self.started = time.time()
         self.cache = ModelCache(int(config.budget_mb * 2**20), threads=config.threads,
                                 min_available_bytes=int(config.min_available_mb * 2**20)
-                                if config.min_available_mb else None, isolate=config.isolate)
+                                if config.min_available_mb else None, isolate=config.isolate,
+                                trusted=TrustedKeys.from_files(config.trusted_keys) if config.trusted_keys else None)
         self.batchers: dict[str, Batcher] = {}
         self.latency: dict[str, LatencyWindow] = {}
         self.failed: dict[str, str] = {}
@@ -117,8 +119,10 @@ class Runtime:
             result = self.batchers[name].run(feeds, deadline_s=deadline_s, timeout_s=timeout + 1.0)
         except TimeoutError:
             raise DeadlineError(f"model {name} did not answer within {timeout:g}s") from None
-        except Exception:
+        except Exception as exc:
             self.latency[name].errors += 1
+            if not isinstance(exc, (InputError, QueueFullError)):
+                self.latency[name].failures += 1
             raise
         self.latency[name].add(time.perf_counter() - started)
         return result
@@ -152,6 +156,8 @@ class Runtime:
         def record(f: Future) -> None:
             if f.cancelled() or f.exception() is not None:
                 latency.errors += 1
+                if f.cancelled() or not isinstance(f.exception(), (InputError, QueueFullError)):
+                    latency.failures += 1
             else:
                 latency.add(time.perf_counter() - started)
 

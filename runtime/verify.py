@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import EdgecError
 from .manifest import read_manifest, verify_files
 from .probe import probe
+from .signing import TrustedKeys, read_signature, verify_signature
 
 
 @dataclass(frozen=True)
@@ -25,15 +26,22 @@ class Check:
     detail: str
 
 
-def verify_bundle(bundle: str | Path, *, run: bool = True) -> list[Check]:
+def verify_bundle(bundle: str | Path, *, run: bool = True, trusted: TrustedKeys | None = None) -> list[Check]:
     """The checks of ``bundle``, in order; a failed one stops those that depend on it.
 
     Args:
         bundle: The bundle folder.
         run: Also load the model and run it once on zeros (in a child process).
+        trusted: Public keys the signature must come from (without them it is reported, not checked).
     """
     bundle = Path(bundle)
     checks: list[Check] = []
+    if trusted is not None:  # first: nothing of an untrusted bundle is read further
+        try:
+            signer = verify_signature(bundle, trusted)
+        except EdgecError as exc:
+            return [Check("signature", False, str(exc))]
+        checks.append(Check("signature", True, f"manifest signed by trusted key {signer}"))
     try:
         manifest = read_manifest(bundle)
     except EdgecError as exc:
@@ -48,11 +56,24 @@ def verify_bundle(bundle: str | Path, *, run: bool = True) -> list[Check]:
     if run:
         started = time.perf_counter()
         try:
-            probe(bundle)
+            parity = probe(bundle)
             checks.append(Check("model", True, f"loads and runs in a test process "
                                                f"({time.perf_counter() - started:.2f} s)"))
+            checks.append(Check("parity", True, parity) if parity else
+                          Check("parity", None, "no golden samples in this bundle (made by an older edgec)"))
         except EdgecError as exc:
             checks.append(Check("model", False, str(exc)))
-    checks.append(Check("signature", None, "not signed: the sha256 sums show the files match the manifest, not who "
-                                           "wrote the manifest"))
+    if trusted is None:
+        checks.append(_unchecked_signature(bundle))
     return checks
+
+
+def _unchecked_signature(bundle: Path) -> Check:
+    try:
+        signature = read_signature(bundle)
+    except EdgecError as exc:
+        return Check("signature", False, str(exc))
+    if signature is None:
+        return Check("signature", None, "not signed: the sha256 sums show the files match the manifest, not who "
+                                        "wrote the manifest (edgec sign BUNDLE --key KEY)")
+    return Check("signature", None, f"signed by key {signature['key_id']}, not checked: pass --key KEY.pub to check it")

@@ -242,6 +242,10 @@ def test_commands_answer_on_cmd_result_and_never_crash(broker, tmp_path, fixture
     model = message["models"]["digits"]
     assert model["requests"] == 20 and model["latency_ms"]["p50"] > 0 and model["latency_ms"]["p99"] >= model["latency_ms"]["p50"]
     assert model["sha256"] and model["version"] == model["sha256"][:12] and model["loaded"]
+    # Every message says which version answered, so dashboards can split by it.
+    assert message["versions"] == {"digits": model["version"]}
+    assert all(r["versions"] == {"digits": model["version"]} for r in dash.on("/cmd-result"))
+    assert all("versions" in e for e in dash.on("/events"))
     assert message["process"]["rss_bytes"] > 0 and message["uptime_s"] > 0
     # One load at start (a miss), then every one of the 20 requests found the model loaded.
     assert message["cache"]["misses"] == 1 and message["cache"]["hits"] >= 20

@@ -1,0 +1,161 @@
+"""Fleet commands: keys and signatures (``edgec keys new``, ``edgec sign``), rollouts (``edgec fleet``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from .app import app, err_console, fleet_app, handles_errors, keys_app, out
+
+
+@keys_app.command("new")
+@handles_errors
+def keys_new(
+    out_path: Path = typer.Option(..., "--out", "-o", help="Private key file; the public key is written beside it as OUT.pub."),
+    force: bool = typer.Option(False, "--force", help="Replace key files that exist."),
+) -> None:
+    """Make an ed25519 key pair for signing bundles.
+
+    \b
+    Keep the private key on the host that builds bundles (it is written mode 0600); copy
+    OUT.pub to the boards and list it in their runtime.toml as trusted_keys = ["..."].
+    \b
+    Example:
+      edgec keys new --out fleet-key
+    """
+    from ..sdk.bundle.sign import new_keys
+
+    private, public, kid = new_keys(out_path, force=force)
+    out.print(f"private key {escape(str(private))} (keep it secret), public key {escape(str(public))} "
+              f"(for the boards), key id {kid}")
+
+
+@app.command()
+@handles_errors
+def sign(
+    bundle: Path = typer.Argument(..., help="Bundle folder written by `edgec convert`."),
+    key: Path = typer.Option(..., "--key", "-k", help="Private key from `edgec keys new`."),
+) -> None:
+    """Sign a bundle's manifest (which lists every file's sha256) with an ed25519 key.
+
+    \b
+    The signature is written as manifest.sig in the bundle. Boards with trusted_keys set
+    serve only bundles signed by one of them; `edgec verify BUNDLE --key KEY.pub` checks one.
+    \b
+    Example:
+      edgec sign build/rpi4 --key fleet-key
+    """
+    from ..sdk.bundle.sign import sign_bundle
+
+    kid = sign_bundle(bundle, key)
+    out.print(f"signed {escape(str(bundle))} with key {kid}")
+
+
+def _link(broker: str, fleet: str, username: Optional[str], password: Optional[str]):
+    from ..sdk.fleet.rollout import FleetLink, parse_broker
+
+    host, port, tls = parse_broker(broker)
+    return FleetLink(host, port, fleet=fleet, tls=tls, username=username, password=password)
+
+
+BROKER = typer.Option(..., "--broker", "-b", help="The fleet's MQTT broker: mqtt://host:1883 or mqtts://host:8883.")
+FLEET = typer.Option("default", "--fleet", help="Fleet name (the boards' [telemetry] fleet).", envvar="EDGEC_FLEET")
+USER = typer.Option(None, "--username", help="Broker user.")
+PASSWORD = typer.Option(None, "--password", help="Broker password (or EDGEC_MQTT_PASSWORD).", envvar="EDGEC_MQTT_PASSWORD")
+
+
+@fleet_app.command("push")
+@handles_errors
+def fleet_push(
+    bundle: Path = typer.Argument(..., help="Bundle folder (signed with `edgec sign` if the boards trust keys)."),
+    model: str = typer.Option(..., "--model", "-m", help="Model name on the boards ([[models]] name)."),
+    to: str = typer.Option(..., "--to", help="group:NAME, device:ID or all."),
+    canary: int = typer.Option(0, "--canary", help="Update this many boards of the group first; go on only if they are live."),
+    broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
+    timeout: float = typer.Option(600, "--timeout", help="Seconds to wait for the boards."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Make BUNDLE the desired version of MODEL for boards, canaries first, and wait for them.
+
+    \b
+    Boards that are offline take it when they come back (the desired state and the bundle's
+    chunks are retained by the broker). A canary that fails (parity check, load, error rate)
+    halts the rollout and is rolled back; exit code 1.
+    \b
+    Example:
+      edgec fleet push build/rpi4 --model digits --to group:pi-lab --canary 2 --broker mqtt://host:1883
+    """
+    from ..sdk.fleet.rollout import parse_target, push
+
+    target = parse_target(to)
+    with _link(broker, fleet, username, password) as link:
+        result = push(link, bundle, model, target, canary=canary, timeout_s=timeout,
+                      progress=lambda message: err_console.print(escape(message)))
+    if as_json:
+        out.print_json(data=dataclasses.asdict(result))
+    else:
+        for device, state in sorted(result.states.items()):
+            colour = "green" if state == "live" else "yellow" if state == "pending" else "red"
+            reason = f": {escape(result.errors[device])}" if result.errors.get(device) else ""
+            out.print(f"{device}: [{colour}]{state}[/]{reason}")
+        verdict = "halted after the canaries" if result.halted else "done"
+        out.print(f"{model} {result.version} to {to}: {verdict} in {result.seconds:.1f} s "
+                  f"({result.blob_bytes} bytes per board)")
+    if result.halted or any(state != "live" for state in result.states.values()):
+        raise typer.Exit(1)
+
+
+@fleet_app.command("status")
+@handles_errors
+def fleet_status(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Only this model."),
+    broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+) -> None:
+    """Per board: desired and running version, update state, progress, last error.
+
+    \b
+    Example:
+      edgec fleet status --model digits --broker mqtt://host:1883
+    """
+    from rich.table import Table
+
+    from ..sdk.fleet.rollout import status
+
+    with _link(broker, fleet, username, password) as link:
+        rows = status(link, model)
+    if as_json:
+        out.print_json(data=rows)
+        return
+    table = Table(title=f"fleet {fleet}")
+    for col in ("device", "groups", "model", "desired", "running", "state", "progress", "error", "age"):
+        table.add_column(col)
+    for r in rows:
+        progress = f"{100 * r['progress']:.0f}%" if r["progress"] is not None else "-"
+        table.add_row(r["device"], ",".join(r["groups"]), r["model"], r["desired"] or "-", r["running"] or "-",
+                      r["state"] or "-", progress, escape((r["error"] or "")[:60]), f"{r['age_s']:.0f}s")
+    out.print(table)
+
+
+@fleet_app.command("rollback")
+@handles_errors
+def fleet_rollback(
+    model: str = typer.Option(..., "--model", "-m", help="Model name on the boards."),
+    to: str = typer.Option(..., "--to", help="group:NAME, device:ID or all (as pushed)."),
+    broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
+) -> None:
+    """Make the version pushed before the current one desired again.
+
+    \b
+    Example:
+      edgec fleet rollback --model digits --to group:pi-lab --broker mqtt://host:1883
+    """
+    from ..sdk.fleet.rollout import parse_target, rollback
+
+    with _link(broker, fleet, username, password) as link:
+        back = rollback(link, model, parse_target(to))
+    out.print(f"{model} on {to}: desired version is {back['version']} again; boards switch back as they see it")

@@ -1,0 +1,329 @@
+"""The board's update agent: desired model versions from the fleet, downloaded, checked, switched, watched.
+
+Topics, under ``edgec/<fleet>/`` (only standard MQTT features: retained messages, QoS 1):
+
+- ``desired/<model>/device/<id>``, ``desired/<model>/group/<g>``, ``desired/<model>/all``
+  (retained, from ``edgec fleet push``): the version a board should run, and the blob that
+  carries it. The most specific one that names this board wins.
+- ``blobs/<sha256>/<index>`` (retained): the blob's chunks (:mod:`edgec.runtime.delivery`).
+- ``<device>/update/<model>`` (retained, from the board): desired, running, state
+  (``downloading``, ``verifying``, ``checking``, ``watching``, ``live``, ``rolled_back``,
+  ``refused``, ``failed``), progress, and the reason of a failure.
+- ``<device>/fleet`` (retained, from the board): its groups and running versions, so the
+  host knows who is in a group.
+
+An update is switched in through the runtime's reload (signature, sha256, a child-process
+load and the golden parity check first; in-flight requests are answered by the old version),
+then watched for ``watch_requests`` requests or ``watch_s`` seconds: more failures than
+``max_failure_rate`` put the previous version back. A version that failed is not retried
+until another bundle is desired. Versions live side by side under ``store/<model>/<version>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgecError, IntegrityError
+from .config import FleetConfig, TelemetryConfig
+from .delivery import Blob, Download
+from .mqtt import connect_settings, paho_client
+from .serving import Runtime
+
+log = logging.getLogger("edgec.fleet")
+RESUBSCRIBE_S = 10.0  # ask again for chunks that did not come
+
+
+class Updater:
+    """Takes model updates for one board. ``start()`` connects and works on a thread of its own."""
+
+    def __init__(self, runtime: Runtime, telemetry: TelemetryConfig, fleet: FleetConfig) -> None:
+        self.runtime, self.mqtt_config, self.config = runtime, telemetry, fleet
+        self.base = f"edgec/{telemetry.fleet}"
+        self.device = telemetry.device
+        self.targets = (f"device/{self.device}", *(f"group/{g}" for g in fleet.groups), "all")  # most specific first
+        self.store = fleet.store
+        self.desired: dict[str, dict[str, dict[str, Any]]] = {}  # model -> target -> payload
+        self.states: dict[str, dict[str, Any]] = {}  # model -> what was last reported
+        self._events: queue.Queue[str] = queue.Queue()
+        self._lock = threading.Lock()
+        self._download: Download | None = None
+        self._asked: dict[int, float] = {}  # chunk index -> when it was asked for
+        self._stopping = threading.Event()
+        self._record_path = self.store / "fleet-state.json"
+        self.record: dict[str, dict[str, Any]] = {}
+        self.client: Any = None
+        self._thread = threading.Thread(target=self._work, name="edgec-fleet-update", daemon=True)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> Updater:
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.record = self._read_record()
+        self._restore()
+        mqtt = paho_client()
+        cfg = self.mqtt_config
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgec-{cfg.fleet}-{cfg.device}-update",
+                                  protocol=mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311)
+        connect_settings(self.client, cfg)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.connect_async(cfg.broker, cfg.port, keepalive=cfg.keepalive_s)
+        self.client.loop_start()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._events.put("stop")
+        self._thread.join(10)
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+        with self._lock:
+            if self._download is not None:
+                self._download.close()
+
+    # -- MQTT (paho's thread) ---------------------------------------------------------------------
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
+        if getattr(reason, "is_failure", False):
+            return
+        client.subscribe([(f"{self.base}/desired/+/{target}", 1) for target in self.targets])
+        self._publish_membership()
+        for state in list(self.states.values()):
+            self._publish(state)
+        with self._lock:
+            self._asked.clear()  # a new connection has no subscriptions: ask again
+        self._events.put("connected")
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        parts = message.topic[len(self.base) + 1:].split("/")
+        if parts[0] == "blobs" and len(parts) == 3 and parts[2].isdigit():
+            index = int(parts[2])
+            with self._lock:
+                download = self._download
+                if download is not None and download.blob.sha256 == parts[1]:
+                    download.accept(index, message.payload)  # written to disk here, in order or not
+                    self._asked.pop(index, None)
+            client.unsubscribe(message.topic)
+            self._events.put("chunk")
+        elif parts[0] == "desired" and len(parts) >= 3:
+            model, target = parts[1], "/".join(parts[2:])
+            try:
+                payload = json.loads(message.payload) if message.payload else None
+            except ValueError:
+                log.warning("ignored a desired state on %s that is not JSON", message.topic)
+                return
+            with self._lock:
+                slot = self.desired.setdefault(model, {})
+                if payload is None:
+                    slot.pop(target, None)
+                else:
+                    slot[target] = payload
+            self._events.put("desired")
+
+    def _publish(self, state: dict[str, Any]) -> None:
+        if self.client is not None:
+            self.client.publish(f"{self.base}/{self.device}/update/{state['model']}", json.dumps(state), qos=1,
+                                retain=True)
+
+    def _publish_membership(self) -> None:
+        if self.client is not None:
+            body = {"device": self.device, "groups": list(self.config.groups), "models": self._running_versions(),
+                    "time": time.time()}
+            self.client.publish(f"{self.base}/{self.device}/fleet", json.dumps(body), qos=1, retain=True)
+
+    # -- the work (its own thread) -----------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._events.get(timeout=1.0)
+            except queue.Empty:
+                pass
+            for model in list(self.desired):
+                if self._stopping.is_set():
+                    return
+                want = self._wanted(model)
+                if want is None:
+                    continue
+                try:
+                    self._converge(model, want)
+                except Exception as exc:  # one bad update must not stop the agent
+                    log.exception("update of %s failed", model)
+                    self._report(model, want, "failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _wanted(self, model: str) -> dict[str, Any] | None:
+        with self._lock:
+            slot = self.desired.get(model, {})
+            return next((slot[t] for t in self.targets if t in slot), None)
+
+    def _converge(self, model: str, want: dict[str, Any]) -> None:
+        version = str(want.get("version", ""))
+        if self._running_version(model) == version:
+            if self.states.get(model, {}).get("state") != "live" or self.states[model].get("desired") != version:
+                self._report(model, want, "live")
+            return
+        if _blob_id(want) in self.record.get(model, {}).get("failed", []):
+            return  # refused or rolled back already; waits for another bundle
+        if model not in {m.name for m in self.runtime.config.models}:
+            return self._fail(model, want, "refused", f"model {model} is not configured on this board ([[models]])")
+        blob = Blob.from_dict(want.get("blob"))
+        problem = self._room_for(blob, int(want.get("model_bytes", 0)))
+        if problem:
+            return self._fail(model, want, "refused", problem)
+        folder = self.store / model / version
+        if not (folder / "manifest.json").is_file():
+            if not self._fetch(model, want, blob, folder):
+                return  # superseded, or stopping
+        self._report(model, want, "checking")
+        previous = self._current_folder(model)
+        try:
+            self.runtime.reload(model, str(folder))
+        except EdgecError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            state = "refused" if isinstance(exc, IntegrityError) else "rolled_back"
+            return self._fail(model, want, state, str(exc))
+        failure = self._watch(model, want)
+        if failure is not None:
+            if previous is not None:
+                self.runtime.reload(model, str(previous))
+            shutil.rmtree(folder, ignore_errors=True)
+            return self._fail(model, want, "rolled_back", failure)
+        entry = self.record.setdefault(model, {})
+        entry.update(current=str(folder), previous=str(previous) if previous else None)
+        self._write_record()
+        self._prune(model, keep={folder, previous})
+        self._report(model, want, "live")
+        self._publish_membership()
+
+    def _fetch(self, model: str, want: dict[str, Any], blob: Blob, folder: Path) -> bool:
+        """Download the blob chunk by chunk; False when the desired version changed meanwhile."""
+        download = Download(self.store / ".downloads", blob)
+        with self._lock:
+            self._download, self._asked = download, {}
+        last_report = 0.0
+        try:
+            while not download.complete:
+                if self._stopping.is_set() or self._wanted(model) != want:
+                    return False
+                self._ask(download)
+                if time.monotonic() - last_report > 1.0:
+                    last_report = time.monotonic()
+                    self._report(model, want, "downloading", progress=round(download.done / len(blob.chunks), 3),
+                                 resumed_from_chunk=download.resumed_from)
+                try:
+                    self._events.get(timeout=0.5)
+                except queue.Empty:
+                    pass
+            self._report(model, want, "verifying", progress=1.0, received_bytes=download.received_bytes)
+            with self._lock:
+                self._download = None
+            download.finish(folder)
+            return True
+        finally:
+            with self._lock:
+                if self._download is download:
+                    self._download = None
+            download.close()
+
+    def _ask(self, download: Download) -> None:
+        now = time.monotonic()
+        with self._lock:
+            wanted = [i for i in download.wanted(self.config.window)
+                      if now - self._asked.get(i, -RESUBSCRIBE_S) >= RESUBSCRIBE_S]
+            for i in wanted:
+                self._asked[i] = now
+        if wanted and self.client is not None and self.client.is_connected():
+            self.client.subscribe([(f"{self.base}/blobs/{download.blob.sha256}/{i}", 1) for i in wanted])
+
+    def _watch(self, model: str, want: dict[str, Any]) -> str | None:
+        """Watch the new version's first requests; the reason to roll back, or None."""
+        latency = self.runtime.latency.get(model)
+        if latency is None or (self.config.watch_requests == 0 and self.config.watch_s == 0):
+            return None
+        self._report(model, want, "watching")
+        count0, failures0 = latency.count + latency.failures, latency.failures
+        until = time.monotonic() + self.config.watch_s
+        while time.monotonic() < until and not self._stopping.is_set():
+            if latency.count + latency.failures - count0 >= self.config.watch_requests > 0:
+                break
+            time.sleep(0.1)
+        seen = latency.count + latency.failures - count0
+        failed = latency.failures - failures0
+        if seen and failed / seen > self.config.max_failure_rate:
+            return (f"{failed} of its first {seen} requests failed ({100 * failed / seen:.0f}% > "
+                    f"{100 * self.config.max_failure_rate:g}%): the previous version is back")
+        return None
+
+    # -- state ------------------------------------------------------------------------------------
+    def _fail(self, model: str, want: dict[str, Any], state: str, error: str) -> None:
+        log.warning("update of %s to %s %s: %s", model, want.get("version"), state, error)
+        entry = self.record.setdefault(model, {})
+        entry["failed"] = [*entry.get("failed", [])[-9:], _blob_id(want)]
+        self._write_record()
+        self._report(model, want, state, error=error)
+        self.runtime.alert(f"update of model {model} to {want.get('version')} {state}: {error}", "model_update_failure")
+
+    def _report(self, model: str, want: dict[str, Any], state: str, **extra: Any) -> None:
+        self.states[model] = {"model": model, "device": self.device, "desired": want.get("version"),
+                              "rollout": want.get("rollout"), "running": self._running_version(model),
+                              "state": state, "time": time.time(), **extra}
+        self._publish(self.states[model])
+
+    def _running_version(self, model: str) -> str | None:
+        loaded = self.runtime.cache.peek(model)
+        return loaded.version if loaded is not None else None
+
+    def _running_versions(self) -> dict[str, str | None]:
+        return {m.name: self._running_version(m.name) for m in self.runtime.config.models}
+
+    def _current_folder(self, model: str) -> Path | None:
+        loaded = self.runtime.cache.peek(model)
+        return Path(loaded.path) if loaded is not None else None
+
+    def _read_record(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self._record_path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _write_record(self) -> None:
+        tmp = self._record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.record, indent=2))
+        tmp.replace(self._record_path)
+
+    def _restore(self) -> None:
+        """After a restart: serve the version the fleet last switched to, not the configured one."""
+        for model, entry in self.record.items():
+            current = entry.get("current")
+            if current and Path(current).is_dir() and self._current_folder(model) != Path(current):
+                try:
+                    self.runtime.reload(model, current)
+                except (EdgecError, KeyError) as exc:
+                    log.warning("could not restore %s from %s: %s", model, current, exc)
+
+    def _prune(self, model: str, keep: set[Path | None]) -> None:
+        for folder in (self.store / model).iterdir():
+            if folder.is_dir() and folder not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _room_for(self, blob: Blob, model_bytes: int) -> str | None:
+        free = shutil.disk_usage(self.store).free
+        if blob.size * 2 > free:
+            return f"the bundle needs {blob.size * 2} bytes of disk (download and unpacked), {free} are free"
+        budget = self.runtime.cache.budget_bytes
+        if model_bytes > budget:
+            return f"the model file ({model_bytes} bytes) is larger than this board's model budget ({budget} bytes)"
+        return None
+
+
+def _blob_id(want: dict[str, Any]) -> str:
+    """What a failure is remembered by: the bundle's blob (a re-signed bundle of one model is another)."""
+    blob = want.get("blob")
+    return str(blob.get("sha256")) if isinstance(blob, dict) else str(want.get("version"))

@@ -1,0 +1,100 @@
+"""Fleet keys and bundle signing (host side); boards check with :mod:`edgec.runtime.signing`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+from ..._optional import need
+from ...errors import BundleError, ValidationError
+from ...runtime.manifest import MANIFEST_NAME, read_manifest, verify_files
+from ...runtime.signing import SIGNATURE_NAME, key_id, public_raw
+
+
+def _crypto():
+    serialization = need("cryptography.hazmat.primitives.serialization", extra="runtime", purpose="to sign bundles")
+    ed25519 = need("cryptography.hazmat.primitives.asymmetric.ed25519", extra="runtime", purpose="to sign bundles")
+    return serialization, ed25519
+
+
+def new_keys(out: str | Path, *, force: bool = False) -> tuple[Path, Path, str]:
+    """Write an ed25519 key pair: ``OUT`` (private, PEM, mode 0600) and ``OUT.pub`` (public, PEM).
+
+    Returns:
+        The two paths and the key id.
+
+    Raises:
+        ValidationError: A key file exists already (unless ``force``), or the folder is not writable.
+    """
+    serialization, ed25519 = _crypto()
+    private_path, public_path = Path(out), Path(f"{out}.pub")
+    for path in (private_path, public_path):
+        if path.exists() and not force:
+            raise ValidationError(f"{path} already exists: pass --force to replace it (bundles signed with it will "
+                                  "then fail on boards that trust only the old key)")
+    private = ed25519.Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+    public_pem = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        private_path.parent.mkdir(parents=True, exist_ok=True)
+        _write(private_path, private_pem, 0o600)
+        _write(public_path, public_pem, 0o644)
+    except OSError as exc:
+        raise ValidationError(f"cannot write the keys to {private_path.parent} ({exc.strerror})") from None
+    return private_path, public_path, key_id(public_raw(private.public_key()))
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def load_private_key(path: str | Path):
+    serialization, ed25519 = _crypto()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValidationError(f"key {path} cannot be read ({exc.strerror}): make one with edgec keys new") from None
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise ValidationError(f"{path} is not an unencrypted PEM private key (edgec keys new writes one; the .pub "
+                              "file is for the boards)") from None
+    if not isinstance(private, ed25519.Ed25519PrivateKey):
+        raise ValidationError(f"{path} is not an ed25519 key")
+    return private
+
+
+def sign_bundle(bundle: str | Path, key: str | Path) -> str:
+    """Sign ``bundle``'s manifest with the private key at ``key``; returns the key id.
+
+    Every file is checked against the manifest first: a bundle whose files do not match is
+    not signed.
+
+    Raises:
+        BundleError, IntegrityError: Not a bundle, or its files do not match the manifest.
+        ValidationError: The key cannot be read.
+    """
+    bundle = Path(bundle)
+    private = load_private_key(key)
+    manifest = read_manifest(bundle)
+    verify_files(bundle, manifest)
+    signed = private.sign((bundle / MANIFEST_NAME).read_bytes())
+    kid = key_id(public_raw(private.public_key()))
+    record = {"alg": "ed25519", "key_id": kid, "signature": base64.b64encode(signed).decode("ascii")}
+    try:
+        _write(bundle / SIGNATURE_NAME, (json.dumps(record, indent=2) + "\n").encode(), 0o644)
+    except OSError as exc:
+        raise BundleError(f"cannot write {SIGNATURE_NAME} in {bundle} ({exc.strerror})") from None
+    return kid

@@ -1,0 +1,301 @@
+"""``edgec fleet push / status / rollback``: desired model versions for boards, over their MQTT broker.
+
+The host publishes the bundle's chunks and the desired state as retained messages (the
+topics are described in :mod:`edgec.runtime.updater`); boards that are offline converge when
+they come back, with nothing of the host's running. A push with ``canary`` updates that many
+boards of the group first, by device-level desired states, waits for each to be live (or to
+fail), and only then sets the group's; a failed canary halts the rollout, and the canaries
+return to the group's previous version.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ...errors import BrokerError, ValidationError
+from ...runtime.delivery import CHUNK_BYTES, describe_blob, pack
+from ...runtime.manifest import read_manifest, verify_files
+from ...runtime.mqtt import paho_client
+from ...runtime.signing import read_signature
+
+DONE = {"live"}
+FAILED = {"rolled_back", "refused", "failed"}
+
+
+def parse_broker(url: str) -> tuple[str, int, bool]:
+    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` (or a bare host) -> host, port, tls."""
+    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+    if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+        raise ValidationError(f"--broker {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+    tls = parsed.scheme == "mqtts"
+    return parsed.hostname, parsed.port or (8883 if tls else 1883), tls
+
+
+def parse_target(target: str) -> str:
+    """``group:NAME``, ``device:ID`` or ``all`` -> the desired topic's tail."""
+    kind, _, name = target.partition(":")
+    if target == "all":
+        return "all"
+    if kind not in ("group", "device") or not name or "/" in name or "+" in name or "#" in name:
+        raise ValidationError(f"--to {target!r} must be group:NAME, device:ID or all")
+    return f"{kind}/{name}"
+
+
+@dataclass
+class FleetLink:
+    """A connection to the fleet's broker that keeps what the boards report (retained and live)."""
+
+    host: str
+    port: int = 1883
+    fleet: str = "default"
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> its fleet message
+    updates: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (device, model) -> state
+    desired: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (model, target) -> payload
+
+    def __post_init__(self) -> None:
+        mqtt = paho_client()
+        self.base = f"edgec/{self.fleet}"
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgec-host-{uuid.uuid4().hex[:8]}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.max_inflight_messages_set(32)
+        if self.username is not None:
+            self.client.username_pw_set(self.username, self.password)
+        if self.tls:
+            self.client.tls_set()
+        self.client.on_connect = lambda c, u, f, r, p=None: c.subscribe(
+            [(f"{self.base}/+/fleet", 1), (f"{self.base}/+/update/+", 1), (f"{self.base}/desired/#", 1)])
+        self.client.on_message = self._on_message
+
+    def __enter__(self) -> FleetLink:
+        try:
+            self.client.connect(self.host, self.port, keepalive=30)
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot reach MQTT broker {self.host}:{self.port}: {exc}; check --broker") from None
+        self.client.loop_start()
+        time.sleep(0.5)  # the retained states arrive right after the subscription
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        parts = message.topic[len(self.base) + 1:].split("/")
+        try:
+            payload = json.loads(message.payload) if message.payload else None
+        except ValueError:
+            return
+        with self._changed:
+            if parts[0] == "desired" and len(parts) >= 3:
+                key = (parts[1], "/".join(parts[2:]))
+                if payload is None:
+                    self.desired.pop(key, None)
+                else:
+                    self.desired[key] = payload
+            elif len(parts) == 2 and parts[1] == "fleet" and payload is not None:
+                self.members[parts[0]] = payload
+            elif len(parts) == 3 and parts[1] == "update" and payload is not None:
+                self.updates[(parts[0], parts[2])] = payload
+            self._changed.notify_all()
+
+    def publish(self, topic: str, payload: bytes | str, *, retain: bool = True) -> Any:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != 0:
+            raise BrokerError(f"the broker refused a message on {topic} (rc {info.rc})")
+        return info
+
+    def wait_for(self, predicate: Callable[[], Any], timeout_s: float) -> Any:
+        """Wait until ``predicate()`` (called under the lock) is truthy; its value, or None at the timeout."""
+        until = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                value = predicate()
+                if value or time.monotonic() >= until:
+                    return value
+                self._changed.wait(min(0.5, max(0.01, until - time.monotonic())))
+
+    def group_members(self, target: str) -> list[str]:
+        with self._lock:
+            if target == "all":
+                return sorted(self.members)
+            kind, name = target.split("/", 1)
+            if kind == "device":
+                return [name]
+            return sorted(d for d, m in self.members.items() if name in m.get("groups", []))
+
+
+@dataclass
+class Rollout:
+    """What a push did: which boards, and how each ended."""
+
+    model: str
+    version: str
+    rollout: str
+    target: str
+    canaries: list[str]
+    states: dict[str, str]  # device -> final state (or "pending" at the timeout)
+    halted: bool
+    seconds: float
+    blob_bytes: int
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def publish_blob(link: FleetLink, archive: Path, chunk_size: int = CHUNK_BYTES,
+                 progress: Callable[[int, int], None] | None = None) -> Any:
+    """Publish an archive's chunks as retained messages; returns its Blob."""
+    blob = describe_blob(archive, chunk_size)
+    pending: list[Any] = []
+    with open(archive, "rb") as fh:
+        for index in range(len(blob.chunks)):
+            pending.append(link.publish(f"{link.base}/blobs/{blob.sha256}/{index}", fh.read(chunk_size)))
+            if len(pending) >= 16:
+                pending.pop(0).wait_for_publish(60)
+            if progress is not None:
+                progress(index + 1, len(blob.chunks))
+    for info in pending:
+        info.wait_for_publish(60)
+    return blob
+
+
+def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary: int = 0, timeout_s: float = 600,
+         chunk_size: int = CHUNK_BYTES, progress: Callable[[str], None] | None = None) -> Rollout:
+    """Publish ``bundle`` as the desired version of ``model`` for ``target`` (``group/NAME``...).
+
+    Raises:
+        BundleError, IntegrityError: Not a bundle, or its files do not match the manifest.
+        ValidationError: A canary count for a target that is not a group, or more canaries than members.
+    """
+    say = progress or (lambda message: None)
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    verify_files(bundle, manifest)
+    version = manifest.files[manifest.model_file][:12]
+    started = time.monotonic()
+    members = link.group_members(target)
+    if canary and not target.startswith("group/"):
+        raise ValidationError("--canary needs --to group:NAME (canaries are the first boards of the group)")
+    if canary and canary >= len(members):
+        raise ValidationError(f"--canary {canary} leaves no boards after the canaries: the group has {len(members)} "
+                              "(boards report their groups when they connect)")
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "bundle.tar"
+        pack(bundle, archive)
+        say(f"publishing {archive.stat().st_size} bytes in chunks of {chunk_size}")
+        blob = publish_blob(link, archive, chunk_size)
+    previous = link.desired.get((model, target))
+    desired = {"model": model, "version": version, "rollout": uuid.uuid4().hex[:8], "blob": blob.to_dict(),
+               "model_bytes": (bundle / manifest.model_file).stat().st_size, "format": manifest.format,
+               "precision": manifest.precision, "signed_by": (read_signature(bundle) or {}).get("key_id"),
+               "time": time.time(), "previous": _without_previous(previous)}
+    body = json.dumps(desired)
+    canaries = members[:canary]
+    states: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    if canaries:
+        say(f"canaries first: {', '.join(canaries)}")
+        for device in canaries:
+            link.publish(f"{link.base}/desired/{model}/device/{device}", body)
+        states, errors = _await(link, model, desired, canaries, timeout_s)
+        for device in canaries:  # from now on they follow the group's desired state
+            link.publish(f"{link.base}/desired/{model}/device/{device}", b"")
+        if any(states[d] != "live" for d in canaries):
+            say("a canary failed: rollout halted, the group keeps its version")
+            return Rollout(model, version, desired["rollout"], target, canaries, states, True,
+                           time.monotonic() - started, blob.size, errors)
+    link.publish(f"{link.base}/desired/{model}/{target}", body)
+    rest = [d for d in members if d not in canaries]
+    more, more_errors = _await(link, model, desired, rest, max(0.0, timeout_s - (time.monotonic() - started)))
+    states.update(more)
+    errors.update(more_errors)
+    _clear_old_blobs(link, previous, keep={blob.sha256})
+    return Rollout(model, version, desired["rollout"], target, canaries, states, False, time.monotonic() - started,
+                   blob.size, errors)
+
+
+def rollback(link: FleetLink, model: str, target: str) -> dict[str, Any]:
+    """Make the target's previous desired version current again; returns it.
+
+    Raises:
+        ValidationError: Nothing was pushed to the target before, or no previous version is known.
+    """
+    current = link.desired.get((model, target))
+    if current is None:
+        raise ValidationError(f"no version of {model} was pushed to {target.replace('/', ':')}: nothing to roll back")
+    previous = current.get("previous")
+    if not previous:
+        raise ValidationError(f"{model} on {target.replace('/', ':')} has no previous version to roll back to")
+    back = {**previous, "rollout": uuid.uuid4().hex[:8], "time": time.time(), "previous": None}
+    link.publish(f"{link.base}/desired/{model}/{target}", json.dumps(back)).wait_for_publish(30)
+    return back
+
+
+def status(link: FleetLink, model: str | None = None) -> list[dict[str, Any]]:
+    """One row per board (and model): groups, desired, running, state, progress, error, age."""
+    now = time.time()
+    with link._lock:
+        rows = []
+        for (device, name), state in sorted(link.updates.items()):
+            if model is not None and name != model:
+                continue
+            rows.append({"device": device, "groups": link.members.get(device, {}).get("groups", []), "model": name,
+                         "desired": state.get("desired"), "running": state.get("running"), "state": state.get("state"),
+                         "progress": state.get("progress"), "error": state.get("error"),
+                         "age_s": round(now - float(state.get("time", now)), 1)})
+        seen = {r["device"] for r in rows}
+        for device, member in sorted(link.members.items()):
+            if device not in seen:
+                running = member.get("models", {})
+                for name, version in sorted(running.items()):
+                    if model is None or name == model:
+                        rows.append({"device": device, "groups": member.get("groups", []), "model": name,
+                                     "desired": None, "running": version, "state": "idle", "progress": None,
+                                     "error": None, "age_s": round(now - float(member.get("time", now)), 1)})
+    return rows
+
+
+def _await(link: FleetLink, model: str, desired: dict[str, Any], devices: list[str],
+           timeout_s: float) -> tuple[dict[str, str], dict[str, str]]:
+    """Wait until every device is live on the rollout, or failed; their states and errors."""
+    def final(device: str) -> str | None:
+        state = link.updates.get((device, model), {})
+        if state.get("desired") != desired["version"]:
+            return None
+        if state.get("state") in FAILED and state.get("rollout") == desired["rollout"]:
+            return state["state"]
+        if state.get("state") in DONE:
+            return "live"
+        return None
+
+    link.wait_for(lambda: all(final(d) for d in devices), timeout_s)
+    with link._lock:
+        states = {d: final(d) or "pending" for d in devices}
+        errors = {d: link.updates.get((d, model), {}).get("error") or "" for d in devices if states[d] in FAILED}
+    return states, errors
+
+
+def _without_previous(desired: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if desired is None else {k: v for k, v in desired.items() if k != "previous"}
+
+
+def _clear_old_blobs(link: FleetLink, previous: dict[str, Any] | None, keep: set[str]) -> None:
+    """Drop the retained chunks of the version before the previous one (two versions stay on the broker)."""
+    older = (previous or {}).get("previous")
+    if not older or older.get("blob", {}).get("sha256") in keep | {(previous or {}).get("blob", {}).get("sha256")}:
+        return
+    blob = older["blob"]
+    for index in range(len(blob.get("chunks", []))):
+        link.publish(f"{link.base}/blobs/{blob['sha256']}/{index}", b"")

@@ -1,0 +1,230 @@
+"""Fleet rollout over a real mosquitto on loopback, boards as separate `edgec serve` processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mosquitto_broker import Mosquitto
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from fleet import Board  # noqa: E402  (benchmarks/fleet.py)
+
+from edgec.sdk.bundle.sign import new_keys, sign_bundle
+from typer.testing import CliRunner
+
+from edgec.cli import app
+from edgec.sdk.fleet.rollout import FleetLink, push, status
+
+pytest.importorskip("paho.mqtt.client")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Mosquitto(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path, broker, fixture_bundle):
+    boards: list[Board] = []
+
+    def make(n: int, **kw) -> list[Board]:
+        for i in range(n):
+            boards.append(Board(tmp_path, f"pi-{len(boards) + 1}", broker, fixture_bundle("onnx", "fp32"), **kw).start())
+        return boards[-n:]
+
+    yield make
+    for board in boards:
+        board.stop()
+
+
+def link(broker) -> FleetLink:
+    return FleetLink("127.0.0.1", broker.port, fleet="test")
+
+
+def wait(predicate, timeout_s: float) -> bool:
+    until = time.monotonic() + timeout_s
+    while time.monotonic() < until:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def _resum(bundle: Path, name: str) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _chunks_done(board: Board) -> float:
+    """The share of a download's chunks a board has on disk (its resume mark), 0 when none."""
+    for mark in (board.root / "store" / ".downloads").glob("*.json"):
+        try:
+            done = json.loads(mark.read_text())["done"]
+        except (OSError, ValueError, KeyError):
+            continue
+        return done / 1026  # chunks of 16 kB in the test's ~16.04 MB bundle
+    return 0.0
+
+
+def _members(fl: FleetLink, n: int) -> None:
+    assert fl.wait_for(lambda: len(fl.members) >= n, 30), "boards did not report their groups"
+
+
+def test_a_canary_rollout_reaches_every_board_and_requests_never_fail(broker, fleet, fixture_bundle, digits_test):
+    boards = fleet(3)
+    new = fixture_bundle("onnx", "int8")
+    failures, stop = [], threading.Event()
+
+    def traffic():  # a client on every board, through the switch
+        while not stop.is_set():
+            for board in boards:
+                status_code = board.predict(digits_test.x[:1])
+                if status_code != 200:
+                    failures.append((board.name, status_code))
+
+    client = threading.Thread(target=traffic)
+    client.start()
+    try:
+        with link(broker) as fl:
+            _members(fl, 3)
+            result = push(fl, new, "digits", "group/lab", canary=1, timeout_s=120)
+            assert not result.halted and result.canaries == ["pi-1"]
+            assert result.states == {"pi-1": "live", "pi-2": "live", "pi-3": "live"}, result.errors
+            rows = {r["device"]: r for r in status(fl, "digits")}
+            assert all(r["running"] == result.version and r["state"] == "live" for r in rows.values())
+    finally:
+        stop.set()
+        client.join()
+    assert [b.version() for b in boards] == [result.version] * 3
+    assert failures == []
+
+
+def test_a_canary_whose_parity_check_fails_halts_the_rollout(broker, fleet, fixture_bundle, tmp_path):
+    boards = fleet(3)
+    before = boards[0].version()
+    drifted = shutil.copytree(fixture_bundle("onnx", "int8"), tmp_path / "drifted")
+    with np.load(drifted / "golden.npz") as npz:
+        golden = {k: npz[k] for k in npz.files}
+    golden["output_0"] = golden["output_0"] * 1.5 + 1.0  # the host's answers, as a board with other kernels sees them
+    np.savez(drifted / "golden.npz", **golden)
+    _resum(drifted, "golden.npz")
+    with link(broker) as fl:
+        _members(fl, 3)
+        result = push(fl, drifted, "digits", "group/lab", canary=1, timeout_s=60)
+    assert result.halted and result.states == {"pi-1": "rolled_back"}
+    assert "answers differ from the host's" in result.errors["pi-1"]
+    time.sleep(1.0)
+    assert [b.version() for b in boards] == [before] * 3  # the canary is back, the rest never moved
+
+
+def test_signed_rollout_refuses_a_wrong_signature(broker, fleet, fixture_bundle, tmp_path):
+    private, public, _ = new_keys(tmp_path / "keys" / "fleet")
+    other, _, _ = new_keys(tmp_path / "keys" / "other")
+    initial = shutil.copytree(fixture_bundle("onnx", "fp32"), tmp_path / "signed-initial")
+    sign_bundle(initial, private)
+    boards = []
+    for i in range(2):
+        board = Board(tmp_path, f"signed-{i}", broker, initial, trusted=public)
+        boards.append(board.start())
+    try:
+        stranger = shutil.copytree(fixture_bundle("onnx", "int8"), tmp_path / "stranger")
+        sign_bundle(stranger, other)
+        with link(broker) as fl:
+            _members(fl, 2)
+            result = push(fl, stranger, "digits", "group/lab", timeout_s=60)
+            assert result.states == {"signed-0": "refused", "signed-1": "refused"}
+            assert all("does not trust" in e for e in result.errors.values())
+            good = shutil.copytree(fixture_bundle("onnx", "int8"), tmp_path / "good")
+            sign_bundle(good, private)
+            result = push(fl, good, "digits", "group/lab", timeout_s=60)
+            assert result.states == {"signed-0": "live", "signed-1": "live"}, result.errors
+    finally:
+        for board in boards:
+            board.stop()
+
+
+@pytest.mark.slow
+def test_broker_outage_and_sigkill_mid_transfer_resume_and_offline_boards_converge(broker, fleet, fixture_bundle,
+                                                                                  tmp_path):
+    boards = fleet(2)
+    # A bundle big enough to take a while in 16 kB chunks: the int8 one with a large extra file.
+    big = shutil.copytree(fixture_bundle("onnx", "int8"), tmp_path / "big")
+    (big / "notes.bin").write_bytes(np.random.default_rng(0).bytes(16 * 2**20))
+    _resum(big, "notes.bin")
+    offline = Board(tmp_path, "late", broker, fixture_bundle("onnx", "fp32"))
+    reports = []  # every update report, in order (FleetLink keeps only the latest)
+    import paho.mqtt.client as mqtt
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    watcher.on_connect = lambda c, u, f, r, p: c.subscribe("edgec/test/+/update/digits", qos=1)
+    watcher.on_message = lambda c, u, m: reports.append(json.loads(m.payload)) if m.payload else None
+    watcher.reconnect_delay_set(1, 1)
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.loop_start()
+    with link(broker) as fl:
+        _members(fl, 2)
+        done = {}
+        pusher = threading.Thread(target=lambda: done.update(r=push(fl, big, "digits", "group/lab", timeout_s=240,
+                                                                      chunk_size=16 * 1024)))
+        pusher.start()
+        # pi-2 is killed mid-transfer (a tenth of the chunks on its disk); then the broker goes away.
+        assert wait(lambda: _chunks_done(boards[1]) > 0.1, 120), "pi-2 never got a tenth of the chunks"
+        boards[1].stop(signal.SIGKILL)
+        broker.stop()
+        time.sleep(2)
+        broker.start()
+        boards[1].start()
+        pusher.join(300)
+        result = done["r"]
+        assert result.states == {"pi-1": "live", "pi-2": "live"}, result.errors
+        offline.start()  # a board that was off during the push converges when it comes
+        assert fl.wait_for(lambda: (fl.updates.get(("late", "digits")) or {}).get("state") == "live", 120)
+    watcher.loop_stop()
+    offline.stop()
+    assert [b.version() for b in boards] == [result.version] * 2
+    # The killed board resumed from its last good chunk: after the restart it asked for less than the blob.
+    mine = [r for r in reports if r["device"] == "pi-2" and r["rollout"] == result.rollout]
+    resumed = max(r.get("resumed_from_chunk", 0) for r in mine if r["state"] == "downloading")
+    verified = [r for r in mine if r["state"] == "verifying"]
+    assert resumed > 0 and verified
+    # What it took after the restart is what it lacked, not the whole blob again.
+    assert resumed * 16 * 1024 + verified[-1]["received_bytes"] <= result.blob_bytes + 8 * 16 * 1024
+    # The board that lived through the outage took each chunk once.
+    survivor = [r for r in reports if r["device"] == "pi-1" and r["state"] == "verifying"]
+    assert survivor[-1]["received_bytes"] <= result.blob_bytes
+
+
+def test_rollback_puts_the_previous_version_back(broker, fleet, fixture_bundle):
+    boards = fleet(2)
+    before = boards[0].version()
+    with link(broker) as fl:
+        _members(fl, 2)
+        first = push(fl, fixture_bundle("onnx", "fp32"), "digits", "group/lab", timeout_s=60)
+        second = push(fl, fixture_bundle("onnx", "int8"), "digits", "group/lab", timeout_s=60)
+        assert set(second.states.values()) == {"live"} and first.version == before
+    # By hand, as an operator would: the CLI.
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    done = CliRunner().invoke(app, ["fleet", "rollback", "--model", "digits", "--to", "group:lab", "--broker", url,
+                                    "--fleet", "test"])
+    assert done.exit_code == 0 and f"desired version is {before} again" in done.output, done.output
+    assert wait(lambda: [b.version() for b in boards] == [before] * 2, 60)
+    shown = CliRunner().invoke(app, ["fleet", "status", "--model", "digits", "--broker", url, "--fleet", "test",
+                                     "--json"])
+    rows = json.loads(shown.stdout)
+    assert shown.exit_code == 0 and {r["device"] for r in rows} == {"pi-1", "pi-2"}
+    assert wait(lambda: all(r["running"] == before and r["state"] == "live" for r in json.loads(CliRunner().invoke(
+        app, ["fleet", "status", "--broker", url, "--fleet", "test", "--json"]).stdout)), 30)
+    again = CliRunner().invoke(app, ["fleet", "rollback", "--model", "digits", "--to", "group:nope", "--broker", url,
+                                     "--fleet", "test"])
+    assert again.exit_code == 1 and "nothing to roll back" in again.output
