@@ -46,13 +46,13 @@ class Board:
     """One board: its own folder, runtime.toml and `edgec serve` process."""
 
     def __init__(self, root: Path, name: str, broker: Mosquitto, initial: Path, *, groups=("lab",), trusted=None,
-                 watch_s: float = 0.5) -> None:
+                 watch_s: float = 0.5, top: str = "") -> None:
         self.name, self.root, self.port = name, root / name, free_port()
         self.root.mkdir(parents=True)
         shutil.copytree(initial, self.root / "initial")
         keys = f'trusted_keys = ["{trusted}"]\n' if trusted else ""
         (self.root / "runtime.toml").write_text(
-            f'port = {self.port}\n{keys}'
+            f'port = {self.port}\n{keys}{top}'
             f'[[models]]\nname = "digits"\npath = "initial"\n'
             f'[telemetry]\nbroker = "127.0.0.1"\nport = {broker.port}\nfleet = "test"\ndevice = "{name}"\n'
             f'interval_s = 1\nreconnect_max_s = 1\nspool = "spool.sqlite"\n'

@@ -9,6 +9,8 @@ import signal
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +148,14 @@ def test_signed_rollout_refuses_a_wrong_signature(broker, fleet, fixture_bundle,
             result = push(fl, stranger, "digits", "group/lab", timeout_s=60)
             assert result.states == {"signed-0": "refused", "signed-1": "refused"}
             assert all("does not trust" in e for e in result.errors.values())
+            # Signed, then a file changed and its sum re-written in the manifest: the signature no longer matches.
+            tampered = shutil.copytree(fixture_bundle("onnx", "int8"), tmp_path / "tampered")
+            sign_bundle(tampered, private)
+            np.savez(tampered / "golden.npz", input_0=np.zeros((1, 1, 8, 8), np.float32))
+            _resum(tampered, "golden.npz")
+            result = push(fl, tampered, "digits", "group/lab", timeout_s=60)
+            assert result.states == {"signed-0": "refused", "signed-1": "refused"}
+            assert all("manifest was changed after it was signed" in e for e in result.errors.values())
             good = shutil.copytree(fixture_bundle("onnx", "int8"), tmp_path / "good")
             sign_bundle(good, private)
             result = push(fl, good, "digits", "group/lab", timeout_s=60)
@@ -228,3 +238,46 @@ def test_rollback_puts_the_previous_version_back(broker, fleet, fixture_bundle):
     again = CliRunner().invoke(app, ["fleet", "rollback", "--model", "digits", "--to", "group:nope", "--broker", url,
                                      "--fleet", "test"])
     assert again.exit_code == 1 and "nothing to roll back" in again.output
+
+
+def test_a_bundle_too_big_for_the_board_is_refused_before_download(broker, tmp_path, fixture_bundle):
+    board = Board(tmp_path, "small", broker, fixture_bundle("onnx", "int8"), top="budget_mb = 0.1\n").start()
+    try:
+        with link(broker) as fl:
+            _members(fl, 1)
+            result = push(fl, fixture_bundle("onnx", "fp32"), "digits", "device/small", timeout_s=60)
+        assert result.states == {"small": "refused"} and "larger than this board's model budget" in result.errors["small"]
+        assert not list((board.root / "store").glob(".downloads/*.part"))  # nothing was downloaded
+    finally:
+        board.stop()
+
+
+def test_a_version_that_fails_its_first_requests_is_rolled_back(broker, tmp_path, fixture_bundle, digits_test):
+    board = Board(tmp_path, "watched", broker, fixture_bundle("onnx", "fp32"), watch_s=30).start()
+    before = board.version()
+    try:
+        with link(broker) as fl:
+            _members(fl, 1)
+            done = {}
+            pusher = threading.Thread(target=lambda: done.update(
+                r=push(fl, fixture_bundle("onnx", "int8"), "digits", "device/watched", timeout_s=90)))
+            pusher.start()
+            assert fl.wait_for(lambda: (fl.updates.get(("watched", "digits")) or {}).get("state") == "watching", 60)
+            # The new version cannot answer in time: every request past its deadline is a 504.
+            body = json.dumps({"inputs": digits_test.x[:1].tolist()}).encode()
+            codes = []
+            for _ in range(25):
+                req = urllib.request.Request(f"{board.url}/v1/models/digits/predict", data=body, method="POST",
+                                             headers={"Content-Type": "application/json", "X-Deadline-Ms": "0.001"})
+                try:
+                    urllib.request.urlopen(req, timeout=10)
+                    codes.append(200)
+                except urllib.error.HTTPError as err:
+                    codes.append(err.code)
+            pusher.join(120)
+        assert codes.count(504) > 5
+        result = done["r"]
+        assert result.states == {"watched": "rolled_back"} and "requests failed" in result.errors["watched"]
+        assert board.version() == before
+    finally:
+        board.stop()
