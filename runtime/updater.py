@@ -16,7 +16,7 @@ An update is switched in through the runtime's reload (signature, sha256, a chil
 load and the golden parity check first; in-flight requests are answered by the old version),
 then watched for ``watch_requests`` requests or ``watch_s`` seconds: more failures than
 ``max_failure_rate`` put the previous version back. A version that failed is not retried
-until another bundle is desired. Versions live side by side under ``store/<model>/<version>``.
+until another push. Versions live side by side under ``store/<model>/<version>``.
 """
 
 from __future__ import annotations
@@ -153,9 +153,10 @@ class Updater:
                     continue
                 try:
                     self._converge(model, want)
-                except Exception as exc:  # one bad update must not stop the agent
+                except Exception as exc:  # one bad update must not stop the agent, nor be retried in a loop
                     log.exception("update of %s failed", model)
-                    self._report(model, want, "failed", error=f"{type(exc).__name__}: {exc}")
+                    self._fail(model, want, "failed", str(exc) if isinstance(exc, EdgecError)
+                               else f"{type(exc).__name__}: {exc}")
 
     def _wanted(self, model: str) -> dict[str, Any] | None:
         with self._lock:
@@ -168,8 +169,8 @@ class Updater:
             if self.states.get(model, {}).get("state") != "live" or self.states[model].get("desired") != version:
                 self._report(model, want, "live")
             return
-        if _blob_id(want) in self.record.get(model, {}).get("failed", []):
-            return  # refused or rolled back already; waits for another bundle
+        if _failure_key(want) in self.record.get(model, {}).get("failed", []):
+            return  # refused or rolled back already; waits for another push
         if model not in {m.name for m in self.runtime.config.models}:
             return self._fail(model, want, "refused", f"model {model} is not configured on this board ([[models]])")
         blob = Blob.from_dict(want.get("blob"))
@@ -264,7 +265,7 @@ class Updater:
     def _fail(self, model: str, want: dict[str, Any], state: str, error: str) -> None:
         log.warning("update of %s to %s %s: %s", model, want.get("version"), state, error)
         entry = self.record.setdefault(model, {})
-        entry["failed"] = [*entry.get("failed", [])[-9:], _blob_id(want)]
+        entry["failed"] = [*entry.get("failed", [])[-9:], _failure_key(want)]
         self._write_record()
         self._report(model, want, state, error=error)
         self.runtime.alert(f"update of model {model} to {want.get('version')} {state}: {error}", "model_update_failure")
@@ -323,7 +324,7 @@ class Updater:
         return None
 
 
-def _blob_id(want: dict[str, Any]) -> str:
-    """What a failure is remembered by: the bundle's blob (a re-signed bundle of one model is another)."""
+def _failure_key(want: dict[str, Any]) -> str:
+    """What a failure is remembered by: the push (a new push of the same bundle is tried again)."""
     blob = want.get("blob")
-    return str(blob.get("sha256")) if isinstance(blob, dict) else str(want.get("version"))
+    return str(want.get("rollout") or (blob.get("sha256") if isinstance(blob, dict) else want.get("version")))
