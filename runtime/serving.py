@@ -257,7 +257,8 @@ class Runtime:
             "memory": {"rss_bytes": rss_bytes(), "available_bytes": available_bytes()},
             "cache": self.cache.describe(),
             "batchers": {n: b.describe() for n, b in self.batchers.items()},
-            "latency": {n: {**lat.percentiles(), "requests": lat.count, "errors": lat.errors}
+            "latency": {n: {**lat.percentiles(), "requests": lat.count, "errors": lat.errors, "failures": lat.failures,
+                            "seconds_total": lat.total_s}
                         for n, lat in self.latency.items()},
             "alerts": list(self.alerts)[-10:],
             "failed": self.failed,

@@ -10,14 +10,18 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[all,dev]"
-# The MQTT telemetry tests and benchmark run a real broker: Debian's mosquitto.
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+# Tests run the real services: Debian's mosquitto (MQTT telemetry, fleet rollout) and
+# prometheus (promtool's linter and a real scrape of /metrics).
+missing=""
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto openssl"
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+if [ -n "$missing" ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
-    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq mosquitto openssl >/dev/null; } ||
-      echo "warning: could not install mosquitto; the MQTT tests need it (apt-get install mosquitto)" >&2
+    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null; } ||
+      echo "warning: could not install$missing; the tests that need them cannot run (apt-get install$missing)" >&2
   else
-    echo "warning: mosquitto is not installed; the MQTT tests need it" >&2
+    echo "warning:$missing not installed and no apt-get; the tests that need them cannot run" >&2
   fi
 fi
