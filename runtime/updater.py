@@ -95,10 +95,11 @@ class Updater:
             return
         client.subscribe([(f"{self.base}/desired/+/{target}", 1) for target in self.targets])
         self._publish_membership()
-        for state in list(self.states.values()):
-            self._publish(state)
         with self._lock:
+            states = list(self.states.values())
             self._asked.clear()  # a new connection has no subscriptions: ask again
+        for state in states:
+            self._publish(state)
         self._events.put("connected")
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
@@ -271,10 +272,11 @@ class Updater:
         self.runtime.alert(f"update of model {model} to {want.get('version')} {state}: {error}", "model_update_failure")
 
     def _report(self, model: str, want: dict[str, Any], state: str, **extra: Any) -> None:
-        self.states[model] = {"model": model, "device": self.device, "desired": want.get("version"),
-                              "rollout": want.get("rollout"), "running": self._running_version(model),
-                              "state": state, "time": time.time(), **extra}
-        self._publish(self.states[model])
+        report = {"model": model, "device": self.device, "desired": want.get("version"), "rollout": want.get("rollout"),
+                  "running": self._running_version(model), "state": state, "time": time.time(), **extra}
+        with self._lock:
+            self.states[model] = report
+        self._publish(report)
 
     def _running_version(self, model: str) -> str | None:
         loaded = self.runtime.cache.peek(model)
