@@ -104,8 +104,7 @@ class Telemetry:
         """The version each model runs now, carried by every message so dashboards can split by it."""
         if self.runtime is None:
             return {}
-        loaded = {name: self.runtime.cache.peek(name) for name in self.runtime.batchers}
-        return {name: model.version if model is not None else None for name, model in loaded.items()}
+        return {name: self.runtime.running_version(name) for name in self.runtime.batchers}
 
     def snapshot(self) -> dict[str, Any]:
         """The telemetry message: process, spool, cache and per-model metrics."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 import zipfile
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgecError, InputError
+from .files import write_atomic
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _EMPTY_ZIP = b"PK\x05\x06"
@@ -127,10 +127,4 @@ def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
     """Write arrays to ``path`` atomically: a complete file or none."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(npz_bytes(arrays))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, npz_bytes(arrays))

@@ -70,12 +70,6 @@ class Entry:
                 "sha256": self.model.manifest.files.get(self.model.manifest.model_file)}
 
 
-def bundle_version(path: Path) -> str:
-    """A bundle's version: the first 12 hex digits of its model file's sha256."""
-    manifest = read_manifest(path)
-    return manifest.files.get(manifest.model_file, "unknown")[:12]
-
-
 class ModelCache:
     """Bundles by name, loaded on demand within ``budget_bytes``.
 
@@ -290,8 +284,7 @@ class ModelCache:
                                   f"{first_line(exc)}") from None
             warmed = time.perf_counter()
             rss = (self._memory() or 0) - before
-            version = bundle_version(path)
-            entry = Entry(name, version, model, file_bytes, rss, name in self._pinned, loaded - started, warmed - loaded)
+            entry = Entry(name, model.version, model, file_bytes, rss, name in self._pinned, loaded - started, warmed - loaded)
             with self._lock:
                 self.stats.load_seconds += entry.load_seconds
                 self.stats.warmup_seconds += entry.warmup_seconds
@@ -303,7 +296,7 @@ class ModelCache:
                 self.stats.load_failures += 1
                 raise BundleError(f"model {name} costs {entry.bytes} bytes loaded, more than the cache budget "
                                   f"of {self.budget_bytes} bytes leaves")
-            log.info("loaded model %s version %s: %d bytes in %.3fs (+%.3fs warm-up)", name, version,
+            log.info("loaded model %s version %s: %d bytes in %.3fs (+%.3fs warm-up)", name, entry.version,
                      entry.bytes, entry.load_seconds, entry.warmup_seconds)
             self.relieve_pressure()
             return entry

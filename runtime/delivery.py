@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError, IntegrityError
-from .manifest import MANIFEST_NAME
+from .files import write_atomic
+from .manifest import MANIFEST_NAME, sha256_file
 
 CHUNK_BYTES = 256 * 1024
 MAX_MEMBERS = 64
@@ -63,8 +64,7 @@ class Download:
         self._have: set[int] = set()  # chunks written past the contiguous prefix (this run)
         self.received_bytes = 0  # chunk bytes taken from the network by this run
         self.resumed_from = self.done
-        fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
-        self._fd = fd
+        self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
 
     def _read_mark(self) -> int:
         try:
@@ -108,9 +108,7 @@ class Download:
             advanced = True
         if advanced:
             os.fsync(self._fd)  # the data first, then the mark that vouches for it
-            tmp = self.mark.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"sha256": self.blob.sha256, "done": self.done}))
-            os.replace(tmp, self.mark)
+            write_atomic(self.mark, json.dumps({"sha256": self.blob.sha256, "done": self.done}).encode())
         return True
 
     def finish(self, dest: Path) -> Path:
@@ -120,16 +118,12 @@ class Download:
             IntegrityError: The blob's sha256 differs.
             BundleError: Not a bundle archive (links, folders, too many files, odd names).
         """
-        os.close(self._fd)
-        self._fd = -1
+        self.close()
         os.truncate(self.part, self.blob.size)
-        digest = hashlib.sha256()
-        with open(self.part, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != self.blob.sha256:
+        digest = sha256_file(self.part)
+        if digest != self.blob.sha256:
             self.discard()
-            raise IntegrityError(f"the downloaded bundle's sha256 is {digest.hexdigest()[:12]}..., not the "
+            raise IntegrityError(f"the downloaded bundle's sha256 is {digest[:12]}..., not the "
                                  f"{self.blob.sha256[:12]}... announced")
         staging = dest.with_name(f".{dest.name}.unpack")
         shutil.rmtree(staging, ignore_errors=True)
@@ -144,9 +138,7 @@ class Download:
         return dest
 
     def discard(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self.close()
         self.part.unlink(missing_ok=True)
         self.mark.unlink(missing_ok=True)
 

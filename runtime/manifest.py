@@ -55,6 +55,11 @@ class Manifest:
     def execution_providers(self) -> tuple[str, ...]:
         return tuple(self.device.get("execution_providers", ("CPUExecutionProvider",)))
 
+    @property
+    def version(self) -> str:
+        """The bundle's version: the first 12 hex digits of its model file's sha256."""
+        return self.files.get(self.model_file, "unknown")[:12]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,

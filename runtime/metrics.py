@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError, QueueFullError
+
 
 class LatencyWindow:
     """The last ``size`` request latencies of one model (for percentiles), and counters since start."""
@@ -17,6 +19,12 @@ class LatencyWindow:
         self.errors = 0
         self.failures = 0  # errors of the model or the server, not the client's (bad input, busy)
         self.total_s = 0.0  # summed latency of the answered requests (a Prometheus summary's _sum)
+
+    def error(self, exc: BaseException | None) -> None:
+        """Count a request that failed with ``exc`` (None: cancelled); a failure unless it was the client's."""
+        self.errors += 1
+        if not isinstance(exc, (InputError, QueueFullError)):
+            self.failures += 1
 
     def add(self, seconds: float) -> None:
         self.values.append(seconds)

@@ -102,7 +102,7 @@ class LoadedModel:
     @property
     def version(self) -> str:
         """The bundle's version: the first 12 hex digits of its model file's sha256."""
-        return self.manifest.files.get(self.manifest.model_file, "unknown")[:12]
+        return self.manifest.version
 
     def warm_up(self) -> None:
         """One prediction on zeros (batch 1), so the first real request does not pay for it.

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -106,14 +106,3 @@ def require_parity(model: LoadedModel) -> Parity | None:
         raise BundleError(f"{Path(model.path).name}: {parity.describe()}")
     return parity
 
-
-def golden_inputs(samples: Any, limit: int = GOLDEN_SAMPLES) -> dict[str, np.ndarray]:
-    """The first ``limit`` samples of an iterable of feed dicts (batch 1 each), stacked."""
-    taken: list[Mapping[str, np.ndarray]] = []
-    for sample in samples:
-        taken.append(sample)
-        if len(taken) == limit:
-            break
-    if not taken:
-        return {}
-    return {name: np.concatenate([np.asarray(s[name]) for s in taken]) for name in taken[0]}

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AccessError, DeadlineError, EdgecError, InputError, QueueFullError
+from ..errors import AccessError, DeadlineError, EdgecError, InputError
 from ..formats import FORMATS
 from .batcher import Batcher
 from .cache import ModelCache
@@ -120,9 +120,7 @@ class Runtime:
         except TimeoutError:
             raise DeadlineError(f"model {name} did not answer within {timeout:g}s") from None
         except Exception as exc:
-            self.latency[name].errors += 1
-            if not isinstance(exc, (InputError, QueueFullError)):
-                self.latency[name].failures += 1
+            self.latency[name].error(exc)
             raise
         self.latency[name].add(time.perf_counter() - started)
         return result
@@ -155,9 +153,7 @@ class Runtime:
 
         def record(f: Future) -> None:
             if f.cancelled() or f.exception() is not None:
-                latency.errors += 1
-                if f.cancelled() or not isinstance(f.exception(), (InputError, QueueFullError)):
-                    latency.failures += 1
+                latency.error(None if f.cancelled() else f.exception())
             else:
                 latency.add(time.perf_counter() - started)
 
@@ -230,8 +226,12 @@ class Runtime:
         Raises:
             KeyError: Unknown model.
         """
-        manifest = self.manifest(name)
-        return manifest.files.get(manifest.model_file, "unknown")[:12]
+        return self.manifest(name).version
+
+    def running_version(self, name: str) -> str | None:
+        """The version model ``name`` serves now, or None while it is not loaded."""
+        model = self.cache.peek(name)
+        return model.version if model is not None else None
 
     def platform(self, name: str) -> str:
         """The Open Inference Protocol platform of model ``name`` (``onnxruntime_onnx``, ``tensorflow_lite``)."""

@@ -90,13 +90,18 @@ def read_signature(bundle: str | Path) -> dict[str, str] | None:
     path = Path(bundle) / SIGNATURE_NAME
     if not path.is_file():
         return None
+    damaged = IntegrityError(f"{path} is not an edgec signature (damaged?): sign the bundle again")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        assert isinstance(data, dict) and data.get("alg") == "ed25519"
-        assert isinstance(data.get("key_id"), str) and isinstance(data.get("signature"), str)
+    except (ValueError, UnicodeDecodeError):
+        raise damaged from None
+    if (not isinstance(data, dict) or data.get("alg") != "ed25519" or not isinstance(data.get("key_id"), str)
+            or not isinstance(data.get("signature"), str)):
+        raise damaged
+    try:
         base64.b64decode(data["signature"], validate=True)
-    except (ValueError, UnicodeDecodeError, AssertionError, binascii.Error):
-        raise IntegrityError(f"{path} is not an edgec signature (damaged?): sign the bundle again") from None
+    except (ValueError, binascii.Error):
+        raise damaged from None
     return data
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from ..errors import EdgecError, IntegrityError
 from .config import FleetConfig, TelemetryConfig
 from .delivery import Blob, Download
+from .files import write_atomic
 from .mqtt import connect_settings, paho_client
 from .serving import Runtime
 
@@ -166,7 +167,7 @@ class Updater:
 
     def _converge(self, model: str, want: dict[str, Any]) -> None:
         version = str(want.get("version", ""))
-        if self._running_version(model) == version:
+        if self.runtime.running_version(model) == version:
             if self.states.get(model, {}).get("state") != "live" or self.states[model].get("desired") != version:
                 self._report(model, want, "live")
             return
@@ -273,17 +274,13 @@ class Updater:
 
     def _report(self, model: str, want: dict[str, Any], state: str, **extra: Any) -> None:
         report = {"model": model, "device": self.device, "desired": want.get("version"), "rollout": want.get("rollout"),
-                  "running": self._running_version(model), "state": state, "time": time.time(), **extra}
+                  "running": self.runtime.running_version(model), "state": state, "time": time.time(), **extra}
         with self._lock:
             self.states[model] = report
         self._publish(report)
 
-    def _running_version(self, model: str) -> str | None:
-        loaded = self.runtime.cache.peek(model)
-        return loaded.version if loaded is not None else None
-
     def _running_versions(self) -> dict[str, str | None]:
-        return {m.name: self._running_version(m.name) for m in self.runtime.config.models}
+        return {m.name: self.runtime.running_version(m.name) for m in self.runtime.config.models}
 
     def _current_folder(self, model: str) -> Path | None:
         loaded = self.runtime.cache.peek(model)
@@ -297,9 +294,7 @@ class Updater:
             return {}
 
     def _write_record(self) -> None:
-        tmp = self._record_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.record, indent=2))
-        tmp.replace(self._record_path)
+        write_atomic(self._record_path, json.dumps(self.record, indent=2).encode())
 
     def _restore(self) -> None:
         """After a restart: serve the version the fleet last switched to, not the configured one."""

@@ -29,7 +29,7 @@ from ..devices import DeviceProfile
 from ..errors import CalibrationError, VerificationError
 from ..runtime.manifest import MANIFEST_NAME, Manifest, sha256_file
 from ..runtime.model import load
-from ..runtime.parity import GOLDEN_NAME, golden_inputs, write_golden
+from ..runtime.parity import GOLDEN_NAME, GOLDEN_SAMPLES, write_golden
 from ..runtime.system import rss_bytes
 from .bundle.writer import publish, staging, versions
 from .load.data import Split, example_inputs, split_samples
@@ -293,7 +293,7 @@ def write_bundle(stage: Path, target: Target, choice: Choice, verified: Verified
     manifest.write(stage)
     model = load(stage)  # the runtime's own path: hashes, manifest, backend
     model.predict(one)
-    golden = golden_inputs(holdout.samples())  # what boards check their own answers against
+    golden = next(holdout.batches(GOLDEN_SAMPLES))  # what boards check their own answers against
     write_golden(stage, golden, model.predict(golden), [s.name for s in manifest.inputs],
                  [s.name for s in manifest.outputs])
     manifest = dataclasses.replace(manifest, files={**manifest.files, GOLDEN_NAME: sha256_file(stage / GOLDEN_NAME)})

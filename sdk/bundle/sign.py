@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 
 from ..._optional import need
 from ...errors import BundleError, ValidationError
+from ...runtime.files import write_atomic
 from ...runtime.manifest import MANIFEST_NAME, read_manifest, verify_files
 from ...runtime.signing import SIGNATURE_NAME, key_id, public_raw
 
@@ -41,23 +41,11 @@ def new_keys(out: str | Path, *, force: bool = False) -> tuple[Path, Path, str]:
                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
         private_path.parent.mkdir(parents=True, exist_ok=True)
-        _write(private_path, private_pem, 0o600)
-        _write(public_path, public_pem, 0o644)
+        write_atomic(private_path, private_pem, 0o600)
+        write_atomic(public_path, public_pem)
     except OSError as exc:
         raise ValidationError(f"cannot write the keys to {private_path.parent} ({exc.strerror})") from None
     return private_path, public_path, key_id(public_raw(private.public_key()))
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def load_private_key(path: str | Path):
@@ -94,7 +82,7 @@ def sign_bundle(bundle: str | Path, key: str | Path) -> str:
     kid = key_id(public_raw(private.public_key()))
     record = {"alg": "ed25519", "key_id": kid, "signature": base64.b64encode(signed).decode("ascii")}
     try:
-        _write(bundle / SIGNATURE_NAME, (json.dumps(record, indent=2) + "\n").encode(), 0o644)
+        write_atomic(bundle / SIGNATURE_NAME, (json.dumps(record, indent=2) + "\n").encode())
     except OSError as exc:
         raise BundleError(f"cannot write {SIGNATURE_NAME} in {bundle} ({exc.strerror})") from None
     return kid

@@ -24,8 +24,8 @@ from urllib.parse import urlparse
 from ...errors import BrokerError, ValidationError
 from ...runtime.delivery import CHUNK_BYTES, describe_blob, pack
 from ...runtime.manifest import read_manifest, verify_files
-from ...runtime.mqtt import paho_client
 from ...runtime.signing import read_signature
+from .watch import connect, host_client
 
 DONE = {"live"}
 FAILED = {"rolled_back", "refused", "failed"}
@@ -65,27 +65,18 @@ class FleetLink:
     desired: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (model, target) -> payload
 
     def __post_init__(self) -> None:
-        mqtt = paho_client()
         self.base = f"edgec/{self.fleet}"
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgec-host-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
+        self.client = host_client(client_id=f"edgec-host-{uuid.uuid4().hex[:8]}", username=self.username,
+                                  password=self.password, tls=self.tls)
         self.client.max_inflight_messages_set(32)
-        if self.username is not None:
-            self.client.username_pw_set(self.username, self.password)
-        if self.tls:
-            self.client.tls_set()
         self.client.on_connect = lambda c, u, f, r, p=None: c.subscribe(
             [(f"{self.base}/+/fleet", 1), (f"{self.base}/+/update/+", 1), (f"{self.base}/desired/#", 1)])
         self.client.on_message = self._on_message
 
     def __enter__(self) -> FleetLink:
-        try:
-            self.client.connect(self.host, self.port, keepalive=30)
-        except (OSError, ValueError) as exc:
-            raise BrokerError(f"cannot reach MQTT broker {self.host}:{self.port}: {exc}; check --broker") from None
-        self.client.loop_start()
+        connect(self.client, self.host, self.port)
         time.sleep(0.5)  # the retained states arrive right after the subscription
         return self
 
@@ -183,7 +174,7 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
-    version = manifest.files[manifest.model_file][:12]
+    version = manifest.version
     started = time.monotonic()
     members = link.group_members(target)
     if canary and not target.startswith("group/"):

@@ -16,6 +16,31 @@ from ...runtime.mqtt import paho_client
 from .view import FleetView
 
 
+def host_client(*, client_id: str = "", username: str | None = None, password: str | None = None,
+                tls: bool = False, ca_file: Path | None = None) -> Any:
+    """A paho client (MQTT 5) for the host's fleet tools: credentials, and TLS when asked or given a CA."""
+    mqtt = paho_client()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls or ca_file is not None:
+        client.tls_set(ca_certs=str(ca_file) if ca_file is not None else None)
+    return client
+
+
+def connect(client: Any, broker: str, port: int) -> None:
+    """Connect and start paho's network thread.
+
+    Raises:
+        BrokerError: The broker cannot be reached.
+    """
+    try:
+        client.connect(broker, port, keepalive=30)
+    except (OSError, ValueError) as exc:
+        raise BrokerError(f"cannot reach MQTT broker {broker}:{port}: {exc}; check the broker's host and port") from None
+    client.loop_start()
+
+
 def subscribe(broker: str, port: int, view: FleetView, *, fleet: str = "+", username: str | None = None,
               password: str | None = None, ca_file: Path | None = None) -> tuple[Any, threading.Lock]:
     """A started paho client feeding every ``edgec/<fleet>/+/+`` message into ``view``.
@@ -27,13 +52,8 @@ def subscribe(broker: str, port: int, view: FleetView, *, fleet: str = "+", user
     Raises:
         BrokerError: The broker cannot be reached.
     """
-    mqtt = paho_client()
     lock = threading.Lock()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    if username is not None:
-        client.username_pw_set(username, password)
-    if ca_file is not None:
-        client.tls_set(ca_certs=str(ca_file))
+    client = host_client(username=username, password=password, ca_file=ca_file)
 
     def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         c.subscribe(f"edgec/{fleet}/+/+", qos=1)
@@ -44,11 +64,7 @@ def subscribe(broker: str, port: int, view: FleetView, *, fleet: str = "+", user
 
     client.on_connect = on_connect
     client.on_message = on_message
-    try:
-        client.connect(broker, port, keepalive=30)
-    except (OSError, ValueError) as exc:
-        raise BrokerError(f"cannot reach MQTT broker {broker}:{port}: {exc}; check --broker and --port") from None
-    client.loop_start()
+    connect(client, broker, port)
     return client, lock
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mosquitto_broker import Mosquitto
+from test_telemetry import Subscriber
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from fleet import Board  # noqa: E402  (benchmarks/fleet.py)
@@ -52,15 +53,6 @@ def fleet(tmp_path, broker, fixture_bundle):
 
 def link(broker) -> FleetLink:
     return FleetLink("127.0.0.1", broker.port, fleet="test")
-
-
-def wait(predicate, timeout_s: float) -> bool:
-    until = time.monotonic() + timeout_s
-    while time.monotonic() < until:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def _resum(bundle: Path, name: str) -> None:
@@ -189,7 +181,7 @@ def test_broker_outage_and_sigkill_mid_transfer_resume_and_offline_boards_conver
                                                                       chunk_size=16 * 1024)))
         pusher.start()
         # pi-2 is killed mid-transfer (a tenth of the chunks on its disk); then the broker goes away.
-        assert wait(lambda: _chunks_done(boards[1]) > 0.1, 120), "pi-2 never got a tenth of the chunks"
+        assert Subscriber.wait(lambda: _chunks_done(boards[1]) > 0.1, 120), "pi-2 never got a tenth of the chunks"
         boards[1].stop(signal.SIGKILL)
         broker.stop()
         time.sleep(2)
@@ -228,12 +220,12 @@ def test_rollback_puts_the_previous_version_back(broker, fleet, fixture_bundle):
     done = CliRunner().invoke(app, ["fleet", "rollback", "--model", "digits", "--to", "group:lab", "--broker", url,
                                     "--fleet", "test"])
     assert done.exit_code == 0 and f"desired version is {before} again" in done.output, done.output
-    assert wait(lambda: [b.version() for b in boards] == [before] * 2, 60)
+    assert Subscriber.wait(lambda: [b.version() for b in boards] == [before] * 2, 60)
     shown = CliRunner().invoke(app, ["fleet", "status", "--model", "digits", "--broker", url, "--fleet", "test",
                                      "--json"])
     rows = json.loads(shown.stdout)
     assert shown.exit_code == 0 and {r["device"] for r in rows} == {"pi-1", "pi-2"}
-    assert wait(lambda: all(r["running"] == before and r["state"] == "live" for r in json.loads(CliRunner().invoke(
+    assert Subscriber.wait(lambda: all(r["running"] == before and r["state"] == "live" for r in json.loads(CliRunner().invoke(
         app, ["fleet", "status", "--broker", url, "--fleet", "test", "--json"]).stdout)), 30)
     again = CliRunner().invoke(app, ["fleet", "rollback", "--model", "digits", "--to", "group:nope", "--broker", url,
                                      "--fleet", "test"])
