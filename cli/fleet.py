@@ -159,3 +159,38 @@ def fleet_rollback(
     with _link(broker, fleet, username, password) as link:
         back = rollback(link, model, parse_target(to))
     out.print(f"{model} on {to}: desired version is {back['version']} again; boards switch back as they see it")
+
+
+@app.command()
+@handles_errors
+def dashboard(
+    broker: str = BROKER,
+    fleet: str = typer.Option("+", "--fleet", help="Only this fleet (+: every fleet on the broker).", envvar="EDGEC_FLEET"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve the page on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, "--port", "-p", help="Port to serve the page on."),
+    username: Optional[str] = USER, password: Optional[str] = PASSWORD,
+    ca_file: Optional[Path] = typer.Option(None, "--ca-file", help="CA certificate that verifies an mqtts:// broker."),
+    memory_alert: float = typer.Option(0.9, "--memory-alert", min=0.01, max=1.0,
+                                       help="Flag a board whose model cache uses this share of its budget."),
+) -> None:
+    """Serve a live web page of the fleet: every board, its models, latency, alerts and rollouts.
+
+    \b
+    The page updates itself (server-sent events) from the boards' telemetry on the broker;
+    its script and style ship with edgec, so it works without internet. Open the address it
+    prints in a browser; Ctrl-C stops it.
+    \b
+    Example:
+      edgec dashboard --broker mqtt://localhost:1883 --port 8080
+    """
+    from ..sdk.fleet.dashboard import AlertRules, serve
+    from ..sdk.fleet.rollout import parse_broker
+
+    mqtt_host, mqtt_port, tls = parse_broker(broker)
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        serve(mqtt_host, mqtt_port, fleet=fleet, host=host, http_port=port, username=username, password=password,
+              tls=tls, ca_file=ca_file, rules=AlertRules(memory_fraction=memory_alert),
+              on_ready=lambda bound: out.print(f"dashboard on http://{shown}:{bound}/ (edgec/{fleet}/ on {broker}); Ctrl-C stops it"))
+    except KeyboardInterrupt:
+        pass

@@ -10,6 +10,9 @@ Topics (``<fleet>`` and ``<device>`` from the config; every payload is a JSON ob
                                         telemetry_problem (a damaged spool recovered, a sender error)
     edgec/<fleet>/<device>/cmd/<verb>   commands to the device: reload, stats, interval
     edgec/<fleet>/<device>/cmd-result   one answer per command, ok or with an error
+    homeassistant/sensor/...            retained Home Assistant discovery (:mod:`.homeassistant`)
+
+Every field is specified in ``docs/telemetry.schema.json`` (``docs/telemetry.md``).
 
 Telemetry, events and command results go through :class:`~edgec.runtime.mqtt.Publisher`
 (spooled, QoS 1). Each carries ``seq``, increasing per device across restarts, so a
@@ -30,6 +33,7 @@ from typing import Any
 from .._version import __version__
 from ..errors import EdgecError, ValidationError
 from .config import TelemetryConfig
+from .homeassistant import discovery
 from .mqtt import SCHEMA, Publisher
 from .system import CpuMeter, cpu_temperature_c, rss_bytes
 
@@ -59,7 +63,8 @@ class Telemetry:
         online = {"schema": SCHEMA, "state": "online", "edgec": __version__, "pid": os.getpid()}
         offline = {"schema": SCHEMA, "state": "offline"}
         self.publisher = Publisher(config, on_message=self._on_message, subscriptions=(config.topic("cmd/+"),),
-                                   status=(online, offline))
+                                   status=(online, offline),
+                                   retained=self._discovery if config.homeassistant else None)
         self._commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=64)
         self._problems: deque[str] = deque(maxlen=100)
         self._stop = threading.Event()
@@ -92,6 +97,10 @@ class Telemetry:
         if self.runtime is not None and self._on_alert in self.runtime.alert_listeners:
             self.runtime.alert_listeners.remove(self._on_alert)
         self.publisher.stop(flush_s)
+
+    def _discovery(self) -> list[tuple[str, dict[str, Any]]]:
+        """Home Assistant discovery for this board and the models it serves (at every connect)."""
+        return discovery(self.config, sorted(self.runtime.batchers) if self.runtime is not None else [])
 
     # -- messages -----------------------------------------------------------------------------
     def event(self, kind: str, message: str, **extra: Any) -> int:

@@ -71,6 +71,9 @@ class TelemetryConfig:
         spool_max_messages, spool_max_mb: Spool bounds; the oldest messages go first.
         window: Most messages handed to the broker and not yet acknowledged.
         latency_alert_ms: Raise a ``latency`` event when a model's p95 is above this.
+        homeassistant: Publish Home Assistant MQTT discovery (retained, at every connect) so
+            the board's figures appear as HA sensors with no set-up.
+        discovery_prefix: Home Assistant's discovery prefix.
     """
 
     broker: str | None = None
@@ -94,6 +97,8 @@ class TelemetryConfig:
     spool_max_mb: float = 64.0
     window: int = 256
     latency_alert_ms: float | None = None
+    homeassistant: bool = True
+    discovery_prefix: str = "homeassistant"
 
     def __post_init__(self) -> None:
         if not self.device:
@@ -114,6 +119,12 @@ class TelemetryConfig:
             raise ValidationError("telemetry window and spool limits must be positive")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValidationError("telemetry cert_file and key_file go together")
+        if not isinstance(self.homeassistant, bool):
+            raise ValidationError(f"telemetry homeassistant {self.homeassistant!r} must be true or false")
+        if not self.discovery_prefix or any(c in self.discovery_prefix for c in "+#\0") or \
+                self.discovery_prefix.startswith("/") or self.discovery_prefix.endswith("/"):
+            raise ValidationError(f"telemetry discovery_prefix {self.discovery_prefix!r} must be a topic prefix "
+                                  "such as \"homeassistant\" (no wildcards, no leading or trailing '/')")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> TelemetryConfig:

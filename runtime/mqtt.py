@@ -68,11 +68,15 @@ class Publisher:
         subscriptions: Topic filters to subscribe to (QoS 1) on every connect.
         status: Retained payloads for ``status``: published at connect, and at stop (the
             second also as the Last Will).
+        retained: Called at every connect for ``(topic, payload)`` pairs to publish retained
+            right away, outside the spool (descriptions such as Home Assistant discovery:
+            the next connect publishes them again, so there is nothing to keep).
     """
 
     def __init__(self, config: TelemetryConfig, *, on_message: Any = None, subscriptions: tuple[str, ...] = (),
-                 status: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
+                 status: tuple[dict[str, Any], dict[str, Any]] | None = None, retained: Any = None) -> None:
         self.config = config
+        self._retained = retained
         self._on_message = on_message
         self._subscriptions = subscriptions
         self._status = status
@@ -256,6 +260,12 @@ class Publisher:
             client.subscribe(pattern, qos=1)
         if self._status is not None:
             client.publish(self.config.topic("status"), json.dumps(self._status[0]), qos=1, retain=True)
+        if self._retained is not None:
+            try:
+                for topic_name, payload in self._retained():
+                    client.publish(topic_name, json.dumps(payload, separators=(",", ":")), qos=1, retain=True)
+            except Exception:  # a description must never stop telemetry
+                log.exception("publishing retained descriptions failed")
         self._connected.set()
         self._wake.set()
 

@@ -12,6 +12,7 @@ Expensive things are built once per session; tests copy what they mutate.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +21,26 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FAST = {"latency_budget_s": 0.05}
+
+
+@pytest.fixture(scope="session")
+def system_tool():
+    """``system_tool(name, package)``: the path of a program from a Debian package a test runs.
+
+    Missing where apt-get exists is a failure (``scripts/bootstrap.sh`` installs it); the test
+    skips, with one line saying so, only on a machine without apt-get.
+    """
+
+    def find(name: str, package: str) -> str:
+        path = shutil.which(name) or next((p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if Path(p).exists()),
+                                          None)
+        if path is not None:
+            return path
+        if shutil.which("apt-get"):
+            pytest.fail(f"{name} is not installed: run scripts/bootstrap.sh (it runs apt-get install {package})")
+        pytest.skip(f"{name} is not installed and this machine has no apt-get to install Debian's {package}")
+
+    return find
 
 
 # -- board side: committed bundles, no torch ----------------------------------------------------

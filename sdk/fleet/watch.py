@@ -42,8 +42,9 @@ def connect(client: Any, broker: str, port: int) -> None:
 
 
 def subscribe(broker: str, port: int, view: FleetView, *, fleet: str = "+", username: str | None = None,
-              password: str | None = None, ca_file: Path | None = None) -> tuple[Any, threading.Lock]:
-    """A started paho client feeding every ``edgec/<fleet>/+/+`` message into ``view``.
+              password: str | None = None, tls: bool = False,
+              ca_file: Path | None = None) -> tuple[Any, threading.Lock]:
+    """A started paho client feeding every device message of ``fleet`` (see :class:`FleetView`) into ``view``.
 
     Returns:
         The client (stop it with ``loop_stop()`` and ``disconnect()``) and the lock that
@@ -53,10 +54,10 @@ def subscribe(broker: str, port: int, view: FleetView, *, fleet: str = "+", user
         BrokerError: The broker cannot be reached.
     """
     lock = threading.Lock()
-    client = host_client(username=username, password=password, ca_file=ca_file)
+    client = host_client(username=username, password=password, tls=tls, ca_file=ca_file)
 
     def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        c.subscribe(f"edgec/{fleet}/+/+", qos=1)
+        c.subscribe([(f"edgec/{fleet}/+/+", 1), (f"edgec/{fleet}/+/update/+", 1)])
 
     def on_message(c: Any, userdata: Any, message: Any) -> None:
         with lock:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -18,13 +17,6 @@ from edgec.runtime.config import ServeConfig
 from edgec.runtime.server import Server
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "edgec.json"
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed: scripts/bootstrap.sh installs Debian's prometheus package")
-    return path
 
 
 @pytest.fixture
@@ -47,22 +39,22 @@ def _metrics(server) -> str:
         return resp.read().decode()
 
 
-def test_metrics_pass_promtool(serving):
+def test_metrics_pass_promtool(serving, system_tool):
     text = _metrics(serving)
-    checked = subprocess.run([_tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+    checked = subprocess.run([system_tool("promtool", "prometheus"), "check", "metrics"], input=text, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert 'edgec_request_latency_seconds_count{model="digits"} 7' in text
     assert re.search(r'edgec_model_info\{model="digits-int8",version="[0-9a-f]{12}",format="tflite",'
                      r'precision="int8"\} 1', text)
 
 
-def test_a_real_prometheus_scrapes_the_runtime(serving, tmp_path):
+def test_a_real_prometheus_scrapes_the_runtime(serving, tmp_path, system_tool):
     host, port = serving.address
     web = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: edgec\n"
                       f"    static_configs:\n      - targets: ['{host}:{port}']\n")
-    prometheus = subprocess.Popen([_tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+    prometheus = subprocess.Popen([system_tool("prometheus", "prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                    f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL,
                                   stderr=open(tmp_path / "prometheus.log", "wb"))
     try:
