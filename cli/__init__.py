@@ -6,11 +6,11 @@ Example:
 
 from __future__ import annotations
 
-from . import fleet, models, serving
+from . import deploy, fleet, models, serving
 from .app import app as app
 
 # Importing a command module registers its commands on ``app``.
-COMMAND_MODULES = (models, serving, fleet)
+COMMAND_MODULES = (models, serving, fleet, deploy)
 
 
 def main() -> None:

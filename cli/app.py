@@ -38,6 +38,9 @@ app.add_typer(keys_app, name="keys")
 fleet_app = typer.Typer(help="Roll bundles out to boards over MQTT: push (with canaries), status, rollback.",
                         no_args_is_help=True)
 app.add_typer(fleet_app, name="fleet")
+deploy_app = typer.Typer(help="Install the runtime on a board as a service: `edgec deploy install --config runtime.toml`.",
+                         no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Piped output is read by people too: do not squeeze tables into 80 columns there.

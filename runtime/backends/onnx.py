@@ -82,6 +82,11 @@ def tensor_spec(arg: Any) -> TensorSpec | None:
                       dtype=dtype)
 
 
+_ACCELERATED_HINT = ("On a Jetson, install NVIDIA's onnxruntime-gpu wheel for your JetPack (edgec[jetson] leaves "
+                     "onnxruntime to you; see the README); on a PC with an NVIDIA GPU, pip install onnxruntime-gpu "
+                     "in place of onnxruntime.")
+
+
 class OnnxRuntimeBackend:
     """onnxruntime, with the manifest's execution providers where this build has them."""
 
@@ -91,9 +96,12 @@ class OnnxRuntimeBackend:
         ort = need("onnxruntime", extra="runtime", purpose="to run ONNX bundles")
         available = set(ort.get_available_providers())
         chosen = [p for p in options.providers if p in available]
-        for p in options.providers:
-            if p not in available:
-                log.info("execution provider %s is not in this onnxruntime build; skipping it", p)
+        missing = [p for p in options.providers if p not in available and p != CPU]
+        if missing:
+            log.warning("%s asks for %s, which this onnxruntime build (%s %s) does not have: running on %s. %s",
+                        path.name, ", ".join(missing), getattr(ort, "__name__", "onnxruntime"),
+                        getattr(ort, "__version__", "?"), ", ".join([p for p in chosen if p != CPU] + [CPU]),
+                        _ACCELERATED_HINT)
         if CPU not in chosen:
             chosen.append(CPU)
         settings = {"threads": options.threads, "lean": options.lean, "exact_int8": options.exact_int8}
