@@ -22,6 +22,17 @@ from ..runtime.tensors import TensorSpec
 
 # Calibration past this many samples costs time and rarely moves int8 ranges.
 MAX_CALIBRATION_SAMPLES = 512
+# Input values per batch when data is run through a model (calibration, verification): a
+# batch's activations are what the run holds at once, about batch x (all activations of one
+# sample), so large samples (a 736x736 RGB image is 1.6M values) go one at a time.
+BATCH_VALUES = 2**20
+
+
+def batch_size(samples: Any, most: int) -> int:
+    """Samples per batch for ``samples``: ``most`` for small ones, fewer as they grow, at least 1."""
+    first = next(samples.samples(), None) if samples is not None else None
+    values = sum(int(np.prod(np.shape(v))) for v in first.values()) if first else 1
+    return max(1, min(most, BATCH_VALUES // max(values, 1)))
 
 
 class Source(Protocol):
@@ -161,8 +172,8 @@ class Converter(Protocol):
 
     format: str
 
-    def export(self, source: Source, path: Path) -> None:
-        """Write the fp32 artifact for ``source`` to ``path``.
+    def export(self, source: Source, path: Path) -> dict[str, Any] | None:
+        """Write the fp32 artifact for ``source`` to ``path``; returns what preparing it changed, if anything.
 
         Raises:
             ConversionError: The exporter failed or cannot take this kind of source.

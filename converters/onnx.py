@@ -6,7 +6,6 @@ kernels both take); fp16 converts weights and compute with float inputs and outp
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from ..errors import ConversionError
 from ..formats import FORMATS
 from ..runtime.backends.onnx import session, tensor_spec
 from ..runtime.tensors import TensorSpec
-from .base import MAX_CALIBRATION_SAMPLES, Layer, Recipe, Samples, Source, Target, converting
+from .base import MAX_CALIBRATION_SAMPLES, Layer, Recipe, Samples, Source, Target, batch_size, converting
 
 # Layers whose weights int8 quantizes.
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
@@ -29,10 +28,12 @@ FORMAT = FORMATS["onnx"]
 class OnnxConverter:
     format = FORMAT.name
 
-    def export(self, source: Source, path: Path) -> None:
+    def export(self, source: Source, path: Path) -> dict[str, Any] | None:
         if source.kind == "onnx":
-            shutil.copyfile(source.path, path)
-            return
+            from .onnx_graph import normalize
+
+            with converting(f"preparing {source.path.name}"):
+                return normalize(source.path, path)
         torch = need("torch", extra="sdk", purpose="to export PyTorch models")
         args = tuple(
             torch.from_numpy(np.zeros(tuple(2 if d is None else d for d in t.shape), dtype=t.dtype))
@@ -78,12 +79,13 @@ class OnnxConverter:
         if recipe.needs_calibration and (calib is None or len(calib) == 0):
             raise ConversionError("int8 needs calibration data: pass --calib")
         used = calib.take(slice(0, MAX_CALIBRATION_SAMPLES)) if calib is not None else None
-        dynamic_batch = all(t.shape[:1] == (None,) for t in source.inputs)
-        batch = 16 if dynamic_batch else 1
+        batch = calibration_batch(source.inputs, used)
         prepared = out.with_name(out.stem + ".pre.onnx")
         done: dict[str, object] = {"tool": f"onnxruntime.quantization.quantize_{recipe.mode}", "io": "float32"}
         try:
             with converting(f"ONNX {recipe.label()} quantization"):
+                # (onnxruntime's pre-processing: shape inference and graph optimization; the
+                # fp32 artifact was already normalized by export.)
                 quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
                 if recipe.smoothing is not None:
                     smoothed = _smooth(prepared, used, batch, recipe.smoothing, skip=set(recipe.keep_float))
@@ -161,8 +163,17 @@ def _quantize_static(
     size = batch if recipe.calibration == "minmax" else 1
 
     class Reader(CalibrationDataReader):
+        """The batches, handed out a range at a time (onnxruntime's strided calibration)."""
+
         def __init__(self) -> None:
-            self._it = iter(used.batches(size))
+            self._count = -(-len(used) // size)
+            self.set_range(0, self._count)
+
+        def __len__(self) -> int:
+            return self._count
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._it = iter(used.take(slice(start_index * size, end_index * size)).batches(size))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
@@ -174,12 +185,22 @@ def _quantize_static(
               "percentile": CalibrationMethod.Percentile}[recipe.calibration]
     if recipe.calibration == "percentile":
         extra["CalibPercentile"] = PERCENTILE
+    # Streaming: ranges (or histograms) are merged after every batch and its activations
+    # dropped, instead of onnxruntime keeping every intermediate tensor of every batch.
+    extra["CalibStridedMinMax"] = 1
     quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     reduce_range=profile.int8_reduce_range, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=method, extra_options=extra, **selection)
     calibration = recipe.calibration + (f" ({PERCENTILE}th percentile)" if recipe.calibration == "percentile" else "")
     return {"format": "QDQ", "weights": _weights(profile),
             "activations": "int8 per-tensor" + (" symmetric" if tensorrt else ""), "calibration": calibration}
+
+
+def calibration_batch(inputs: Any, used: Any) -> int:
+    """Samples per calibration batch: up to 16 with a dynamic batch axis, fewer for large samples."""
+    if used is None or not all(t.shape[:1] == (None,) for t in inputs):
+        return 1
+    return batch_size(used, most=16)
 
 
 def _weights(profile: Any) -> str:

@@ -69,7 +69,10 @@ find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
 .venv/bin/python scripts/arm64_parity.py host "$WORK/parity"
 
 # -- guest side: install, then per CPU the tests and the parity check ------------------------------------
-in_root() { chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 "$@"; }
+# pip in the root trusts what this host trusts (a proxy's CA included).
+cp /etc/ssl/certs/ca-certificates.crt "$WORK/host-ca.crt"
+in_root() { chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
+  PIP_CERT=/opt/edgec-check/host-ca.crt "$@"; }
 say "installing edgec[runtime] in the arm64 root (PyPI's aarch64 wheels)"
 WHEEL=$(basename "$(ls "$WORK"/dist/edgec-*.whl)")
 [ -x "$ROOT/opt/venv/bin/python" ] || in_root python3 -m venv /opt/venv

@@ -253,7 +253,12 @@ def check_samples(samples: SampleSet, inputs: Sequence[TensorSpec], what: str = 
                 f"{what}: 'labels' must be one integer class per sample ({n}), got "
                 f"{samples.labels.dtype} of shape {list(samples.labels.shape)}"
             )
-    if n < MIN_SAMPLES:
+    if n < MIN_SAMPLES and what.startswith("--eval"):  # held-out data: never used for ranges
+        warnings.append(
+            f"only {n} samples in {what}: fidelity and accuracy measured on fewer than {MIN_SAMPLES} held-out "
+            "samples are noisy; 100-500 are typical"
+        )
+    elif n < MIN_SAMPLES:
         warnings.append(
             f"only {n} samples in {what}: int8 ranges estimated from fewer than {MIN_SAMPLES} "
             "samples often clip real inputs and cost accuracy; 100-500 representative samples are typical"

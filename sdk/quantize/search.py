@@ -139,6 +139,13 @@ class Search:
             basis = max(over, key=lambda c: (c.measured.fidelity.accuracy or 0.0, c.measured.fidelity.cosine_mean))
         else:
             basis = max(over, key=lambda c: (c.measured.fidelity.cosine_min, c.measured.fidelity.cosine_mean))
+        if self.cpu and self.slow_static and basis.recipe.mode == "static" and not self.int8_only:
+            # Decided before paying for the per-layer run: keeping layers in float only adds
+            # conversions to an int8 graph that already runs slower than fp32 here.
+            self.candidates.append(Candidate(replace(basis.recipe, keep_float=("most sensitive layers",)),
+                                             reason="not tried: static int8 already ran slower than fp32 on this "
+                                             "host, and mixed precision only adds float layers to it"))
+            return None
         self.sensitivity_of = basis.recipe.label()
         with self.step(f"Per-layer sensitivity of {self.sensitivity_of}"):
             self.sensitivity = sensitivity(self.converter, self.fp32, self.work, basis.recipe, self.layers,
@@ -170,8 +177,14 @@ class Search:
                 cand.seconds = time.perf_counter() - started
                 path.unlink(missing_ok=True)
                 return cand
-        with self.step(f"Measuring {recipe.label()}"):
-            cand.measured = self.base if recipe.precision == "fp32" else self._measure(path, recipe, done)
+        try:
+            with self.step(f"Measuring {recipe.label()}"):
+                cand.measured = self.base if recipe.precision == "fp32" else self._measure(path, recipe, done)
+        except Exception as exc:  # built, but the runtime cannot load or run it: report it, go on
+            cand.status, cand.reason = "failed", f"built, but it does not run: {first_line(exc)}"
+            cand.seconds = time.perf_counter() - started
+            path.unlink(missing_ok=True)
+            return cand
         cand.seconds = time.perf_counter() - started
         self._judge(cand)
         if static_int8 and cand.measured.speedup is not None and cand.measured.speedup * SLOWER_TOLERANCE < 1.0:

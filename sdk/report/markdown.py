@@ -33,6 +33,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"{device['description']}. Precision {target['precision']}: {target['precision_reason']}.",
         "",
+        *([f"Graph prepared for quantization: {report['model']['prepared']['summary']}.", ""]
+          if report["model"].get("prepared") else []),
         "| model | size | latency p50 (batch 1) | speed-up | cosine (min) | top-1 agreement | accuracy |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -59,6 +61,11 @@ def to_markdown(report: dict[str, Any]) -> str:
                      f"on {report['data']['holdout_samples']} held-out labelled samples.")
     if report.get("search"):
         lines += search_markdown(report["search"])
+    stages = {k: v for k, v in report.get("timings_s", {}).items() if k != "total"}
+    if stages:
+        lines += ["", "## Where the time went", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in stages.items()]
+        lines.append(f"| **total** | **{report['timings_s'].get('total', sum(stages.values())):.1f}** |")
     verification = report["verification"]
     lines += ["", "## Verification", ""]
     lines.append(f"- {'Passed' if verification['passed'] else 'FAILED'}: " + "; ".join(verification["checks"]) + ".")

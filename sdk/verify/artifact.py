@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ...converters import converter_for
-from ...converters.base import Samples, Source
+from ...converters.base import Samples, Source, batch_size
 from ...devices import DeviceProfile
 from ...runtime.backends import BackendOptions, open_backend
 from ...runtime.manifest import Manifest
@@ -77,7 +77,7 @@ def outputs_of(model: LoadedModel) -> Callable[[dict[str, np.ndarray]], list[np.
 def reference_outputs(source: Source, holdout: Samples) -> list[np.ndarray]:
     """The original model's outputs on the held-out samples."""
     # A source traced with a fixed batch of 1 takes one sample at a time.
-    ref_batch = 1 if any(t.shape[:1] == (1,) for t in source.inputs) else 64
+    ref_batch = 1 if any(t.shape[:1] == (1,) for t in source.inputs) else batch_size(holdout, most=64)
     return run_batched(source.run, holdout.batches(ref_batch))
 
 
@@ -92,7 +92,7 @@ def make_measure(fmt: str, source: Source, profile: DeviceProfile, threads: int,
                               weight_bits=weight_bits)
         part = holdout if limit is None else holdout.take(slice(0, limit))
         ref = ref_out if limit is None else [r[: len(part)] for r in ref_out]
-        fid = compare(ref, run_batched(outputs_of(model), part.batches(64)), part.labels)
+        fid = compare(ref, run_batched(outputs_of(model), part.batches(batch_size(part, most=64))), part.labels)
         return Measured(fid, path.stat().st_size, run_one=lambda: model.predict(one))
 
     return measure

@@ -36,7 +36,10 @@ def test_auto_ships_int8_within_a_half_point_budget(assets, tmp_path, digits, de
 
 
 def test_a_budget_int8_cannot_meet_falls_back_and_says_so(assets, tmp_path):
-    result = convert(assets / "model.pt2", device="x86-64", calib=assets / "calib.npz",
+    # A GPU board: this host's CPU timings decide nothing there, so every calibration and the
+    # mixed-precision steps are tried whatever the timing noise (on a CPU board a slower
+    # static int8 rightly stops the search early).
+    result = convert(assets / "model.pt2", device="jetson-orin-nano", calib=assets / "calib.npz",
                      eval_data=assets / "eval.npz", min_cosine=0.99999, out=tmp_path / "b", **FAST)
     cands = result.report["search"]["candidates"]
     tried = [c for c in cands if c["precision"] == "int8" and c.get("fidelity")]
