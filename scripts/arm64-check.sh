@@ -36,7 +36,7 @@ if [ ! -f "$ROOT/.edgec-ready" ]; then
   rm -rf "$ROOT"
   mkdir -p "$ROOT"
   debootstrap --foreign --arch=arm64 --variant=minbase \
-    --include=python3,python3-venv,ca-certificates,mosquitto,openssl,prometheus bookworm "$ROOT" "$MIRROR" >/dev/null
+    --include=python3,python3-venv,ca-certificates,mosquitto,openssl,prometheus,systemd bookworm "$ROOT" "$MIRROR" >/dev/null
   mkdir -p "$ROOT$(dirname "$INTERP")"
   cp "$(readlink -f "$(command -v qemu-aarch64-static)")" "$ROOT$INTERP"
   chroot "$ROOT" /debootstrap/debootstrap --second-stage >/dev/null
@@ -63,7 +63,7 @@ say "building the edgec wheel and the host's bundles (rpi4, rpi5, jetson-orin-na
 rm -rf "$WORK/src" "$WORK/dist"
 mkdir -p "$WORK/src" "$WORK/dist"
 .venv/bin/python -m pip wheel -q --no-deps . -w "$WORK/dist" 2>/dev/null
-cp -r pyproject.toml tests benchmarks docs scripts "$WORK/src/"
+cp -r pyproject.toml tests benchmarks docs scripts deploy "$WORK/src/"
 rm -rf "$WORK/src/tests/artifacts"
 find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
 .venv/bin/python scripts/arm64_parity.py host "$WORK/parity"
@@ -73,6 +73,15 @@ find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
 cp /etc/ssl/certs/ca-certificates.crt "$WORK/host-ca.crt"
 in_root() { chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
   PIP_CERT=/opt/edgec-check/host-ca.crt "$@"; }
+# What the runtime tests run (a root built by an older version of this script may lack some).
+for tool in mosquitto promtool systemd-analyze openssl; do
+  in_root sh -c "command -v $tool >/dev/null || [ -x /usr/sbin/$tool ]" || missing_tools="${missing_tools:-} $tool"
+done
+if [ -n "${missing_tools:-}" ]; then
+  say "installing Debian packages in the arm64 root:${missing_tools}"
+  in_root apt-get update -qq
+  in_root apt-get install -y -qq --no-install-recommends mosquitto prometheus systemd openssl >/dev/null
+fi
 say "installing edgec[runtime] in the arm64 root (PyPI's aarch64 wheels)"
 WHEEL=$(basename "$(ls "$WORK"/dist/edgec-*.whl)")
 [ -x "$ROOT/opt/venv/bin/python" ] || in_root python3 -m venv /opt/venv
