@@ -22,6 +22,10 @@ from .errors import ValidationError
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 MODES: tuple[str, ...] = ("static", "dynamic", "weight-only")
 CALIBRATIONS: tuple[str, ...] = ("minmax", "percentile", "entropy")
+# How static int8 is written: QDQ (Quantize/DequantizeLinear around float ops: what TensorRT
+# and onnxruntime's graph optimizer fuse) or QOperator (QLinearConv, QLinearMatMul...: u8
+# activations, s8 weights, onnxruntime's own integer kernels; often faster on x86 CPUs).
+LAYOUTS: tuple[str, ...] = ("qdq", "qoperator")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Format:
         modes: int8 modes its quantizer makes (``static``, ``dynamic``, ``weight-only``).
         calibrations: Static int8 calibration methods its quantizer has.
         smoothing: Whether SmoothQuant-style smoothing can precede dynamic int8.
+        layouts: Static int8 graph layouts its quantizer writes (the first is the default).
         dynamic_ops: The only layer types dynamic int8 quantizes (``None``: every weight layer).
         batch_of_one: Exported models take a batch of 1 (the runtime serves larger ones row by row).
         platform: The platform name the Open Inference Protocol's model metadata gives.
@@ -51,6 +56,7 @@ class Format:
     modes: tuple[str, ...]
     calibrations: tuple[str, ...]
     smoothing: bool = False
+    layouts: tuple[str, ...] = ("qdq",)
     dynamic_ops: tuple[str, ...] | None = None
     batch_of_one: bool = False
     platform: str = ""
@@ -60,7 +66,7 @@ class Format:
 FORMATS: dict[str, Format] = {
     "onnx": Format(
         "onnx", ".onnx", PRECISIONS, "edgec.converters.onnx", "edgec.runtime.backends.onnx",
-        modes=("static", "dynamic"), calibrations=CALIBRATIONS, smoothing=True,
+        modes=("static", "dynamic"), calibrations=CALIBRATIONS, smoothing=True, layouts=LAYOUTS,
         # onnxruntime has integer kernels at run time for these only (MatMulInteger, int8 Gather).
         dynamic_ops=("MatMul", "Gather", "Attention", "LSTM"), platform="onnxruntime_onnx",
     ),

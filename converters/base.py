@@ -17,7 +17,7 @@ import numpy as np
 
 from .._quiet import quiet
 from ..errors import ConversionError, EdgecError, ValidationError, first_line
-from ..formats import CALIBRATIONS, MODES
+from ..formats import CALIBRATIONS, LAYOUTS, MODES
 from ..runtime.tensors import TensorSpec
 
 # Calibration past this many samples costs time and rarely moves int8 ranges.
@@ -102,6 +102,7 @@ class Recipe:
             the layers that read them before quantizing; ``None`` for none.
         keep_float: Layers left in float (mixed precision).
         only: Quantize these layers and nothing else (sensitivity analysis).
+        layout: For static int8: ``qdq`` or ``qoperator`` (see :data:`edgec.formats.LAYOUTS`).
 
     Example:
         >>> Recipe("int8", mode="dynamic", keep_float=("node_MatMul_121",)).label()
@@ -114,12 +115,15 @@ class Recipe:
     smoothing: float | None = None
     keep_float: tuple[str, ...] = ()
     only: tuple[str, ...] | None = None
+    layout: str = "qdq"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValidationError(f"unknown int8 mode {self.mode!r}: choose one of {', '.join(MODES)}")
         if self.calibration not in CALIBRATIONS:
             raise ValidationError(f"unknown calibration {self.calibration!r}: choose one of {', '.join(CALIBRATIONS)}")
+        if self.layout not in LAYOUTS:
+            raise ValidationError(f"unknown int8 layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
         if self.smoothing is not None and not 0.0 < self.smoothing < 1.0:
             raise ValidationError(f"smoothing must be between 0 and 1, got {self.smoothing}")
 
@@ -132,6 +136,8 @@ class Recipe:
         if self.precision != "int8":
             return self.precision
         parts = [f"int8 {self.mode}" + (f" {self.calibration}" if self.mode == "static" else "")]
+        if self.layout == "qoperator":
+            parts.append("QOperator u8s8")
         if self.smoothing is not None:
             parts.append(f"smoothed {self.smoothing:g}")
         if self.keep_float:

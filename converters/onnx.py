@@ -188,12 +188,17 @@ def _quantize_static(
     # Streaming: ranges (or histograms) are merged after every batch and its activations
     # dropped, instead of onnxruntime keeping every intermediate tensor of every batch.
     extra["CalibStridedMinMax"] = 1
-    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=profile.int8_reduce_range, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+    qoperator = recipe.layout == "qoperator"
+    # QOperator: uint8 activations with s8 weights (onnxruntime's u8s8 kernels); QDQ: s8s8.
+    quantize_static(str(prepared), str(out), Reader(), per_channel=True,
+                    quant_format=QuantFormat.QOperator if qoperator else QuantFormat.QDQ,
+                    reduce_range=profile.int8_reduce_range, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8 if qoperator else QuantType.QInt8,
                     calibrate_method=method, extra_options=extra, **selection)
     calibration = recipe.calibration + (f" ({PERCENTILE}th percentile)" if recipe.calibration == "percentile" else "")
-    return {"format": "QDQ", "weights": _weights(profile),
-            "activations": "int8 per-tensor" + (" symmetric" if tensorrt else ""), "calibration": calibration}
+    activations = "uint8 per-tensor" if qoperator else "int8 per-tensor" + (" symmetric" if tensorrt else "")
+    return {"format": "QOperator" if qoperator else "QDQ", "weights": _weights(profile), "activations": activations,
+            "calibration": calibration}
 
 
 def calibration_batch(inputs: Any, used: Any) -> int:

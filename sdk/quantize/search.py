@@ -54,6 +54,12 @@ def ladder(fmt: Format, profile: DeviceProfile, precisions: Sequence[str], has_d
                 out.append((recipe, "needs calibration data: pass --calib"))
             else:
                 out.append(recipe)
+        # On a CPU, try the other layouts the format's runtime has fast kernels for (TensorRT
+        # takes QDQ only): one verdict on one layout is too narrow to call int8 slow here.
+        if profile.accelerator == "none" and "TensorrtExecutionProvider" not in profile.execution_providers:
+            for layout in fmt.layouts[1:]:
+                recipe = Recipe("int8", "static", "minmax", layout=layout)
+                out.append(recipe if has_data else (recipe, "needs calibration data: pass --calib"))
         if profile.int8_io:
             for mode in ("dynamic", "weight-only"):
                 out.append((Recipe("int8", mode), f"{profile.name} runs full-integer models only"))
@@ -90,7 +96,7 @@ class Search:
         self.int8_only = profile.allowed_precisions == ("int8",)
         self.candidates: list[Candidate] = []
         self.kept: dict[Recipe, Path] = {}  # artifacts within budget, by recipe
-        self.slow_static = False  # static int8 already ran slower than fp32 here
+        self.slow_layouts: set[str] = set()  # static int8 layouts that already ran slower than fp32 here
         self.base: Measured | None = None
         self.layers: list[Layer] = []
         self.sensitivity: list[LayerSensitivity] = []
@@ -139,7 +145,8 @@ class Search:
             basis = max(over, key=lambda c: (c.measured.fidelity.accuracy or 0.0, c.measured.fidelity.cosine_mean))
         else:
             basis = max(over, key=lambda c: (c.measured.fidelity.cosine_min, c.measured.fidelity.cosine_mean))
-        if self.cpu and self.slow_static and basis.recipe.mode == "static" and not self.int8_only:
+        if self.cpu and basis.recipe.layout in self.slow_layouts and basis.recipe.mode == "static" \
+                and not self.int8_only:
             # Decided before paying for the per-layer run: keeping layers in float only adds
             # conversions to an int8 graph that already runs slower than fp32 here.
             self.candidates.append(Candidate(replace(basis.recipe, keep_float=("most sensitive layers",)),
@@ -161,7 +168,7 @@ class Search:
         cand = Candidate(recipe, float_layers=tuple(names.get(n, n) for n in recipe.keep_float))
         self.candidates.append(cand)
         static_int8 = recipe.precision == "int8" and recipe.mode == "static"
-        if static_int8 and self.slow_static and self.cpu:
+        if static_int8 and recipe.layout in self.slow_layouts and self.cpu:
             cand.reason = "static int8 already ran slower than fp32 on this host; other calibrations run just as slow"
             return cand
         started = time.perf_counter()
@@ -188,7 +195,7 @@ class Search:
         cand.seconds = time.perf_counter() - started
         self._judge(cand)
         if static_int8 and cand.measured.speedup is not None and cand.measured.speedup * SLOWER_TOLERANCE < 1.0:
-            self.slow_static = True
+            self.slow_layouts.add(recipe.layout)
         if cand.status == "within budget":
             self.kept[recipe] = path
             cand.done = done

@@ -82,3 +82,36 @@ def test_few_eval_samples_warn_about_noise_not_ranges(foreign):
                      eval_data=foreign / "few.npz", out=foreign / "bundle", **FAST)
     about_eval = [w for w in result.warnings if "--eval" in w]
     assert about_eval and all("held-out" in w and "ranges" not in w for w in about_eval), result.warnings
+
+
+def test_qoperator_u8s8_is_its_own_candidate_on_a_cpu_board(foreign):
+    """QDQ s8s8 being slow on a host says nothing about onnxruntime's QOperator u8s8 kernels."""
+    import onnxruntime as ort
+
+    from edgec.converters.base import Recipe
+    from edgec.devices import get_profile
+    from edgec.formats import get_format
+    from edgec.sdk.load.data import SampleSet
+    from edgec.sdk.load.onnx import load_onnx
+    from edgec.sdk.quantize.search import ladder
+
+    onnx_graph.normalize(foreign / "foreign.onnx", foreign / "ready.onnx")
+    calib = SampleSet({"image": digits_images(24, 64)})
+    done = converter_for("onnx").quantize(foreign / "ready.onnx", foreign / "u8s8.onnx",
+                                          recipe=Recipe("int8", "static", "minmax", layout="qoperator"),
+                                          source=load_onnx(foreign / "foreign.onnx"), calib=calib,
+                                          profile=get_profile("x86-64"))
+    assert done["format"] == "QOperator" and done["activations"].startswith("uint8")
+    ops = {n.op_type for n in onnx.load(str(foreign / "u8s8.onnx")).graph.node}
+    assert {"QLinearConv", "QuantizeLinear"} <= ops and "DequantizeLinear" in ops
+    x = digits_images(24, 16, offset=1000)
+    ref = ort.InferenceSession(str(foreign / "ready.onnx")).run(None, {"image": x})[0]
+    got = ort.InferenceSession(str(foreign / "u8s8.onnx")).run(None, {"image": x})[0]
+    cosine = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cosine.min() > 0.99
+    layers = converter_for("onnx").layers(foreign / "ready.onnx")
+    cpu = [r.label() for r in ladder(get_format("onnx"), get_profile("x86-64"), ["int8", "fp32"], True, layers)
+           if not isinstance(r, tuple)]
+    gpu = [r.label() for r in ladder(get_format("onnx"), get_profile("jetson-orin-nano"), ["int8", "fp32"], True, layers)
+           if not isinstance(r, tuple)]
+    assert "int8 static minmax, QOperator u8s8" in cpu and not any("QOperator" in label for label in gpu)
