@@ -73,7 +73,10 @@ def test_a_candidate_that_cannot_run_is_reported_and_the_search_goes_on(foreign,
                      eval_data=foreign / "eval.npz", min_cosine=0.99, out=foreign / "bundle", **FAST)
     failed = [c for c in result.report["search"]["candidates"] if c["status"] == "failed"]
     assert failed and all("does not run" in c["reason"] or "INVALID" in c["reason"] for c in failed), failed
-    assert result.manifest.precision in ("fp16", "fp32") and result.report["verification"]["passed"]
+    # The search went on past them to a candidate that runs (QOperator int8, fp16 or fp32, by speed).
+    shipped = [c for c in result.report["search"]["candidates"] if c["status"] == "shipped"]
+    assert len(shipped) == 1 and shipped[0]["label"] not in {c["label"] for c in failed}
+    assert result.report["verification"]["passed"]
 
 
 def test_few_eval_samples_warn_about_noise_not_ranges(foreign):
