@@ -61,7 +61,8 @@ def normalize(src: Path, dst: Path) -> dict[str, Any]:
     """Write ``src`` to ``dst`` with Constant weights as initializers, opset ≥ 13, shapes inferred.
 
     Returns:
-        What was done, for the report: ``constants_moved``, ``opset`` (from, to), ``notes``.
+        What was done, for the report: ``constants_moved``, ``opset`` (from, to), ``notes``,
+        and a one-line ``summary``.
     """
     onnx = need("onnx", extra="sdk", purpose="to prepare ONNX models")
     model = onnx.load(str(src))
@@ -82,6 +83,7 @@ def normalize(src: Path, dst: Path) -> dict[str, Any]:
     except Exception as exc:  # shapes help the quantizer but are not required
         done["notes"].append(f"shape inference failed ({first_line(exc, 160)}); quantizing without it")
     onnx.save(model, str(dst))
+    done["summary"] = describe(done)
     return done
 
 

@@ -52,7 +52,7 @@ def discovery(config: TelemetryConfig, models: list[str]) -> list[tuple[str, dic
     common = {"state_topic": config.topic("telemetry"), "availability_topic": config.topic("status"),
               "availability_template": "{{ value_json.state }}", "payload_available": "online",
               "payload_not_available": "offline", "state_class": "measurement", "device": device}
-    sensors = [(key, name, template, unit, cls, icon) for key, name, template, unit, cls, icon in BOARD_SENSORS]
+    sensors = list(BOARD_SENSORS)
     for model in sorted(models):
         sensors += [(f"{_slug(model)}_{key}", name.format(model=model), template.format(model=model), unit, cls, icon)
                     for key, name, template, unit, cls, icon in MODEL_SENSORS]

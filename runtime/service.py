@@ -13,6 +13,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import EdgecError, ValidationError
 from .config import ServeConfig
@@ -38,28 +39,28 @@ class Unit:
                 f"systemctl status {self.name}", f"journalctl -u {self.name} -f"]
 
 
-def _memory_mb(config: ServeConfig) -> tuple[int, str]:
-    """MemoryMax: the largest model budget among the bundles' profiles (or the cache budget), plus the process."""
-    budgets = [(int(config.budget_mb), "the cache budget (budget_mb)")]
+def _manifests(config: ServeConfig) -> list[Any]:
+    """Each configured bundle's manifest, read once.
+
+    Raises:
+        ValidationError: A bundle is missing or its manifest is unusable.
+    """
+    out = []
     for model in config.models:
         try:
-            manifest = read_manifest(model.path)
+            out.append(read_manifest(model.path))
         except EdgecError as exc:
             raise ValidationError(f"model {model.name}: {exc}") from None
-        if manifest.device.get("model_ram_mb"):
-            budgets.append((int(manifest.device["model_ram_mb"]), f"{manifest.device.get('name', '?')}'s model RAM"))
+    return out
+
+
+def _memory_mb(config: ServeConfig, manifests: list[Any]) -> tuple[int, str]:
+    """MemoryMax: the largest model budget among the bundles' profiles (or the cache budget), plus the process."""
+    budgets = [(int(config.budget_mb), "the cache budget (budget_mb)")]
+    budgets += [(int(m.device["model_ram_mb"]), f"{m.device.get('name', '?')}'s model RAM")
+                for m in manifests if m.device.get("model_ram_mb")]
     model_mb, source = max(budgets)
     return model_mb + PROCESS_MB, source
-
-
-def _accelerators(config: ServeConfig) -> set[str]:
-    out = set()
-    for model in config.models:
-        try:
-            out.add(str(read_manifest(model.path).device.get("accelerator", "none")))
-        except EdgecError:
-            pass
-    return out
 
 
 def _closed_to_others(path: Path) -> Path | None:
@@ -104,7 +105,8 @@ def build_unit(config_path: str | Path, *, name: str = "edgec", user: str | None
     python = python or sys.executable
     if memory_mb is not None and memory_mb < 64:
         raise ValidationError(f"--memory-mb {memory_mb} is too small to run Python at all; give at least 64")
-    derived, source = _memory_mb(config)
+    manifests = _manifests(config)
+    derived, source = _memory_mb(config, manifests)
     memory_mb, why = (memory_mb, "as asked") if memory_mb is not None else (derived, f"{source} plus {PROCESS_MB} MB")
     warnings: list[str] = []
     writable: list[Path] = []
@@ -122,7 +124,7 @@ def build_unit(config_path: str | Path, *, name: str = "edgec", user: str | None
             if blocked is not None:
                 warnings.append(f"{needed} cannot be read by the service's user ({blocked} is closed to other "
                                 f"users): pass --user with the account that owns it, or chmod o+rX")
-    accelerators = _accelerators(config)
+    accelerators = {str(m.device.get("accelerator", "none")) for m in manifests}
     devices = "yes" if accelerators <= {"none"} else "no"  # GPUs (/dev/nvhost*, /dev/nvidia*) and USB TPUs need /dev
     privileged_port = 0 < config.port < 1024
     identity = ["DynamicUser=yes"] if user is None else [f"User={user}", f"Group={user}"]

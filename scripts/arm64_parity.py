@@ -47,21 +47,12 @@ def host(out: Path) -> None:
     print(f"host: {len(rows)} bundles in {out}")
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def one(bundle: Path) -> None:
     """In a fresh process: RSS before and after loading, outputs compared with the host's."""
-    import importlib
-
-    importlib.import_module("edgec.runtime")
-    before = rss_mb()
     from edgec.runtime import load
+    from edgec.runtime.system import rss_bytes
 
+    before = rss_bytes() / 2**20
     with np.load(bundle.parent / "test.npz") as npz:
         x, labels = npz["x"], npz["labels"]
     model = load(bundle)
@@ -71,7 +62,7 @@ def one(bundle: Path) -> None:
                       "max_abs_diff": float(np.abs(logits.astype(np.float64) - host_logits).max()),
                       "argmax_agree": int((logits.argmax(1) == host_logits.argmax(1)).sum()), "n": len(x),
                       "accuracy": float((logits.argmax(1) == labels).mean()),
-                      "rss_import_mb": round(before, 1), "rss_loaded_mb": round(rss_mb(), 1)}))
+                      "rss_import_mb": round(before, 1), "rss_loaded_mb": round(rss_bytes() / 2**20, 1)}))
 
 
 def guest(folder: Path) -> int:

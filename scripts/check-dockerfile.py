@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -94,9 +95,7 @@ class Image:
         for source in sources:
             src = ROOT / source
             if src.is_dir():
-                ignore = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", "tests",
-                                                "benchmarks", "docs", "edgec-quickstart")
-                shutil.copytree(src, target, dirs_exist_ok=True, ignore=ignore)
+                shutil.copytree(src, target, dirs_exist_ok=True, ignore=dockerignore())
             else:
                 into = target / src.name if dest.endswith("/") else target
                 into.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +115,13 @@ class Image:
         if done.returncode != 0:
             raise SystemExit(f"RUN {rest} failed ({done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}")
         return f"RUN {rest}"
+
+
+def dockerignore() -> Any:
+    """The repository's .dockerignore as a copytree filter: what the build context leaves out."""
+    names = [line.strip().removeprefix("**/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    return shutil.ignore_patterns(*names)
 
 
 def exec_form(rest: str) -> list[str]:

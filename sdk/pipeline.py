@@ -144,9 +144,7 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
         with _timed(timings, "export"), step(f"Exporting {target.format.name} fp32"):
             prepared = target.converter.export(source, fp32_path)
         if prepared:
-            from ..converters.onnx_graph import describe
-
-            data.info["graph"] = {**prepared, "summary": describe(prepared)}
+            data.info["graph"] = prepared
         with step("Running the original on held-out samples"):
             ref_out = reference_outputs(source, data.holdout)
         ref_acc = accuracy(ref_out, data.holdout.labels)

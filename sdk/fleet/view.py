@@ -51,8 +51,6 @@ class FleetView:
             device[KINDS[parts[3]]] = message
             if parts[3] == "telemetry":
                 self._remember(device, message)
-            if parts[3] == "status" and message.get("state") == "online":
-                device["since"] = time.time()
         device["seen"] = time.time()
         self.version += 1
         return True
