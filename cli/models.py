@@ -64,10 +64,10 @@ def devices_show(
 @app.command()
 @handles_errors
 def convert(
-    model: str = typer.Argument(..., help="model.pt2 (torch.export), model.onnx, or pkg.module:factory."),
+    model: str = typer.Argument(..., help="model.pt2 (torch.export), model.onnx, model.keras / model.h5, a TensorFlow SavedModel folder, or pkg.module:factory."),
     device: str = typer.Option("x86-64", "--device", "-d", help="Target device or alias (see `edgec devices`)."),
     profile: Optional[Path] = typer.Option(None, "--profile", help="Your own device profile (.toml); overrides --device."),
-    fmt: str = typer.Option("auto", "--format", "-f", help="auto (the device's choice), onnx or tflite."),
+    fmt: str = typer.Option("auto", "--format", "-f", help="auto (the device's choice), onnx or tflite. Keras models go to TFLite through TFLiteConverter, to ONNX through tf2onnx."),
     precision: str = typer.Option("auto", "--precision", "-p", help="auto: try int8 recipes, then fp16, fp32, and ship the fastest within the budget. fp32, fp16 or int8: that precision, plain."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Sample inputs: .npz keyed by input name (+ optional 'labels'), or an image folder. Needed for static int8; without --eval part is held out to verify."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help="Held-out inputs (.npz, same layout as --calib, optional 'labels') to measure candidates on; never used to calibrate."),
@@ -95,6 +95,8 @@ def convert(
       edgec convert encoder.pt2 --device rpi5 --calib sentences.npz --min-cosine 0.99
       edgec convert model.pt2 --device jetson --out build/jetson
       edgec convert model.onnx --device x86 --precision int8 --calib calib.npz
+      edgec convert model.keras --device coral --calib calib.npz --eval test.npz
+      edgec convert saved_model_dir/ --device rpi5 --precision fp16
       edgec convert mypkg.nets:build --weights w.safetensors --device coral --calib images/ --image-size 96x96
     """
     from ..sdk.load.data import ImageOptions

@@ -1,4 +1,4 @@
-"""ONNX: export with ``torch.onnx`` (dynamo), quantize with ``onnxruntime.quantization``.
+"""ONNX: export with ``torch.onnx`` (dynamo) or ``tf2onnx`` (Keras/TensorFlow), quantize with ``onnxruntime.quantization``.
 
 int8 is static QDQ with per-channel weights (the format TensorRT and onnxruntime's CPU
 kernels both take); fp16 converts weights and compute with float inputs and outputs kept.
@@ -34,6 +34,10 @@ class OnnxConverter:
 
             with converting(f"preparing {source.path.name}"):
                 return normalize(source.path, path)
+        if source.kind == "keras":
+            from .keras import export_onnx
+
+            return export_onnx(source, path)
         torch = need("torch", extra="sdk", purpose="to export PyTorch models")
         args = tuple(
             torch.from_numpy(np.zeros(tuple(2 if d is None else d for d in t.shape), dtype=t.dtype))

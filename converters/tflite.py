@@ -1,4 +1,7 @@
-"""TFLite: export with ``litert-torch``, quantize with ``ai-edge-quantizer``.
+"""TFLite: export PyTorch models with ``litert-torch``, quantize with ``ai-edge-quantizer``.
+
+Keras and TensorFlow models go through ``tf.lite.TFLiteConverter`` instead (:mod:`.keras`),
+which also makes their plain int8, dynamic-range and float16 models.
 
 int8 is full-integer static quantization (int8 weights per channel, int8 activations); the
 model's I/O stays float unless the device profile asks for int8 I/O (Coral). fp16 stores
@@ -40,22 +43,37 @@ def _ordered(names: list[str], pattern: re.Pattern[str]) -> list[str]:
     return sorted(names, key=key)
 
 
-def _signature(path: Path) -> tuple[Any, list[str], list[str]]:
+def _signature(path: Path, source: Source) -> tuple[Any, list[str], list[str]]:
+    """The signature runner and its input and output names in the source's order.
+
+    Signatures TensorFlow writes name tensors as the source does (``image``, ``output_0``);
+    litert-torch's are positional (``args_0``, ``output_0``).
+    """
+    from . import keras
+
     interpreter = interpreter_class()(model_path=str(path))
     sigs = interpreter.get_signature_list()
+    if not sigs:
+        raise ConversionError(f"{path.name} has no signature to run it by")
     key = next(iter(sigs))
     runner = interpreter.get_signature_runner(key)
-    return runner, _ordered(list(sigs[key]["inputs"]), _ARG), _ordered(list(sigs[key]["outputs"]), _OUT)
+    ins, outs = list(sigs[key]["inputs"]), list(sigs[key]["outputs"])
+    return (runner, keras.input_order(ins, source) or _ordered(ins, _ARG),
+            keras.output_order(outs, source) or _ordered(outs, _OUT))
 
 
 class TFLiteConverter:
     format = FORMAT.name
 
     def export(self, source: Source, path: Path) -> None:
+        if source.kind == "keras":
+            from .keras import export_tflite
+
+            return export_tflite(source, path)
         if source.kind != "torch":
             raise ConversionError(
-                f"TFLite export takes PyTorch models (.pt2 or pkg.module:factory); {source.label} "
-                "is ONNX: convert it with --format onnx, or export the PyTorch model to .pt2"
+                f"TFLite export takes PyTorch, Keras and TensorFlow models; {source.label} "
+                "is ONNX: convert it with --format onnx, or export the original model to .pt2 or .keras"
             )
         with quiet():  # litert-torch logs C++ banners and optional-kernel failures on import
             litert_torch = need("litert_torch", extra="sdk", purpose="to export TFLite models")
@@ -79,6 +97,13 @@ class TFLiteConverter:
         calib: Samples | None,
         profile: Target,
     ) -> dict[str, object]:
+        if source.kind == "keras":
+            from . import keras
+
+            if keras.plain(recipe):
+                _, inputs, _ = _signature(fp32, source)
+                return keras.quantize_tflite(out, recipe=recipe, source=source, calib=calib, profile=profile,
+                                             signature_inputs=inputs)
         with quiet():
             aeq = need("ai_edge_quantizer", extra="sdk", purpose="to quantize TFLite models")
             from ai_edge_quantizer import qtyping
@@ -155,7 +180,7 @@ class TFLiteConverter:
         return found
 
     def io_specs(self, path: Path, source: Source) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        runner, arg_names, out_names = _signature(path)
+        runner, arg_names, out_names = _signature(path, source)
         in_details, out_details = runner.get_input_details(), runner.get_output_details()
         if len(arg_names) != len(source.inputs) or len(out_names) != len(source.outputs):
             raise ConversionError(
@@ -186,7 +211,7 @@ def _calibrate_min_max(fp32: Path, model_recipe: Any, samples: list[dict[str, np
 
 def _signature_data(fp32: Path, source: Any, used: Any) -> list[dict[str, np.ndarray]]:
     """Samples keyed by the TFLite signature's argument names, in the dtypes it takes."""
-    _, arg_names, _ = _signature(fp32)
+    _, arg_names, _ = _signature(fp32, source)
     return [
         {arg: sample[t.name].astype(np.float32) if t.dtype.startswith("float") else sample[t.name].astype(np.int32)
          for arg, t in zip(arg_names, source.inputs)}
@@ -205,6 +230,8 @@ def _module_path(scope: str) -> str:
     first = scope.split(";")[0]
     attrs, last = [], ""
     for segment in first.split("/"):
+        if "." not in segment:  # not a litert-torch module segment (TensorFlow names layers plainly)
+            continue
         cls = segment.rsplit(".", 1)[-1]
         if "_" in cls:
             last, attr = cls.split("_", 1)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install edgec with the host-side SDK and test tools. Idempotent.
+# Create .venv and install edgec with the host-side SDK, Keras/TensorFlow input and test tools. Idempotent.
 # torch is pinned as torch==2.13.0: that spelling takes the CPU build; any other pulls CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[all,dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[all,dev,tf]"
 # Tests run the real services: Debian's mosquitto (MQTT telemetry, fleet rollout),
 # prometheus (promtool's linter and a real scrape of /metrics) and chromium (the dashboard page).
 missing=""

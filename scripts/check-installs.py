@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 AARCH64 = ["manylinux2014_aarch64", *(f"manylinux_2_{n}_aarch64" for n in range(17, 29))]
 PYTHONS = ("3.10", "3.11")
 CHECKS = [  # (extras, python, platforms, constrained)
-    *((extras, py, None, False) for extras in ("runtime", "sdk", "all", "all,dev") for py in PYTHONS),
-    *(("all,dev", py, None, True) for py in PYTHONS),
+    *((extras, py, None, False) for extras in ("runtime", "sdk", "tf", "all", "all,dev") for py in PYTHONS),
+    *(("all,dev,tf", py, None, True) for py in PYTHONS),  # what scripts/bootstrap.sh installs
     *((extras, py, AARCH64, False) for extras in ("runtime", "jetson") for py in PYTHONS),
 ]
-SHOWN = ("torch", "numpy", "onnxruntime", "ai-edge-litert", "litert-torch")
+SHOWN = ("torch", "numpy", "onnxruntime", "ai-edge-litert", "litert-torch", "tensorflow-cpu")
 
 
 def interpreter(version: str, venvs: Path) -> Path | None:

@@ -21,7 +21,8 @@ from ...errors import BundleError
 
 log = logging.getLogger("edgec.convert")
 
-_PACKAGES = ("numpy", "torch", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-quantizer", "ai-edge-litert")
+_PACKAGES = ("numpy", "torch", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-quantizer", "ai-edge-litert",
+             "tensorflow-cpu", "tensorflow", "keras", "tf2onnx")
 
 
 def check_out_dir(out: Path, *, force: bool) -> None:

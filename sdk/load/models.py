@@ -5,9 +5,11 @@ Accepted forms:
 - ``model.pt2``: a ``torch.export`` program. Loaded with every ``torch.load`` forced to
   ``weights_only=True`` and raw pickle refused, so a hostile file cannot run code.
 - ``model.onnx``: checked with the ONNX checker, run with onnxruntime.
+- ``model.keras`` / ``model.h5``: Keras' own loader with ``safe_mode=True`` (no Python code from
+  the file runs); a SavedModel folder (``saved_model.pb`` inside): TensorFlow's loader.
 - ``pkg.module:factory``: a callable returning an ``nn.Module``, plus optional weights
   (``.safetensors``, or a ``state_dict`` read with ``weights_only=True``).
-- an ``nn.Module`` or ``ExportedProgram`` object (Python API).
+- an ``nn.Module``, ``ExportedProgram`` or ``keras.Model`` object (Python API).
 
 Pickled checkpoints (``.pt``, ``.pth``, ``.pkl``, ``.ckpt``) are refused as models: unpickling
 runs arbitrary code.
@@ -26,6 +28,7 @@ import numpy as np
 
 from ...converters.base import Source
 from ...errors import ModelLoadError
+from .keras import KERAS_SUFFIXES, from_keras, is_saved_model, load_keras, load_saved_model, precheck_keras
 from .onnx import load_onnx
 from .pytorch import (call_factory, from_module, from_program, load_pt2, load_weights, require_torch, state_bytes,
                       trainable)
@@ -47,10 +50,14 @@ def precheck(model: Any) -> None:
         if FACTORY_RE.match(str(model)):
             return
         raise ModelLoadError(
-            f"model file {path} does not exist: pass a .pt2 or .onnx file, or pkg.module:factory"
+            f"model file {path} does not exist: pass a .pt2, .onnx, .keras or .h5 file, a SavedModel folder, "
+            "or pkg.module:factory"
         )
     if path.is_dir():
-        raise ModelLoadError(f"{path} is a folder: pass a model file (.pt2, .onnx) or pkg.module:factory")
+        if is_saved_model(path):
+            return
+        raise ModelLoadError(f"{path} is a folder without saved_model.pb: pass a model file (.pt2, .onnx, .keras, "
+                             ".h5), a TensorFlow SavedModel folder, or pkg.module:factory")
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         raise ModelLoadError(
@@ -59,20 +66,18 @@ def precheck(model: Any) -> None:
             "'model.pt2'), or save the weights with safetensors and pass "
             "pkg.module:factory --weights model.safetensors"
         )
-    if suffix in (".keras", ".h5"):
-        raise ModelLoadError(
-            f"{path.name}: this edgec build has no Keras loader yet; export the model to ONNX "
-            "(tf2onnx) or convert it from its PyTorch source"
-        )
+    if suffix in KERAS_SUFFIXES:
+        precheck_keras(path)
+        return
     if suffix == ".tflite":
         raise ModelLoadError(
-            f"{path.name} is already a TFLite model: edgec converts from .pt2, .onnx or "
+            f"{path.name} is already a TFLite model: edgec converts from .pt2, .onnx, .keras or "
             "pkg.module:factory; to serve a .tflite, convert its source model"
         )
     if suffix not in (".pt2", ".onnx"):
         raise ModelLoadError(
             f"cannot tell what kind of model {path.name} is from its suffix {suffix or '(none)'}: "
-            "expected .pt2 (torch.export), .onnx, or pkg.module:factory"
+            "expected .pt2 (torch.export), .onnx, .keras, .h5, a SavedModel folder, or pkg.module:factory"
         )
     if suffix == ".pt2" and not zipfile.is_zipfile(path):
         raise ModelLoadError(
@@ -90,8 +95,8 @@ def load_model(
     """Load ``model`` into a :class:`~edgec.converters.base.Source`.
 
     Args:
-        model: A path (``.pt2``, ``.onnx``), ``pkg.module:factory``, an ``nn.Module`` or an
-            ``ExportedProgram``.
+        model: A path (``.pt2``, ``.onnx``, ``.keras``, ``.h5``, a SavedModel folder),
+            ``pkg.module:factory``, an ``nn.Module`` or an ``ExportedProgram``.
         weights: Weights for a factory or module (``.safetensors``, or a ``.pt`` state_dict
             read with ``weights_only=True``).
         example: Example inputs keyed by input name (first axis the batch). Needed to trace
@@ -112,6 +117,9 @@ def load_model(
         return from_program(model, label="ExportedProgram", size_bytes=state_bytes(model.state_dict))
     if torch is not None and isinstance(model, torch.nn.Module):
         return from_module(model, label=type(model).__name__, weights=weights, example=example)
+    keras = sys.modules.get("keras")
+    if keras is not None and isinstance(model, keras.Model):
+        return from_keras(model, label=type(model).__name__)
     raise ModelLoadError(
         f"cannot convert a {type(model).__name__}: pass a path, pkg.module:factory, an nn.Module "
         "or an ExportedProgram"
@@ -154,4 +162,9 @@ def load_module(model: Any, *, weights: str | Path | None = None, what: str = "m
 def _load_file(path: Path, *, weights: str | Path | None) -> Source:
     if weights is not None:
         raise ModelLoadError(f"--weights applies to pkg.module:factory models, not to {path.suffix} files")
-    return load_pt2(path) if path.suffix.lower() == ".pt2" else load_onnx(path)
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        return load_saved_model(path)
+    if suffix in KERAS_SUFFIXES:
+        return load_keras(path)
+    return load_pt2(path) if suffix == ".pt2" else load_onnx(path)

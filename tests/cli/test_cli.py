@@ -99,7 +99,7 @@ BAD = {
     "analyze bad mode": (lambda a, t: ["analyze", a / "model.pt2", "--calib", a / "calib.npz", "--mode", "fancy"],
                          "unknown int8 mode 'fancy'"),
     "onnx to tflite": (lambda a, t: ["convert", a / "model.onnx", "--format", "tflite", "--precision", "fp32"],
-                       "TFLite export takes PyTorch models"),
+                       "TFLite export takes PyTorch, Keras and TensorFlow models"),
 }
 
 

@@ -1,0 +1,139 @@
+"""Keras and TensorFlow sources: TFLite through ``tf.lite.TFLiteConverter``, ONNX through ``tf2onnx``.
+
+The TFLite converter quantizes as TensorFlow users know it: full-integer int8 calibrated on a
+representative dataset (``--calib``), with int8 inputs and outputs where the board runs only
+integer models (Coral's Edge TPU); dynamic-range int8; float16 weights. What it cannot make
+(weight-only int8, layers kept in float) the TFLite format's own quantizer makes from the fp32
+flatbuffer written here, so the accuracy-budget search is the one PyTorch models get.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .._optional import need
+from .._quiet import quiet
+from ..errors import ConversionError, MissingDependencyError
+from .base import MAX_CALIBRATION_SAMPLES, Recipe, Samples, Source, Target, converting
+
+# tf2onnx's opset: 17 has every op a Keras CNN or transformer exports to, and onnxruntime's
+# quantizer handles it.
+ONNX_OPSET = 17
+
+
+def tensorflow() -> Any:
+    with quiet():
+        return need("tensorflow", extra="tf", purpose="to convert Keras and TensorFlow models")
+
+
+def tflite_converter(source: Source) -> Any:
+    """A fresh ``tf.lite.TFLiteConverter`` for a Keras model or a SavedModel's serving signature."""
+    tf = tensorflow()
+    if getattr(source, "model", None) is not None:
+        return tf.lite.TFLiteConverter.from_keras_model(source.model)
+    return tf.lite.TFLiteConverter.from_saved_model(str(source.path), signature_keys=[source.signature_key])
+
+
+def export_tflite(source: Source, path: Path) -> None:
+    """Write the fp32 TFLite model of a Keras/TensorFlow source."""
+    converter = tflite_converter(source)
+    with converting("tf.lite.TFLiteConverter"):
+        path.write_bytes(converter.convert())
+
+
+def plain(recipe: Recipe) -> bool:
+    """Whether TFLiteConverter makes ``recipe`` itself (the rest goes through the format's quantizer)."""
+    if recipe.keep_float or recipe.only is not None or recipe.smoothing is not None:
+        return False
+    return recipe.precision == "fp16" or (recipe.precision == "int8" and recipe.mode in ("static", "dynamic"))
+
+
+def quantize_tflite(out: Path, *, recipe: Recipe, source: Source, calib: Samples | None, profile: Target,
+                    signature_inputs: list[str]) -> dict[str, object]:
+    """Write ``source`` quantized by ``recipe`` with TFLiteConverter's own post-training quantization."""
+    tf = tensorflow()
+    converter = tflite_converter(source)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    done: dict[str, object] = {"tool": "tf.lite.TFLiteConverter", "io": "float32"}
+    if recipe.precision == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+        done["recipe"] = "float16 weights"
+    elif recipe.mode == "dynamic":
+        done.update(recipe="dynamic range", weights="int8 per-channel symmetric",
+                    activations="float, int8 at run time where the op has a hybrid kernel")
+    else:
+        if calib is None or len(calib) == 0:
+            raise ConversionError("int8 needs calibration data: pass --calib")
+        used = calib.take(slice(0, MAX_CALIBRATION_SAMPLES))
+        dtypes = {t.name: t.dtype for t in source.inputs}
+
+        def representative() -> Any:
+            for sample in used.samples():
+                yield {sig: sample[name].astype(dtypes[name]) for sig, name in zip(signature_inputs, dtypes)}
+
+        converter.representative_dataset = representative
+        done.update(recipe="full-integer int8", weights="int8 per-channel symmetric",
+                    activations="int8 per-tensor", calibration="minmax (TFLite calibrator)",
+                    calibration_samples=len(used))
+        if profile.int8_io:
+            # Every op integer and int8 at the edges: what the Edge TPU compiler takes.
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+            done["io"] = "int8"
+    with converting(f"TFLiteConverter {recipe.label()} quantization"), warnings.catch_warnings():
+        # int8 I/O makes TensorFlow warn that no input statistics were given: the calibration has them.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")  # its calibrator's own
+        out.write_bytes(converter.convert())
+    return done
+
+
+def export_onnx(source: Source, path: Path) -> None:
+    """Write an fp32 ONNX model of a Keras/TensorFlow source with tf2onnx, inputs and outputs named as the source's.
+
+    Raises:
+        ConversionError: tf2onnx is missing or cannot convert this model; the message names the TFLite path.
+    """
+    tf = tensorflow()
+    try:
+        with quiet():
+            tf2onnx = need("tf2onnx", extra="tf", purpose="to export Keras models to ONNX")
+    except MissingDependencyError as exc:
+        raise ConversionError(f"{exc}; or convert the model to TFLite instead: --format tflite") from None
+    onnx = need("onnx", extra="sdk", purpose="to write ONNX models")
+    specs = [tf.TensorSpec([None if d is None else d for d in t.shape], t.dtype, name=t.name) for t in source.inputs]
+    with converting("tf2onnx conversion (the TFLite path, --format tflite, does not need it)"):
+        model, _ = tf2onnx.convert.from_function(source.function, input_signature=specs, opset=ONNX_OPSET)
+    graph = model.graph
+    if len(graph.output) != len(source.outputs):
+        raise ConversionError(f"tf2onnx wrote {len(graph.output)} outputs for a model with {len(source.outputs)}: "
+                              "convert it to TFLite instead (--format tflite)")
+    renames = {out.name: spec.name for out, spec in zip(graph.output, source.outputs)}
+    for node in graph.node:
+        node.output[:] = [renames.get(n, n) for n in node.output]
+        node.input[:] = [renames.get(n, n) for n in node.input]
+    for out in graph.output:
+        out.name = renames[out.name]
+    with converting("checking the tf2onnx model"):
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
+
+
+def input_order(signature: list[str], source: Source) -> list[str]:
+    """The TFLite signature's input names in the source's input order."""
+    wanted = list(getattr(source, "signature_inputs", ()) or [t.name for t in source.inputs])
+    if sorted(wanted) == sorted(signature):
+        return wanted
+    return []
+
+
+def output_order(signature: list[str], source: Source) -> list[str]:
+    """The TFLite signature's output names in the source's output order."""
+    wanted = list(getattr(source, "signature_outputs", ()) or [t.name for t in source.outputs])
+    if sorted(wanted) == sorted(signature):
+        return wanted
+    return []
+
