@@ -9,7 +9,10 @@ flatbuffer written here, so the accuracy-budget search is the one PyTorch models
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +31,38 @@ def tensorflow() -> Any:
         return need("tensorflow", extra="tf", purpose="to convert Keras and TensorFlow models")
 
 
-def tflite_converter(source: Source) -> Any:
-    """A fresh ``tf.lite.TFLiteConverter`` for a Keras model or a SavedModel's serving signature."""
+@contextlib.contextmanager
+def tflite_converter(source: Source) -> Iterator[Any]:
+    """A fresh ``tf.lite.TFLiteConverter`` for the source, its batch fixed at 1 (the format's batch).
+
+    A fixed batch is what the Edge TPU compiler and NPU delegates take; other dynamic
+    dimensions stay dynamic. The model goes through a SavedModel in a temporary folder,
+    signed with the source's own input and output names, so TFLite's signature names them too.
+    """
     tf = tensorflow()
-    if getattr(source, "model", None) is not None:
-        return tf.lite.TFLiteConverter.from_keras_model(source.model)
-    return tf.lite.TFLiteConverter.from_saved_model(str(source.path), signature_keys=[source.signature_key])
+    specs = [tf.TensorSpec((1, *t.shape[1:]), t.dtype, name=t.name) for t in source.inputs]
+    with tempfile.TemporaryDirectory(prefix="edgec-tf-") as tmp:
+        with converting("preparing the model for TFLiteConverter"):
+            if getattr(source, "model", None) is not None:
+                # Keras' own export tracks the model's variables (so TFLite's calibrator can run it).
+                source.model.export(tmp, format="tf_saved_model", verbose=False,
+                                    input_signature=[specs if len(specs) > 1 else specs[0]])
+            else:
+                module = tf.Module()
+                module.loaded = source.loaded  # tracks the SavedModel's variables
+
+                def serve(*args: Any) -> dict[str, Any]:
+                    return dict(zip((t.name for t in source.outputs), source.function(*args)))
+
+                signature = tf.function(serve, input_signature=specs).get_concrete_function()
+                tf.saved_model.save(module, tmp, signatures={"serving_default": signature})
+            converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        yield converter
 
 
 def export_tflite(source: Source, path: Path) -> None:
     """Write the fp32 TFLite model of a Keras/TensorFlow source."""
-    converter = tflite_converter(source)
-    with converting("tf.lite.TFLiteConverter"):
+    with tflite_converter(source) as converter, converting("tf.lite.TFLiteConverter"):
         path.write_bytes(converter.convert())
 
 
@@ -54,7 +77,13 @@ def quantize_tflite(out: Path, *, recipe: Recipe, source: Source, calib: Samples
                     signature_inputs: list[str]) -> dict[str, object]:
     """Write ``source`` quantized by ``recipe`` with TFLiteConverter's own post-training quantization."""
     tf = tensorflow()
-    converter = tflite_converter(source)
+    with tflite_converter(source) as converter:
+        return _quantize(converter, tf, out, recipe=recipe, source=source, calib=calib, profile=profile,
+                         signature_inputs=signature_inputs)
+
+
+def _quantize(converter: Any, tf: Any, out: Path, *, recipe: Recipe, source: Source, calib: Samples | None,
+              profile: Target, signature_inputs: list[str]) -> dict[str, object]:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     done: dict[str, object] = {"tool": "tf.lite.TFLiteConverter", "io": "float32"}
     if recipe.precision == "fp16":

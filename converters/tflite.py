@@ -243,7 +243,10 @@ def _spec(name: str, tensor: str, detail: dict[str, Any]) -> TensorSpec:
     dtype = np.dtype(detail["dtype"]).name
     scale, zero_point = detail.get("quantization", (0.0, 0))
     quant = Quantization(float(scale), int(zero_point)) if dtype in ("int8", "uint8", "int16") and scale else None
-    shape = tuple(int(d) for d in detail["shape"])
+    # shape_signature keeps the dimensions the model leaves dynamic (-1), which shape shows as 1.
+    dims = detail.get("shape_signature")
+    dims = detail["shape"] if dims is None or len(dims) != len(detail["shape"]) else dims
+    shape = tuple(None if int(d) < 0 else int(d) for d in dims)
     return TensorSpec(name=name, shape=shape, dtype=dtype, quantization=quant, tensor=tensor)
 
 

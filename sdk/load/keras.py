@@ -36,7 +36,8 @@ class KerasSource:
         model: The Keras model (``None`` for a SavedModel folder).
         signature_key: The SavedModel signature served (``None`` for a Keras model).
         signature_inputs, signature_outputs: The names TensorFlow's signatures (and so the
-            TFLite files converted from them) give the inputs and outputs, in order.
+            TFLite files converted from them) give the inputs and outputs, in order, where
+            they are not the source's own names.
     """
 
     path: Path
@@ -129,7 +130,6 @@ def from_keras(model: Any, *, label: str, path: Path | None = None, size_bytes: 
     if size_bytes is None:
         size_bytes = sum(int(np.prod(w.shape)) * np.dtype(_dtype(w.dtype)).itemsize for w in model.weights)
     return KerasSource(path or Path(label), label, inputs, outputs, size_bytes, function, model=model,
-                       signature_inputs=tuple(t.name for t in tensors),
                        signature_outputs=tuple(f"output_{i}" for i in range(len(outputs))))
 
 
@@ -173,8 +173,7 @@ def load_saved_model(path: Path) -> KerasSource:
 
     function = tf.function(call, input_signature=specs, reduce_retracing=True)
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return KerasSource(path, path.name, inputs, outputs, size, function, signature_key=key,
-                       signature_inputs=tuple(in_names), signature_outputs=tuple(out_names), loaded=loaded)
+    return KerasSource(path, path.name, inputs, outputs, size, function, signature_key=key, loaded=loaded)
 
 
 # -- helpers -----------------------------------------------------------------------------------

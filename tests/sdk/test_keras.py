@@ -197,6 +197,27 @@ def test_two_inputs_and_two_outputs_keep_their_names_in_tflite_and_onnx(digits, 
         assert np.allclose(got["digit"], want[0], atol=1e-4) and np.allclose(got["ink"], want[1], atol=1e-4), fmt
 
 
+def test_dynamic_height_and_width_stay_dynamic_in_the_tflite_bundle(tmp_path):
+    """A fully convolutional Keras model (None x None images) serves any size; its TFLite batch is fixed at 1."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from foreign_onnx import digits_images  # real digits, upscaled
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((None, None, 3), name="image")
+    h = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3, padding="same", activation="relu")(image))
+    model = keras.Model(image, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(h)))
+    model.save(tmp_path / "fcn.keras")
+    np.savez(tmp_path / "calib.npz", image=nhwc(digits_images(16, 48)))
+    result = convert(tmp_path / "fcn.keras", device="rpi4", precision="fp32", calib=tmp_path / "calib.npz",
+                     out=tmp_path / "b", **FAST)
+    assert result.manifest.inputs[0].shape == (1, None, None, 3)
+    bundle = load(result.bundle)
+    for size in (16, 24):
+        x = nhwc(digits_images(size, 6, offset=500))
+        got = bundle.predict({"image": x})[result.manifest.outputs[0].name]
+        assert np.allclose(got, model.predict(x, verbose=0), atol=1e-4), size
+
+
 def _lambda_model(path: Path) -> Path:
     keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Lambda(lambda t: t * 2)]).save(path)
     return path
