@@ -1,6 +1,8 @@
 """An ONNX model as other exporters write them, converted with --precision auto: peak RSS and time per stage.
 
-Run by hand: ``.venv/bin/python benchmarks/foreign_onnx.py [--size 736] [--samples 32]``.
+Run by hand: ``.venv/bin/python benchmarks/foreign_onnx.py [--size 736] [--samples 32] [--keras] [--device rpi4]``.
+With ``--keras`` the same network is a Keras model (``.keras``, NHWC, dynamic height and width),
+converted through TFLiteConverter (``--device rpi4``) or tf2onnx (``--device x86-64``).
 
 The model is built with ``onnx.helper`` the way other frameworks' exporters write detectors:
 opset 12, every weight a ``Constant`` node (no initializers), dynamic batch, height and width,
@@ -61,6 +63,20 @@ def conv_model(path: Path, *, channels: tuple[int, ...] = (16, 32, 32), in_chann
     return path
 
 
+def keras_model(path: Path, *, channels: tuple[int, ...] = (16, 32, 32), classes: int = 10, seed: int = 0) -> Path:
+    """The same CNN as :func:`conv_model` in Keras: (N, H, W, 3) -> (N, classes), H and W dynamic."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    image = keras.Input((None, None, 3), name="image")
+    h = image
+    for i, out_ch in enumerate(channels):
+        h = keras.layers.Conv2D(out_ch, 3, strides=2 if i else 1, padding="same", activation="relu")(h)
+    logits = keras.layers.Dense(classes, name="logits")(keras.layers.GlobalAveragePooling2D()(h))
+    keras.Model(image, logits).save(path)
+    return path
+
+
 def digits_images(size: int, count: int, *, seed: int = 0, offset: int = 0) -> np.ndarray:
     """``count`` real digits upscaled to ``size`` x ``size``, three channels, in [0, 1]."""
     from sklearn.datasets import load_digits
@@ -80,6 +96,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=736, help="image height and width")
     parser.add_argument("--samples", type=int, default=32, help="calibration images (as many again are held out)")
     parser.add_argument("--device", default="x86-64")
+    parser.add_argument("--keras", action="store_true", help="the same network as a .keras model (NHWC)")
     args = parser.parse_args()
     from edgec.sdk.pipeline import convert
 
@@ -99,16 +116,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = conv_model(work / "detector.onnx")
-        np.savez(work / "calib.npz", image=digits_images(args.size, args.samples))
-        np.savez(work / "eval.npz", image=digits_images(args.size, args.samples, offset=1000))
+        layout = (0, 2, 3, 1) if args.keras else (0, 1, 2, 3)
+        model = keras_model(work / "detector.keras") if args.keras else conv_model(work / "detector.onnx")
+        np.savez(work / "calib.npz", image=digits_images(args.size, args.samples).transpose(layout))
+        np.savez(work / "eval.npz", image=digits_images(args.size, args.samples, offset=1000).transpose(layout))
         started = time.perf_counter()
         last[0] = started
         result = convert(model, device=args.device, precision="auto", calib=work / "calib.npz",
                          eval_data=work / "eval.npz", min_cosine=0.99, out=work / "bundle", step=step)
         total = time.perf_counter() - started
-    print(f"{args.size}x{args.size} dynamic-shape opset-12 CNN, Constant-node weights, "
-          f"{args.samples} calibration images, {args.device}")
+    kind = "Keras CNN (.keras, NHWC)" if args.keras else "opset-12 CNN, Constant-node weights"
+    print(f"{args.size}x{args.size} dynamic-shape {kind}, {args.samples} calibration images, {args.device}")
     print(f"{'step':<44} {'seconds':>8} {'peak RSS MB':>12}")
     for name, seconds, rss in rows:
         print(f"{name:<44} {seconds:>8.1f} {rss:>12.0f}")
