@@ -177,7 +177,7 @@ def sentences(limit: int | None = None) -> list[str]:
     """Real English sentences: the docstrings of twenty standard-library modules, split into sentences.
 
     They ship with every Python, so nothing is downloaded; duplicates are dropped and the
-    order is fixed.
+    order is fixed, whatever else the process has imported.
     """
     import importlib
     import inspect
@@ -186,7 +186,10 @@ def sentences(limit: int | None = None) -> list[str]:
     found: list[str] = []
     for name in SENTENCE_MODULES:
         module = importlib.import_module(name)
-        objects = [module] + [getattr(module, n) for n in sorted(dir(module)) if not n.startswith("_")]
+        # Only what the module itself defines: a package's attributes also hold whichever
+        # submodules the process has imported so far, which would make the set depend on it.
+        objects = [module] + [obj for n in sorted(dir(module)) if not n.startswith("_")
+                              and not inspect.ismodule(obj := getattr(module, n))]
         for obj in objects:
             doc = " ".join((inspect.getdoc(obj) or "").split())
             for sentence in re.split(r"(?<=[.!?])\s+", doc):
