@@ -38,7 +38,7 @@ def batch_size(samples: Any, most: int) -> int:
 class Source(Protocol):
     """The original model (``edgec.sdk.load.models`` builds these)."""
 
-    kind: str  # "torch" | "onnx"
+    kind: str  # "torch" | "onnx" | "keras"
     label: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
