@@ -60,6 +60,9 @@ def test_chromium_shows_two_boards_live_and_one_going_offline(tmp_path, system_t
     try:
         browser.goto(url)
         browser.wait_for(f"{BOARDS}.filter(b => b.dataset.state === 'online').length === 2")
+        # Online comes from the retained status, the model from the board's first telemetry message.
+        browser.wait_for("document.querySelector(\"tbody[data-board='test/board-a'] td[data-field=model]\")"
+                         ".textContent !== '–'")
         assert browser.evaluate(f"{BOARDS}.map(b => b.dataset.board).sort()") == ["test/board-a", "test/board-b"]
         first = _cells(browser, "test/board-a")
         assert first["model"] == "digits" and re.fullmatch(r"[0-9a-f]{12}", first["version"]), first
