@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..._optional import need
+from ..._quiet import quiet
 from ...errors import BundleError
 from ...runtime.model import load
 from ..pipeline import convert
@@ -77,8 +78,9 @@ def run_quickstart(
     work = Path(workdir)
     if work.exists() and not force:
         raise BundleError(f"{work} already exists: pass --force to redo the quick start there, or choose --workdir")
-    for module in ("torch", "sklearn", "onnxruntime", "litert_torch"):  # before anything is written
-        need(module, extra="sdk", purpose="for the quick start")
+    with quiet():  # litert-torch's import reports every optional CUDA kernel torchao cannot load
+        for module in ("torch", "sklearn", "onnxruntime", "litert_torch"):  # before anything is written
+            need(module, extra="sdk", purpose="for the quick start")
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
