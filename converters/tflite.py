@@ -171,12 +171,13 @@ class TFLiteConverter:
                 continue
             if op_name not in WEIGHT_OPS:
                 continue
-            sizes = [int(np.prod(graph.tensors[i].shape)) for i in op.inputs
-                     if i >= 0 and len(graph.tensors[i].shape) >= 2 and model.buffers[graph.tensors[i].buffer].data is not None]
-            if not sizes:
+            weights = [graph.tensors[i] for i in op.inputs
+                       if i >= 0 and len(graph.tensors[i].shape) >= 2 and model.buffers[graph.tensors[i].buffer].data is not None]
+            if not weights:
                 continue
+            biggest = max(weights, key=lambda t: int(np.prod(t.shape)))
             scope = fb.get_op_scope(op, graph.tensors)
-            found.append(Layer(scope, _module_path(scope), op_name, max(sizes)))
+            found.append(Layer(scope, _display(scope, _text(biggest.name)), op_name, int(np.prod(biggest.shape))))
         return found
 
     def io_specs(self, path: Path, source: Source) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -222,6 +223,21 @@ def _signature_data(fp32: Path, source: Any, used: Any) -> list[dict[str, np.nda
 def _exact(scope: str) -> str:
     """A recipe regex that selects exactly the op with this scope."""
     return f"^{re.escape(scope)}$"
+
+
+def _text(name: Any) -> str:
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+
+
+def _display(scope: str, weight: str) -> str:
+    """A readable layer name: the torch module path (litert-torch models), else the Keras layer its
+    weights belong to (``sequential/dense_1/MatMul`` -> ``sequential/dense_1``), else the scope."""
+    torch_path = _module_path(scope)
+    if torch_path != scope.split(";")[0]:
+        return torch_path
+    if "/" in weight:
+        return weight.rsplit("/", 1)[0]
+    return torch_path
 
 
 def _module_path(scope: str) -> str:

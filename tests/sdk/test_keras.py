@@ -157,6 +157,8 @@ def test_recipes_the_tflite_converter_lacks_go_through_the_format_quantizer(trai
     converter.export(source, fp32)
     layers = converter.layers(fp32)
     assert [layer.op for layer in layers] == ["CONV_2D", "CONV_2D", "FULLY_CONNECTED"]
+    # Named after the Keras layers their weights belong to (what `edgec analyze` and the report show).
+    assert [layer.display.rsplit("/", 1)[-1].rstrip("_0123456789") for layer in layers] == ["conv2d", "conv2d", "dense"]
     x = trained.x_test[:128]
     calib = SampleSet({"image": x})
     want = trained.logits(x)
