@@ -10,6 +10,7 @@ flatbuffer written here, so the accuracy-budget search is the one PyTorch models
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -27,8 +28,10 @@ ONNX_OPSET = 17
 
 
 def tensorflow() -> Any:
+    """``tensorflow``, imported quietly (no C++ banners), or an error naming the ``tf`` extra."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with quiet():
-        return need("tensorflow", extra="tf", purpose="to convert Keras and TensorFlow models")
+        return need("tensorflow", extra="tf", purpose="to load and convert Keras and TensorFlow models")
 
 
 @contextlib.contextmanager
@@ -73,17 +76,16 @@ def plain(recipe: Recipe) -> bool:
     return recipe.precision == "fp16" or (recipe.precision == "int8" and recipe.mode in ("static", "dynamic"))
 
 
-def quantize_tflite(out: Path, *, recipe: Recipe, source: Source, calib: Samples | None, profile: Target,
-                    signature_inputs: list[str]) -> dict[str, object]:
+def quantize_tflite(out: Path, *, recipe: Recipe, source: Source, calib: Samples | None,
+                    profile: Target) -> dict[str, object]:
     """Write ``source`` quantized by ``recipe`` with TFLiteConverter's own post-training quantization."""
     tf = tensorflow()
     with tflite_converter(source) as converter:
-        return _quantize(converter, tf, out, recipe=recipe, source=source, calib=calib, profile=profile,
-                         signature_inputs=signature_inputs)
+        return _quantize(converter, tf, out, recipe=recipe, source=source, calib=calib, profile=profile)
 
 
 def _quantize(converter: Any, tf: Any, out: Path, *, recipe: Recipe, source: Source, calib: Samples | None,
-              profile: Target, signature_inputs: list[str]) -> dict[str, object]:
+              profile: Target) -> dict[str, object]:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     done: dict[str, object] = {"tool": "tf.lite.TFLiteConverter", "io": "float32"}
     if recipe.precision == "fp16":
@@ -96,11 +98,10 @@ def _quantize(converter: Any, tf: Any, out: Path, *, recipe: Recipe, source: Sou
         if calib is None or len(calib) == 0:
             raise ConversionError("int8 needs calibration data: pass --calib")
         used = calib.take(slice(0, MAX_CALIBRATION_SAMPLES))
-        dtypes = {t.name: t.dtype for t in source.inputs}
 
-        def representative() -> Any:
+        def representative() -> Any:  # keyed by the signature's input names: the source's own
             for sample in used.samples():
-                yield {sig: sample[name].astype(dtypes[name]) for sig, name in zip(signature_inputs, dtypes)}
+                yield {t.name: sample[t.name].astype(t.dtype) for t in source.inputs}
 
         converter.representative_dataset = representative
         done.update(recipe="full-integer int8", weights="int8 per-channel symmetric",
@@ -126,16 +127,16 @@ def export_onnx(source: Source, path: Path) -> None:
     Raises:
         ConversionError: tf2onnx is missing or cannot convert this model; the message names the TFLite path.
     """
-    tf = tensorflow()
+    tensorflow()
     try:
         with quiet():
             tf2onnx = need("tf2onnx", extra="tf", purpose="to export Keras models to ONNX")
     except MissingDependencyError as exc:
         raise ConversionError(f"{exc}; or convert the model to TFLite instead: --format tflite") from None
     onnx = need("onnx", extra="sdk", purpose="to write ONNX models")
-    specs = [tf.TensorSpec([None if d is None else d for d in t.shape], t.dtype, name=t.name) for t in source.inputs]
     with converting("tf2onnx conversion (the TFLite path, --format tflite, does not need it)"):
-        model, _ = tf2onnx.convert.from_function(source.function, input_signature=specs, opset=ONNX_OPSET)
+        model, _ = tf2onnx.convert.from_function(source.function, input_signature=source.function.input_signature,
+                                                 opset=ONNX_OPSET)
     graph = model.graph
     if len(graph.output) != len(source.outputs):
         raise ConversionError(f"tf2onnx wrote {len(graph.output)} outputs for a model with {len(source.outputs)}: "
@@ -149,20 +150,3 @@ def export_onnx(source: Source, path: Path) -> None:
     with converting("checking the tf2onnx model"):
         onnx.checker.check_model(model)
         onnx.save(model, str(path))
-
-
-def input_order(signature: list[str], source: Source) -> list[str]:
-    """The TFLite signature's input names in the source's input order."""
-    wanted = list(getattr(source, "signature_inputs", ()) or [t.name for t in source.inputs])
-    if sorted(wanted) == sorted(signature):
-        return wanted
-    return []
-
-
-def output_order(signature: list[str], source: Source) -> list[str]:
-    """The TFLite signature's output names in the source's output order."""
-    wanted = list(getattr(source, "signature_outputs", ()) or [t.name for t in source.outputs])
-    if sorted(wanted) == sorted(signature):
-        return wanted
-    return []
-

@@ -46,11 +46,10 @@ def _ordered(names: list[str], pattern: re.Pattern[str]) -> list[str]:
 def _signature(path: Path, source: Source) -> tuple[Any, list[str], list[str]]:
     """The signature runner and its input and output names in the source's order.
 
-    Signatures TensorFlow writes name tensors as the source does (``image``, ``output_0``);
+    Signatures TensorFlow writes name inputs as the source does (``image``) and outputs as the
+    source does or as Keras' export does (``output_0``: the source's ``signature_outputs``);
     litert-torch's are positional (``args_0``, ``output_0``).
     """
-    from . import keras
-
     interpreter = interpreter_class()(model_path=str(path))
     sigs = interpreter.get_signature_list()
     if not sigs:
@@ -58,8 +57,14 @@ def _signature(path: Path, source: Source) -> tuple[Any, list[str], list[str]]:
     key = next(iter(sigs))
     runner = interpreter.get_signature_runner(key)
     ins, outs = list(sigs[key]["inputs"]), list(sigs[key]["outputs"])
-    return (runner, keras.input_order(ins, source) or _ordered(ins, _ARG),
-            keras.output_order(outs, source) or _ordered(outs, _OUT))
+    named_outs = list(getattr(source, "signature_outputs", ()) or [t.name for t in source.outputs])
+    return (runner, _by_name(ins, [t.name for t in source.inputs]) or _ordered(ins, _ARG),
+            _by_name(outs, named_outs) or _ordered(outs, _OUT))
+
+
+def _by_name(names: list[str], wanted: list[str]) -> list[str]:
+    """``wanted`` when the signature has exactly those names (so in the source's order), else ``[]``."""
+    return wanted if sorted(wanted) == sorted(names) else []
 
 
 class TFLiteConverter:
@@ -101,9 +106,7 @@ class TFLiteConverter:
             from . import keras
 
             if keras.plain(recipe):
-                _, inputs, _ = _signature(fp32, source)
-                return keras.quantize_tflite(out, recipe=recipe, source=source, calib=calib, profile=profile,
-                                             signature_inputs=inputs)
+                return keras.quantize_tflite(out, recipe=recipe, source=source, calib=calib, profile=profile)
         with quiet():
             aeq = need("ai_edge_quantizer", extra="sdk", purpose="to quantize TFLite models")
             from ai_edge_quantizer import qtyping

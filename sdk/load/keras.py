@@ -8,7 +8,6 @@ model or the SavedModel's serving signature itself.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..._optional import need
 from ..._quiet import quiet
+from ...converters.keras import tensorflow
 from ...errors import ModelLoadError, first_line
 from ...runtime.tensors import TensorSpec
 
@@ -34,10 +34,8 @@ class KerasSource:
     Attributes:
         function: A ``tf.function`` taking the inputs in order and returning the outputs in order.
         model: The Keras model (``None`` for a SavedModel folder).
-        signature_key: The SavedModel signature served (``None`` for a Keras model).
-        signature_inputs, signature_outputs: The names TensorFlow's signatures (and so the
-            TFLite files converted from them) give the inputs and outputs, in order, where
-            they are not the source's own names.
+        signature_outputs: The names Keras' export (and so the TFLite file converted from it)
+            gives the outputs, in order, where they are not the source's own names.
     """
 
     path: Path
@@ -47,15 +45,12 @@ class KerasSource:
     size_bytes: int
     function: Any
     model: Any = None
-    signature_key: str | None = None
-    signature_inputs: tuple[str, ...] = ()
     signature_outputs: tuple[str, ...] = ()
     loaded: Any = None  # a SavedModel's loaded object: its variables back the signature
     kind: str = "keras"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        tf = _tensorflow()
-        outs = self.function(*[tf.constant(np.ascontiguousarray(feeds[t.name])) for t in self.inputs])
+        outs = self.function(*[np.ascontiguousarray(feeds[t.name]) for t in self.inputs])
         return [np.asarray(o) for o in outs]
 
 
@@ -85,12 +80,13 @@ def precheck_keras(path: Path) -> None:
 def load_keras(path: Path) -> KerasSource:
     """Load a ``.keras`` or ``.h5`` model with Keras' loader in safe mode.
 
+    The file's kind was checked by :func:`precheck_keras` (through ``models.precheck``).
+
     Raises:
         ModelLoadError: Corrupt, weights only, unsafe (Python code in it), or using layers Keras cannot find.
         MissingDependencyError: TensorFlow/Keras are not installed (extra ``tf``).
     """
-    precheck_keras(path)
-    _tensorflow()  # first and quietly: Keras runs on it
+    tensorflow()  # first and quietly: Keras runs on it
     keras = need("keras", extra="tf", purpose="to load Keras models")
     if keras.backend.backend() != "tensorflow":
         raise ModelLoadError(f"Keras runs on the {keras.backend.backend()} backend here; edgec converts Keras "
@@ -109,7 +105,7 @@ def from_keras(model: Any, *, label: str, path: Path | None = None, size_bytes: 
     Raises:
         ModelLoadError: The model has no inputs yet (never built).
     """
-    tf = _tensorflow()
+    tf = tensorflow()
     if not getattr(model, "inputs", None):
         raise ModelLoadError(f"{label} has no input shape (a Sequential model never built): give its first "
                              "layer an input, e.g. keras.Input((28, 28, 1)), and save it again")
@@ -143,7 +139,7 @@ def load_saved_model(path: Path) -> KerasSource:
     if not is_saved_model(path):
         raise ModelLoadError(f"{path} is a folder without {SAVED_MODEL_FILE}: pass a SavedModel folder "
                              "(model.export('folder') in Keras), or a model file (.keras, .h5, .pt2, .onnx)")
-    tf = _tensorflow()
+    tf = tensorflow()
     try:
         with quiet():
             loaded = tf.saved_model.load(str(path))
@@ -173,16 +169,10 @@ def load_saved_model(path: Path) -> KerasSource:
 
     function = tf.function(call, input_signature=specs, reduce_retracing=True)
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return KerasSource(path, path.name, inputs, outputs, size, function, signature_key=key, loaded=loaded)
+    return KerasSource(path, path.name, inputs, outputs, size, function, loaded=loaded)
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _tensorflow() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no C++ banners on import
-    with quiet():
-        return need("tensorflow", extra="tf", purpose="to load Keras and TensorFlow models")
-
-
 def _load_error(path: Path, exc: Exception) -> ModelLoadError:
     text = str(exc)
     if "safe_mode" in text or "Lambda" in text:

@@ -15,6 +15,11 @@ keras = pytest.importorskip("keras")
 from typer.testing import CliRunner  # noqa: E402
 
 from edgec.cli import app  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from foreign_onnx import digits_images  # noqa: E402  (real digits, upscaled)
+from keras_digits import train_keras  # noqa: E402  (the Keras CNN benchmarks/keras_digits.py measures)
+
 from edgec.converters import converter_for  # noqa: E402
 from edgec.converters.base import Recipe  # noqa: E402
 from edgec.devices import get_profile  # noqa: E402
@@ -47,18 +52,7 @@ def nhwc(x: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, digits) -> Trained:
     """A Keras CNN trained on the digits, saved as .keras, .h5 and a SavedModel, with calib/eval data."""
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1), name="image"),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10),
-    ])
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"],
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(nhwc(digits.x_train), digits.y_train, epochs=12, batch_size=32, verbose=0)
+    model = train_keras(nhwc(digits.x_train), digits.y_train, epochs=12)
     root = tmp_path_factory.mktemp("keras")
     model.save(root / "digits.keras")
     model.save(root / "digits.h5")
@@ -201,9 +195,6 @@ def test_two_inputs_and_two_outputs_keep_their_names_in_tflite_and_onnx(digits, 
 
 def test_dynamic_height_and_width_stay_dynamic_in_the_tflite_bundle(tmp_path):
     """A fully convolutional Keras model (None x None images) serves any size; its TFLite batch is fixed at 1."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from foreign_onnx import digits_images  # real digits, upscaled
-
     keras.utils.set_random_seed(0)
     image = keras.Input((None, None, 3), name="image")
     h = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3, padding="same", activation="relu")(image))
