@@ -81,6 +81,12 @@ def convert(
     std: Optional[str] = typer.Option(None, "--std", help="Per-channel std for images, e.g. 0.229,0.224,0.225."),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Budget for --precision auto: lowest per-sample output cosine to the original [default: 0.99 without labels]; a sanity floor otherwise."),
     min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Fail if classifier top-1 agreement with the original is lower (0-1) [default by precision]."),
+    task: str = typer.Option("auto", "--task", help="What the model does, to verify it on that task: auto (guessed from the outputs, and said), classify, detect (YOLO-style heads), segment, embed or raw (tensor fidelity only)."),
+    task_output: Optional[str] = typer.Option(None, "--task-output", help="The output holding class scores or the detection head [default: guessed]."),
+    channel_axis: Optional[list[str]] = typer.Option(None, "--channel-axis", help="Feature axis per output for per-channel fidelity: AXIS (every output) or OUTPUT=AXIS [default: from each output's shape]."),
+    min_task: Optional[float] = typer.Option(None, "--min-task", help="Floor of the task metric, 0-1 [default: detect recall 0.95, segment pixel agreement 0.95; classify and embed: none, their budget is accuracy or cosine]."),
+    score_threshold: float = typer.Option(0.25, "--score-threshold", help="detect: detections below this score are dropped before matching."),
+    nms_iou: float = typer.Option(0.45, "--nms-iou", help="detect: IoU above which NMS drops the lower-scored box."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout (progress stays on stderr)."),
 ) -> None:
     """Convert a model for one device and write a verified bundle.
@@ -93,6 +99,7 @@ def convert(
       edgec convert model.pt2 --device rpi4 --calib calib.npz --out build/rpi4
       edgec convert model.pt2 --device x86 --calib calib.npz --eval test.npz --max-drop 0.5
       edgec convert encoder.pt2 --device rpi5 --calib sentences.npz --min-cosine 0.99
+      edgec convert yolo.onnx --device x86 --calib images.npz --task detect --min-task 0.95
       edgec convert model.pt2 --device jetson --out build/jetson
       edgec convert model.onnx --device x86 --precision int8 --calib calib.npz
       edgec convert model.keras --device coral --calib calib.npz --eval test.npz
@@ -102,6 +109,7 @@ def convert(
     from ..sdk.load.data import ImageOptions
     from ..sdk.pipeline import convert as run_convert
     from ..sdk.plan import ConvertConfig
+    from ..sdk.verify.task import TaskOptions
     from ..sdk.report.terminal import candidates_table, conversion_summary, conversion_table
 
     size = None
@@ -124,6 +132,8 @@ def convert(
         max_drop=max_drop,
         min_cosine=min_cosine,
         min_top1=min_top1,
+        task=TaskOptions(task=task, output=task_output, channel_axes=tuple(channel_axis or ()), min_task=min_task,
+                         score_threshold=score_threshold, iou=nms_iou),
     )
     err = err_console()
     result = run_convert(model, config, calib=calib, eval_data=eval_data, step=stepper(err))
@@ -154,6 +164,8 @@ def analyze(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights (.safetensors) for a pkg.module:factory model."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write [default: build/analyze-<device>]."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    model_task: str = typer.Option("auto", "--task", help="What the model does (auto, classify, detect, segment, embed, raw): layers are ranked by the worst of output, channel and task error."),
+    task_output: Optional[str] = typer.Option(None, "--task-output", help="The output holding class scores or the detection head [default: guessed]."),
     top: int = typer.Option(15, "--top", help="Rows to print."),
 ) -> None:
     """Rank layers by the output error int8 adds when each alone is quantized.
@@ -170,6 +182,7 @@ def analyze(
 
     from ..converters.base import Recipe
     from ..sdk.analyze import analyze as run_analyze
+    from ..sdk.verify.task import TaskOptions
     from ..sdk.report.terminal import sensitivity_table
 
     recipe = Recipe("int8", mode, calibration, smoothing)
@@ -179,6 +192,7 @@ def analyze(
         task = bar.add_task("layers", total=None)
         result = run_analyze(model, device=device, format=fmt, calib=calib, eval_data=eval_data, recipe=recipe,
                              out=out_dir, force=force, weights=weights, step=stepper(err),
+                             task=TaskOptions(task=model_task, output=task_output),
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}")

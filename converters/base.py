@@ -103,6 +103,9 @@ class Recipe:
         keep_float: Layers left in float (mixed precision).
         only: Quantize these layers and nothing else (sensitivity analysis).
         layout: For static int8: ``qdq`` or ``qoperator`` (see :data:`edgec.formats.LAYOUTS`).
+        split_ranges: For static int8: keep a Concat whose parts differ by orders of magnitude in
+            range (a detector's boxes beside its scores) in float, each part quantized on its own.
+            ``False`` forces one int8 scale on it, which is what breaks detectors; for comparisons only.
 
     Example:
         >>> Recipe("int8", mode="dynamic", keep_float=("node_MatMul_121",)).label()
@@ -116,6 +119,7 @@ class Recipe:
     keep_float: tuple[str, ...] = ()
     only: tuple[str, ...] | None = None
     layout: str = "qdq"
+    split_ranges: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -140,6 +144,8 @@ class Recipe:
             parts.append("QOperator u8s8")
         if self.smoothing is not None:
             parts.append(f"smoothed {self.smoothing:g}")
+        if not self.split_ranges and self.mode == "static":
+            parts.append("one scale per concat")
         if self.keep_float:
             n = len(self.keep_float)
             parts.append(f"{n} layer{'s' if n != 1 else ''} float")

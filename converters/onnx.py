@@ -20,6 +20,8 @@ from .base import MAX_CALIBRATION_SAMPLES, Layer, Recipe, Samples, Source, Targe
 
 # Layers whose weights int8 quantizes.
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
+# Calibration samples an fp16 model is checked against its fp32 self on (ranges, faithfulness).
+FP16_PROBE_SAMPLES = 8
 # Percentile calibration clips activation ranges at this percentile of |x|.
 PERCENTILE = 99.99
 FORMAT = FORMATS["onnx"]
@@ -71,12 +73,14 @@ class OnnxConverter:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         if recipe.precision == "fp16":
-            from onnxruntime.transformers.float16 import convert_float_to_float16
+            from .onnx_ranges import faithful_fp16
 
             with converting("ONNX fp16 conversion"):
-                model16 = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+                used = calib.take(slice(0, FP16_PROBE_SAMPLES)) if calib is not None and len(calib) else None
+                batches = list(used.batches(calibration_batch(source.inputs, used))) if used is not None else []
+                model16, kept = faithful_fp16(onnx.load(str(fp32)), batches)
                 onnx.save(model16, str(out))
-            return {"tool": "onnxruntime.transformers.float16", "io": "float32"}
+            return {"tool": "onnxruntime.transformers.float16", "io": "float32", **kept}
 
         if recipe.precision != "int8" or recipe.mode not in FORMAT.modes:
             raise ConversionError(f"the ONNX converter cannot produce {recipe.label()}")
@@ -94,8 +98,13 @@ class OnnxConverter:
                 if recipe.smoothing is not None:
                     smoothed = _smooth(prepared, used, batch, recipe.smoothing, skip=set(recipe.keep_float))
                     done["smoothing"] = f"SmoothQuant alpha {recipe.smoothing:g} on {smoothed} MatMul layers"
+                float_nodes = list(recipe.keep_float)
+                if recipe.keep_float:
+                    from .onnx_graph import float_blocks
+
+                    float_nodes = float_blocks(onnx.load(str(prepared)), recipe.keep_float)
                 selection = {
-                    "nodes_to_exclude": list(recipe.keep_float),
+                    "nodes_to_exclude": float_nodes,
                     "nodes_to_quantize": list(recipe.only) if recipe.only is not None else None,
                 }
                 if recipe.mode == "dynamic":
@@ -105,6 +114,11 @@ class OnnxConverter:
                         **selection)
                     done.update(weights=_weights(profile), activations="int8, quantized at run time")
                 else:
+                    if recipe.split_ranges and recipe.only is None:
+                        heads = _mixed_heads(prepared, used, batch)
+                        if heads:
+                            selection["nodes_to_exclude"] += [n for h in heads for n in h.float_nodes]
+                            done["float_heads"] = [h.describe() for h in heads]
                     done.update(_quantize_static(prepared, out, used, batch, recipe, profile, selection))
                 done["weight_bits"] = 7 if profile.int8_reduce_range else 8
         finally:
@@ -136,7 +150,7 @@ class OnnxConverter:
 
     def io_specs(self, path: Path, source: Source) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         with converting(f"opening {path.name} with onnxruntime"):
-            probe = session(path)
+            probe = session(path, exact_int8=False)  # only its inputs and outputs are read
         args = [*probe.get_inputs(), *probe.get_outputs()]
         specs = [tensor_spec(a) for a in args]
         for arg, spec in zip(args, specs):
@@ -203,6 +217,16 @@ def _quantize_static(
     activations = "uint8 per-tensor" if qoperator else "int8 per-tensor" + (" symmetric" if tensorrt else "")
     return {"format": "QOperator" if qoperator else "QDQ", "weights": _weights(profile), "activations": activations,
             "calibration": calibration}
+
+
+def _mixed_heads(prepared: Path, used: Any, batch: int) -> list[Any]:
+    """Concats whose parts cannot share one int8 scale, measured on the first calibration samples."""
+    import onnx
+
+    from .onnx_ranges import PROBE_SAMPLES, mixed_range_concats
+
+    model = onnx.load(str(prepared))
+    return mixed_range_concats(model, used.take(slice(0, PROBE_SAMPLES)).batches(batch))
 
 
 def calibration_batch(inputs: Any, used: Any) -> int:

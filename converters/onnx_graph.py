@@ -96,3 +96,45 @@ def describe(done: dict[str, Any]) -> str:
     if before != after:
         parts.append(f"opset {before} raised to {after}")
     return "; ".join(parts + done.get("notes", [])) or "nothing to change"
+
+
+def float_blocks(model: Any, layers: tuple[str, ...] | list[str]) -> list[str]:
+    """The nodes to leave unquantized so that ``layers`` really run in float: each layer with
+    the weightless ops it feeds alone (bias, normalization, activation: ``Relu``, SiLU's
+    ``Sigmoid`` + ``Mul``), up to the next layer with weights or a merge with another branch.
+
+    Excluding a Conv alone keeps only its weights float: onnxruntime still quantizes its
+    output, now before the activation (over the wider pre-activation range) and again after
+    it, so every layer "kept in float" added an int8 step and mixed precision got worse the
+    more layers it kept. With its block float, the only int8 steps left are at the block's
+    edges, where they were before.
+    """
+    from .onnx_ranges import WEIGHT_OPS
+
+    inits = {i.name for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    by_name = {n.name: n for n in model.graph.node}
+    keep: list[str] = []
+    for layer in layers:
+        node = by_name.get(layer)
+        if node is None:
+            continue
+        block = [node.name]
+        tensors = set(node.output)
+        todo = list(node.output)
+        while todo:
+            for reader in readers.get(todo.pop(), []):
+                if reader.name in block or reader.op_type in WEIGHT_OPS:
+                    continue
+                outside = [i for i in reader.input if i and i not in inits and i not in tensors and i in producer]
+                if outside:  # a merge with another branch (a residual Add): the block ends here
+                    continue
+                block.append(reader.name)
+                tensors.update(reader.output)
+                todo.extend(reader.output)
+        keep += [n for n in block if n not in keep]
+    return keep

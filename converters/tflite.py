@@ -158,6 +158,17 @@ class TFLiteConverter:
                                                  _signature_data(fp32, source, used))
                 done.update(calibration="minmax (true running min/max over every sample)",
                             calibration_samples=len(used))
+                if recipe.mode == "static" and recipe.split_ranges and recipe.only is None:
+                    heads = _mixed_concats(fp32, calibration)
+                    for scopes, _ in heads:
+                        for scope in scopes:
+                            quantizer.update_quantization_recipe(_exact(scope), every,
+                                                                 algorithm_key=AlgorithmName.NO_QUANTIZE)
+                    if heads:
+                        done["float_heads"] = [
+                            f"{_module_path(scopes[0])}: parts differ {ratio:.0f}x in range, kept float"
+                            + (f" with the {len(scopes) - 1} weightless op(s) after it" if len(scopes) > 1 else "")
+                            for scopes, ratio in heads]
             quantizer.quantize(calibration, enable_progress_report=False).export_model(str(out), overwrite=True)
         return done
 
@@ -194,6 +205,51 @@ class TFLiteConverter:
         inputs = tuple(_spec(t.name, arg, in_details[arg]) for t, arg in zip(source.inputs, arg_names))
         outputs = tuple(_spec(t.name, name, out_details[name]) for t, name in zip(source.outputs, out_names))
         return inputs, outputs
+
+
+def _mixed_concats(fp32: Path, qsvs: Any) -> list[tuple[list[str], float]]:
+    """CONCATENATION ops whose inputs' calibrated ranges differ over ``RANGE_RATIO``, each with the
+    scopes of the weightless ops after it: ``[(scopes, ratio)]`` (see :mod:`.onnx_ranges`)."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
+
+    from .onnx_ranges import RANGE_RATIO
+
+    model = fb.read_model(str(fp32))
+    graph = model.subgraphs[0]
+    names = {}
+    for index in range(len(graph.operators)):
+        try:
+            names[index] = str(fb.get_op_name_by_index(model, 0, index)).rsplit(".", 1)[-1]
+        except KeyError:
+            names[index] = ""
+    readers: dict[int, list[int]] = {}
+    for index, op in enumerate(graph.operators):
+        for t in op.inputs:
+            readers.setdefault(int(t), []).append(index)
+
+    def peak(tensor: int) -> float | None:
+        qsv = qsvs.get(_text(graph.tensors[tensor].name)) if tensor >= 0 else None
+        if not qsv:
+            return None
+        return float(max(np.abs(np.asarray(qsv["min"])).max(), np.abs(np.asarray(qsv["max"])).max()))
+
+    found = []
+    for index, op in enumerate(graph.operators):
+        if names[index] != "CONCATENATION":
+            continue
+        parts = [p for p in (peak(int(t)) for t in op.inputs) if p]
+        if len(parts) < 2 or max(parts) / min(parts) < RANGE_RATIO:
+            continue
+        scopes, todo, seen = [fb.get_op_scope(op, graph.tensors)], [int(t) for t in op.outputs], {index}
+        while todo:
+            for reader in readers.get(todo.pop(), []):
+                if reader in seen or names[reader] in WEIGHT_OPS:
+                    continue
+                seen.add(reader)
+                scopes.append(fb.get_op_scope(graph.operators[reader], graph.tensors))
+                todo.extend(int(t) for t in graph.operators[reader].outputs)
+        found.append((scopes, max(parts) / min(parts)))
+    return found
 
 
 def _calibrate_min_max(fp32: Path, model_recipe: Any, samples: list[dict[str, np.ndarray]]) -> Any:

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import platform
 import sys
 from dataclasses import MISSING, dataclass, fields
 from functools import lru_cache
@@ -110,6 +111,17 @@ class DeviceProfile:
             raise ValidationError(f"{where}: model_ram_mb is larger than ram_mb")
         if not self.execution_providers:
             raise ValidationError(f"{where}: execution_providers must name at least one")
+
+    def timed_here(self, machine: str | None = None) -> bool:
+        """Whether this host's timings stand for the board's: a CPU board of this host's architecture.
+
+        A GPU, NPU or Edge TPU board, or a CPU of another architecture (an A72 timed on an x86
+        host), runs other kernels: there the choice of precision rests on the profile's
+        declared ``int8_speedup``/``fp16_speedup``, and host timings are only reported.
+        """
+        host = (machine or platform.machine()).lower()
+        host = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(host, host)
+        return self.accelerator == "none" and self.arch.lower().replace("-", "_") == host
 
     @classmethod
     def from_toml(cls, path: str | Path) -> DeviceProfile:

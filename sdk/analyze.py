@@ -108,8 +108,8 @@ def analyze(
         with step(f"Exporting {fmt.name} fp32"):
             converter.export(source, fp32)
         with step("Running the original on held-out samples"):
-            ref_out = reference_outputs(source, holdout)
-        measure = make_measure(fmt.name, source, profile, target.threads, holdout, ref_out)
+            reference = reference_outputs(source, holdout, cfg.task)
+        measure = make_measure(fmt.name, source, profile, target.threads, holdout, reference)
         layers = converter.layers(fp32)
         if not layers:
             raise ValidationError(f"the {fmt.name} model has no layers with weights for int8 to quantize")

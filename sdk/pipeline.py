@@ -42,7 +42,8 @@ from .quantize.search import search
 from .report.build import Measurements, build_report
 from .report.markdown import to_markdown
 from .verify.artifact import Specs, make_measure, open_artifact, outputs_of, reference_outputs, source_latency
-from .verify.fidelity import Fidelity, accuracy, compare, run_batched
+from .quantize.budget import cosine_checks
+from .verify.fidelity import Fidelity, Reference, run_batched
 from .verify.timing import measure_latency, paired_speedup
 
 # Sanity floors per precision. They catch broken conversions; accuracy budgets for
@@ -146,12 +147,13 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
         if prepared:
             data.info["graph"] = prepared
         with step("Running the original on held-out samples"):
-            ref_out = reference_outputs(source, data.holdout)
-        ref_acc = accuracy(ref_out, data.holdout.labels)
+            reference = reference_outputs(source, data.holdout, cfg.task)
+        data.info["task"] = reference.task.describe(reference.names)
+        ref_acc = reference.accuracy()
         with _timed(timings, "search" if budget else "quantize"):
-            choice = choose_precision(target, source, data, budget, ref_out, ref_acc, fp32_path, final_path, cfg, step)
+            choice = choose_precision(target, source, data, budget, reference, ref_acc, fp32_path, final_path, cfg, step)
         with _timed(timings, "verify"), step("Verifying against the original"):
-            verified = verify(target, source, data, budget, ref_out, ref_acc, choice, fp32_path, final_path, cfg)
+            verified = verify(target, source, data, budget, reference, ref_acc, choice, fp32_path, final_path, cfg)
         with step("Measuring latency"):
             measured = measure(target, source, data, verified, fp32_path, final_path, cfg)
         with step("Writing bundle"):
@@ -186,7 +188,7 @@ def prepare_data(calib: Any, eval_data: Any, source: Source, target: Target, cfg
     return data
 
 
-def choose_precision(target: Target, source: Source, data: Split, budget: Budget | None, ref_out: list[np.ndarray],
+def choose_precision(target: Target, source: Source, data: Split, budget: Budget | None, reference: Reference,
                      ref_acc: float | None, fp32_path: Path, final_path: Path, cfg: ConvertConfig,
                      step: Step) -> Choice:
     """The policy search under ``budget`` (``--precision auto``), or the precision asked for, plainly."""
@@ -194,9 +196,11 @@ def choose_precision(target: Target, source: Source, data: Split, budget: Budget
     if budget is None:
         if target.precision == "fp32":
             return Choice("fp32", {}, target.reason)
+        # fp16 calibrates nothing; it checks itself against its fp32 graph on whatever samples there are.
+        samples = data.calib if data.calib is not None or target.precision != "fp16" else data.holdout
         with step(f"Quantizing to {target.precision}"):
             done = target.converter.quantize(fp32_path, final_path, recipe=Recipe(target.precision), source=source,
-                                             calib=data.calib, profile=profile)
+                                             calib=samples, profile=profile)
         return Choice(target.precision, done, target.reason, weight_bits=_weight_bits(target.precision, done))
     precisions = target.precisions()
     if "int8" in precisions and not profile.int8_speedup and precisions != ["int8"]:
@@ -210,13 +214,18 @@ def choose_precision(target: Target, source: Source, data: Split, budget: Budget
                                    "and check it: pass --calib data.npz")
         data.warnings.append("int8 was not tried: without --calib or --eval data its accuracy cannot be measured; "
                              "pass --calib data.npz (100-500 real inputs)")
-    measure_fn = make_measure(target.format.name, source, profile, target.threads, data.holdout, ref_out)
+    measure_fn = make_measure(target.format.name, source, profile, target.threads, data.holdout, reference)
     outcome = search(target.converter, fp32_path, fp32_path.parent, profile=profile, precisions=precisions,
                      source=source, calib=data.calib, measure=measure_fn, budget=budget, reference_accuracy=ref_acc,
                      threads=target.threads, latency_budget_s=cfg.latency_budget_s, step=step)
     precision = outcome.recipe.precision
     tried_int8 = [c for c in outcome.candidates if c.recipe.precision == "int8" and c.measured is not None]
-    if precision != "int8" and tried_int8:
+    fitting = [c for c in tried_int8 if c.status in ("slower", "too large")]
+    if precision != "int8" and fitting:
+        why = "; ".join(f"{c.recipe.label()}: {c.status} ({c.reason})" for c in fitting)
+        data.warnings.append(f"int8 met the accuracy budget but did not ship: {why}; shipping "
+                             f"{outcome.recipe.label()} instead (report.md lists each candidate)")
+    elif precision != "int8" and tried_int8:
         data.warnings.append(f"no int8 recipe met the budget ({budget.describe()}) after {len(tried_int8)} tries; "
                              f"shipping {outcome.recipe.label()} instead (report.md lists each candidate)")
     if precision != "fp32":
@@ -225,7 +234,7 @@ def choose_precision(target: Target, source: Source, data: Split, budget: Budget
                   _weight_bits(precision, outcome.done))
 
 
-def verify(target: Target, source: Source, data: Split, budget: Budget | None, ref_out: list[np.ndarray],
+def verify(target: Target, source: Source, data: Split, budget: Budget | None, reference: Reference,
            ref_acc: float | None, choice: Choice, fp32_path: Path, final_path: Path, cfg: ConvertConfig) -> Verified:
     """Run the fp32 and the shipped artifacts through the runtime on the held-out samples and check them.
 
@@ -235,8 +244,7 @@ def verify(target: Target, source: Source, data: Split, budget: Budget | None, r
     holdout, fmt = data.holdout, target.format.name
 
     def fidelity(model: Any) -> Fidelity:
-        return compare(ref_out, run_batched(outputs_of(model), holdout.batches(batch_size(holdout, most=64))),
-                       holdout.labels)
+        return reference.compare(run_batched(outputs_of(model), holdout.batches(batch_size(holdout, most=64))))
 
     common = {"fmt": fmt, "source": source, "profile": target.profile, "threads": target.threads}
     fp32_model = open_artifact(fp32_path, precision="fp32", **common)
@@ -324,11 +332,14 @@ def _weight_bits(precision: str, done: dict[str, Any]) -> int | None:
 def _sanity_checks(fid: Fidelity, precision: str, cfg: ConvertConfig) -> tuple[list[str], bool]:
     min_cos = cfg.min_cosine if cfg.min_cosine is not None else DEFAULT_MIN_COSINE[precision]
     min_top1 = cfg.min_top1 if cfg.min_top1 is not None else DEFAULT_MIN_TOP1[precision]
-    checks = [f"cosine min {fid.cosine_min:.4f} {'≥' if fid.cosine_min >= min_cos else '<'} {min_cos}"]
-    passed = fid.cosine_min >= min_cos
+    passed, checks = cosine_checks(fid, min_cos)
     if fid.top1_agreement is not None:
         ok = fid.top1_agreement >= min_top1
         checks.append(f"top-1 agreement {100 * fid.top1_agreement:.1f}% {'≥' if ok else '<'} {100 * min_top1:.0f}%")
+        passed = passed and ok
+    if fid.task is not None and fid.task.task != "classify":
+        ok, lines = fid.task.check()
+        checks += lines
         passed = passed and ok
     return checks, passed
 

@@ -15,6 +15,7 @@ from ..formats import FORMATS, Format, check_precision, get_format
 from .bundle.writer import check_out_dir
 from .load.data import ImageOptions
 from .quantize.budget import Budget
+from .verify.task import TaskOptions
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ConvertConfig:
         min_cosine: Per-sample cosine floor against the original. With ``precision="auto"`` it
             is the budget (default 0.99 without labels); otherwise a sanity floor by precision.
         min_top1: Top-1 agreement floor for classifiers; default by precision.
+        task: The model's task and how to judge it on that task (see :class:`TaskOptions`).
         seed: Seed of the calibration/held-out split and synthetic inputs.
         latency_budget_s: Time spent timing each model.
 
@@ -56,6 +58,7 @@ class ConvertConfig:
     max_drop: float | None = None
     min_cosine: float | None = None
     min_top1: float | None = None
+    task: TaskOptions = field(default_factory=TaskOptions)
     seed: int = 0
     latency_budget_s: float = 1.0
 
@@ -89,6 +92,10 @@ class ConvertConfig:
         for key in ("out", "weights"):
             if options.get(key) is not None:
                 options[key] = Path(options[key])
+        if isinstance(options.get("task"), dict):
+            options["task"] = TaskOptions(**options["task"])
+        elif isinstance(options.get("task"), str):
+            options["task"] = TaskOptions(task=options["task"])
         if "input_shapes" in options:
             options["input_shapes"] = tuple(options["input_shapes"])
         return replace(self, **options)

@@ -87,6 +87,20 @@ _ACCELERATED_HINT = ("On a Jetson, install NVIDIA's onnxruntime-gpu wheel for yo
                      "in place of onnxruntime.")
 
 
+def _exact_or_plain(path: Path, providers: tuple[str, ...], settings: dict[str, Any]) -> Any:
+    """A session with ``settings``; if the exact-int8 option is what makes the model fail to load
+    (onnxruntime rejects it for some QDQ graphs), the session without it, and a warning."""
+    try:
+        return session(path, providers=providers, **settings)
+    except Exception as exc:
+        if not settings.get("exact_int8"):
+            raise
+        plain = session(path, providers=providers, **{**settings, "exact_int8": False})
+        log.warning("onnxruntime cannot load %s with session.x64quantprecision (%s); running it without that "
+                    "option: on x86 CPUs without VNNI its int8 products may saturate", path.name, _first_line(exc))
+        return plain
+
+
 class OnnxRuntimeBackend:
     """onnxruntime, with the manifest's execution providers where this build has them."""
 
@@ -106,7 +120,7 @@ class OnnxRuntimeBackend:
             chosen.append(CPU)
         settings = {"threads": options.threads, "lean": options.lean, "exact_int8": options.exact_int8}
         try:
-            self.session = session(path, providers=tuple(chosen), **settings)
+            self.session = _exact_or_plain(path, tuple(chosen), settings)
         except Exception as exc:  # onnxruntime raises its own non-exported exception types
             if chosen == [CPU]:
                 raise BundleError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}") from None
@@ -115,7 +129,7 @@ class OnnxRuntimeBackend:
             log.warning("execution providers %s failed for %s (%s); falling back to CPU",
                         ", ".join(chosen[:-1]), path.name, _first_line(exc))
             try:
-                self.session = session(path, **settings)
+                self.session = _exact_or_plain(path, (CPU,), settings)
             except Exception as exc2:
                 raise BundleError(f"onnxruntime cannot load {path.name}: {_first_line(exc2)}") from None
         self.providers = tuple(self.session.get_providers())

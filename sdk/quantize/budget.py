@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from ...errors import ValidationError
 from ..verify.fidelity import Fidelity
 
-# Without labels, the budget is a per-sample cosine floor against the original.
+# Without labels, the budget is a cosine floor against the original, per sample of every
+# output and per channel of every output.
 DEFAULT_MIN_COSINE = 0.99
 # With labels, it is a top-1 accuracy drop in points.
 DEFAULT_MAX_DROP = 1.0
@@ -52,7 +53,8 @@ class Budget:
         if self.max_drop is not None:
             parts.append(f"top-1 drop ≤ {self.max_drop:g} pt")
         if self.min_cosine is not None:
-            parts.append(f"cosine ≥ {self.min_cosine:g} on every held-out sample")
+            parts.append(f"cosine ≥ {self.min_cosine:g} on every held-out sample of every output and on every "
+                         "channel")
         return " and ".join(parts)
 
     def check(self, fid: Fidelity, reference_accuracy: float | None) -> tuple[bool, list[str]]:
@@ -66,10 +68,27 @@ class Budget:
             lines.append(f"top-1 drop {drop:.2f} pt {'≤' if good else '>'} {self.max_drop:g}")
             ok = ok and good
         if self.min_cosine is not None:
-            good = fid.cosine_min >= self.min_cosine
-            lines.append(f"cosine min {fid.cosine_min:.4f} {'≥' if good else '<'} {self.min_cosine:g}")
+            good, cos_lines = cosine_checks(fid, self.min_cosine)
+            lines += cos_lines
+            ok = ok and good
+        if fid.task is not None:
+            good, task_lines = fid.task.check()
+            lines += task_lines
             ok = ok and good
         return ok, lines
+
+
+def cosine_checks(fid: Fidelity, floor: float) -> tuple[bool, list[str]]:
+    """The cosine floor held against the worst output's worst sample and the worst channel."""
+    where = fid.worst()
+    good = fid.cosine_min >= floor
+    lines = [f"cosine min {fid.cosine_min:.4f} {'≥' if good else '<'} {floor:g}"]
+    channel_ok = fid.channel_cosine_min >= floor
+    if fid.outputs and any(o.channels > 1 for o in fid.outputs):
+        lines.append(f"worst channel cosine {fid.channel_cosine_min:.4f} {'≥' if channel_ok else '<'} {floor:g}")
+    if where and not (good and channel_ok):
+        lines[-1] += f" ({where})"
+    return good and channel_ok, lines
 
 
 def drop_points(reference: float | None, candidate: float | None) -> float | None:

@@ -48,7 +48,7 @@ class LayerSensitivity:
     """The output error when one layer alone is quantized."""
 
     layer: Layer
-    error: float  # 1 - mean cosine to the original's outputs
+    error: float  # the worst of 1 - mean cosine (worst output), 1 - worst channel cosine, 1 - task metric
     cosine_min: float
     accuracy: float | None
 
@@ -70,11 +70,13 @@ class SearchResult:
     fp32: Measured
     sensitivity: list[LayerSensitivity] = field(default_factory=list)
     sensitivity_of: str | None = None
+    speed_rule: str = ""
 
     def report(self, reference_accuracy: float | None) -> dict[str, Any]:
         return {
             "budget": self.budget.describe(),
             "shipped": self.recipe.label(),
+            "speed_rule": self.speed_rule,
             "candidates": [c.to_dict(self.fp32, reference_accuracy) for c in self.candidates],
             "sensitivity": {"recipe": self.sensitivity_of, "layers": [s.to_dict() for s in self.sensitivity]},
         }

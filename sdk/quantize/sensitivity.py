@@ -40,8 +40,7 @@ def sensitivity(
             done = converter.quantize(fp32, path, recipe=replace(recipe, keep_float=(), only=(layer.name,)),
                                       source=source, calib=calib, profile=profile)
             m = measure(path, recipe.precision, limit=SENSITIVITY_SAMPLES, weight_bits=done.get("weight_bits"))
-            found.append(LayerSensitivity(layer, 1.0 - m.fidelity.cosine_mean, m.fidelity.cosine_min,
-                                          m.fidelity.accuracy))
+            found.append(LayerSensitivity(layer, m.fidelity.error, m.fidelity.cosine_min, m.fidelity.accuracy))
         finally:
             path.unlink(missing_ok=True)
         if progress:

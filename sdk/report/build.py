@@ -78,6 +78,8 @@ def build_report(*, source: Source, profile: DeviceProfile, fmt: str, precision:
             "speedup_vs_fp32": measured.speedup,
             "speedup_vs_original": measured.source.p50_ms / measured.final.p50_ms,
             "accuracy_drop_points": drop,
+            "accuracy_change_points": -drop if drop is not None else None,
+            "task": final.task.to_dict() if final.task is not None else None,
         },
         "verification": {"passed": True, "checks": checks, "budget": budget},
         "search": search,

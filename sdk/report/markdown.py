@@ -56,9 +56,22 @@ def to_markdown(report: dict[str, Any]) -> str:
     if summary.get("speedup_vs_fp32"):
         lines.append(f"- Speed: {summary['speedup_vs_fp32']:.2f}x the fp32 {target['format']} artifact, "
                      f"{summary['speedup_vs_original']:.2f}x the original, on this host.")
-    if summary.get("accuracy_drop_points") is not None:
-        lines.append(f"- Accuracy: {summary['accuracy_drop_points']:+.2f} points vs the original "
-                     f"on {report['data']['holdout_samples']} held-out labelled samples.")
+    change = summary.get("accuracy_change_points")
+    if change is None and summary.get("accuracy_drop_points") is not None:
+        change = -summary["accuracy_drop_points"]
+    shipped = next((r for r in report["results"] if r.get("shipped")), {})
+    if change is not None:
+        word = "gained" if change > 0 else "lost" if change < 0 else "no change:"
+        lines.append(f"- Accuracy: {_pct(shipped.get('accuracy'))} against {_pct(report['results'][0].get('accuracy'))} "
+                     f"for the original ({word} {abs(change):.2f} points) on {report['data']['holdout_samples']} "
+                     "held-out labelled samples.")
+    task = summary.get("task")
+    if task:
+        lines.append(f"- Task ({task['task']}): {task['metric']} {task['value']:.3f}"
+                     + (f" (floor {task['floor']:g})" if task.get("floor") is not None else "")
+                     + "".join(f", {k.replace('_', ' ')} {_fmt(v)}" for k, v in task.get("details", {}).items()
+                               if v is not None) + ".")
+    lines += output_markdown(shipped.get("fidelity") or {})
     if report.get("search"):
         lines += search_markdown(report["search"])
     stages = {k: v for k, v in report.get("timings_s", {}).items() if k != "total"}
@@ -82,8 +95,17 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- **Does not fit:** {problem}")
     data = report["data"]
     lines += ["", "## Data", ""]
-    lines.append(f"- Source: {data['source']}; {data['calibration_samples']} samples for calibration, "
-                 f"{data['holdout_samples']} held out for verification.")
+    calibration = data.get("calibration") or (data["source"] if data["calibration_samples"] else None)
+    if calibration and calibration != data["source"]:
+        lines.append(f"- Calibration: {calibration}, {data['calibration_samples']} samples. Verification: "
+                     f"{data['source']}, {data['holdout_samples']} samples.")
+    elif calibration:
+        lines.append(f"- Source: {data['source']}; {data['calibration_samples']} samples for calibration, "
+                     f"{data['holdout_samples']} held out for verification.")
+    else:
+        lines.append(f"- Verification: {data['source']}, {data['holdout_samples']} samples (none calibrated on).")
+    if data.get("task"):
+        lines.append(f"- Task: {data['task']}.")
     for warning in data["warnings"]:
         lines.append(f"- Warning: {warning}")
     if target.get("recipe"):
@@ -100,12 +122,42 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _task(task: dict[str, Any] | None) -> str:
+    return "—" if not task else f"{task['metric']} {task['value']:.3f}"
+
+
+def output_markdown(fid: dict[str, Any]) -> list[str]:
+    """The shipped artifact per output: cosine, worst channel, errors."""
+    outputs = fid.get("outputs") or []
+    if not outputs:
+        return []
+    lines = ["", "## Fidelity per output", "",
+             "Each output compared on its own; channels are taken along the output's feature axis.", "",
+             "| output | channels (axis) | cosine min | cosine mean | worst channel | its cosine | its SQNR | "
+             "max abs error |", "|---|---|---|---|---|---|---|---|"]
+    for o in outputs:
+        axis = f"{o['channels']} (axis {o['channel_axis']})" if o.get("channel_axis") is not None else "1"
+        if o.get("quiet_channels"):
+            axis += f", {o['quiet_channels']} quiet"
+        worst = "—" if o.get("worst_channel") is None else str(o["worst_channel"])
+        lines.append(f"| {o['name']} | {axis} | {o['cosine_min']:.4f} | {o['cosine_mean']:.4f} | {worst} | "
+                     f"{o['worst_channel_cosine']:.4f} | {o['worst_channel_sqnr_db']:.1f} dB | "
+                     f"{o['max_abs_error']:.4g} |")
+    return lines
+
+
 def search_markdown(search: dict[str, Any]) -> list[str]:
     """The candidates table and the sensitivity ranking of a ``--precision auto`` search."""
     lines = ["", "## Candidates tried", "",
-             f"Budget: {search['budget']}. Speed-ups are against fp32, timed in alternating rounds on this host.", "",
-             "| candidate | float layers | size | vs fp32 | speed-up | cosine min | cosine mean | top-1 drop | result |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"Budget: {search['budget']}. Speed-ups are against fp32, timed in alternating rounds on this host.",
+             *([f"Speed rule: {search['speed_rule']}."] if search.get("speed_rule") else []), "",
+             "| candidate | float layers | size | vs fp32 | speed-up | cosine min | worst channel | task | Δ top-1 "
+             "| result |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in search["candidates"]:
         fid = c.get("fidelity") or {}
         floats = ", ".join(c["float_layers"]) if c["float_layers"] else "—"
@@ -114,7 +166,8 @@ def search_markdown(search: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {name} | {floats} | {human_bytes(c.get('size_bytes'))} | {_pct(c.get('size_vs_fp32'))} | "
             f"{_num(c.get('speedup_vs_fp32'), '{:.2f}x')} | {_num(fid.get('cosine_min'))} | "
-            f"{_num(fid.get('cosine_mean'))} | {_num(c.get('drop_points'), '{:.2f} pt')} | {result} |"
+            f"{_num(fid.get('channel_cosine_min'))} | {_task(fid.get('task'))} | "
+            f"{_num(-c['drop_points'] if c.get('drop_points') is not None else None, '{:+.2f} pt')} | {result} |"
         )
     sens = search.get("sensitivity") or {}
     if sens.get("layers"):
@@ -125,7 +178,8 @@ def search_markdown(search: dict[str, Any]) -> list[str]:
 def sensitivity_markdown(layers: list[dict[str, Any]], recipe: str | None, top: int = 15) -> list[str]:
     """The most sensitive layers: output error when each alone is quantized."""
     lines = ["", "## Per-layer sensitivity", "",
-             f"Each layer quantized alone ({recipe}); error = 1 − mean cosine to the original's outputs.", "",
+             f"Each layer quantized alone ({recipe}); error = the worst of 1 − mean cosine (worst output), "
+             "1 − worst channel cosine and 1 − the task metric.", "",
              "| # | layer | op | weights | error | cosine min |", "|---|---|---|---|---|---|"]
     for i, layer in enumerate(layers[:top], start=1):
         lines.append(f"| {i} | {layer['display']} | {layer['op']} | {layer['params']:,} | "

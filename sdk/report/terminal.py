@@ -13,11 +13,20 @@ def _num(x: float | None, fmt: str) -> str:
     return "—" if x is None else fmt.format(x)
 
 
+def _task(task: dict[str, Any] | None) -> str:
+    """``recall 0.973``: the task metric's short name and value."""
+    if not task:
+        return "—"
+    short = {"top-1 agreement": "top-1", "detection recall": "recall", "pixel agreement": "pixels",
+             "nearest-neighbour agreement": "neighbours"}.get(task["metric"], task["metric"])
+    return f"{short} {task['value']:.3f}"
+
+
 def conversion_table(report: dict[str, Any]) -> Table:
     """The original, the fp32 artifact and the shipped one: size, latency, fidelity, accuracy."""
     table = Table(title=f"{report['model']['source']} → {report['device']['name']} "
                         f"({report['target']['format']} {report['target']['precision']})")
-    for col in ("model", "size", "latency p50", "cosine min", "top-1 agree", "accuracy"):
+    for col in ("model", "size", "latency p50", "cosine min", "worst channel", "task", "accuracy"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for row in report["results"]:
         fid = row.get("fidelity") or {}
@@ -25,7 +34,7 @@ def conversion_table(report: dict[str, Any]) -> Table:
         table.add_row(
             row["name"] + (" ★" if row.get("shipped") else ""), human_bytes(row["size_bytes"]),
             _num(lat.get("p50_ms"), "{:.3f} ms"), _num(fid.get("cosine_min"), "{:.4f}"),
-            _num(100 * fid["top1_agreement"] if fid.get("top1_agreement") is not None else None, "{:.1f}%"),
+            _num(fid.get("channel_cosine_min"), "{:.4f}"), _task(fid.get("task")),
             _num(100 * row["accuracy"] if row.get("accuracy") is not None else None, "{:.1f}%"),
         )
     return table
@@ -41,7 +50,7 @@ def conversion_summary(report: dict[str, Any]) -> str:
 def candidates_table(search: dict[str, Any]) -> Table:
     """Every recipe the policy search tried or skipped, with its measurements and verdict."""
     table = Table(title=f"Candidates (budget: {search['budget']})")
-    for col in ("candidate", "size", "speed-up", "cosine min", "top-1 drop", "result"):
+    for col in ("candidate", "size", "speed-up", "cosine min", "worst channel", "task", "Δ top-1", "result"):
         table.add_column(col, justify="left" if col in ("candidate", "result") else "right")
     for c in search["candidates"]:
         fid = c.get("fidelity") or {}
@@ -50,7 +59,8 @@ def candidates_table(search: dict[str, Any]) -> Table:
             c["label"] + (" ★" if c["status"] == "shipped" else ""),
             human_bytes(c["size_bytes"]) if c.get("size_bytes") else "—",
             _num(c.get("speedup_vs_fp32"), "{:.2f}x"), _num(fid.get("cosine_min"), "{:.4f}"),
-            _num(c.get("drop_points"), "{:.2f} pt"),
+            _num(fid.get("channel_cosine_min"), "{:.4f}"), _task(fid.get("task")),
+            _num(-c["drop_points"] if c.get("drop_points") is not None else None, "{:+.2f} pt"),
             c["status"] + (f": {c['reason']}" if c["reason"] and not quiet else ""),
         )
     return table

@@ -21,7 +21,8 @@ from ...runtime.backends import BackendOptions, open_backend
 from ...runtime.manifest import Manifest
 from ...runtime.model import LoadedModel
 from ...runtime.tensors import TensorSpec
-from .fidelity import Fidelity, compare, run_batched
+from .fidelity import Fidelity, Reference, run_batched
+from .task import TaskOptions
 from .timing import Latency, measure_latency
 
 Specs = tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
@@ -74,15 +75,16 @@ def outputs_of(model: LoadedModel) -> Callable[[dict[str, np.ndarray]], list[np.
     return lambda feeds: list(model.predict(feeds).values())
 
 
-def reference_outputs(source: Source, holdout: Samples) -> list[np.ndarray]:
-    """The original model's outputs on the held-out samples."""
+def reference_outputs(source: Source, holdout: Samples, task: TaskOptions | None = None) -> Reference:
+    """The original model's outputs on the held-out samples, with its task resolved from them."""
     # A source traced with a fixed batch of 1 takes one sample at a time.
     ref_batch = 1 if any(t.shape[:1] == (1,) for t in source.inputs) else batch_size(holdout, most=64)
-    return run_batched(source.run, holdout.batches(ref_batch))
+    outputs = run_batched(source.run, holdout.batches(ref_batch))
+    return Reference(outputs, [t.name for t in source.outputs], getattr(holdout, "labels", None), task)
 
 
 def make_measure(fmt: str, source: Source, profile: DeviceProfile, threads: int, holdout: Any,
-                 ref_out: list[np.ndarray]) -> MeasureFn:
+                 reference: Reference) -> MeasureFn:
     """``measure(path, precision, *, limit=None, weight_bits=None) -> Measured``: an artifact's
     fidelity on the held-out samples (the first ``limit`` of them), with a hook to time it on one."""
     one = next(holdout.samples())
@@ -91,8 +93,8 @@ def make_measure(fmt: str, source: Source, profile: DeviceProfile, threads: int,
         model = open_artifact(path, fmt=fmt, precision=precision, source=source, profile=profile, threads=threads,
                               weight_bits=weight_bits)
         part = holdout if limit is None else holdout.take(slice(0, limit))
-        ref = ref_out if limit is None else [r[: len(part)] for r in ref_out]
-        fid = compare(ref, run_batched(outputs_of(model), part.batches(batch_size(part, most=64))), part.labels)
+        ref = reference if limit is None else reference.head(len(part))
+        fid = ref.compare(run_batched(outputs_of(model), part.batches(batch_size(part, most=64))))
         return Measured(fid, path.stat().st_size, run_one=lambda: model.predict(one))
 
     return measure

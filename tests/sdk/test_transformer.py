@@ -42,7 +42,8 @@ def test_encoder_meets_the_cosine_budget_at_under_30_percent(encoder, tmp_path, 
     result = convert(root / "minilm.pt2", device=device, calib=root / "calib.npz", eval_data=root / "eval.npz",
                      out=tmp_path / "b", latency_budget_s=0.3)
     report = result.report
-    assert report["search"]["budget"] == "cosine ≥ 0.99 on every held-out sample"  # the default without labels
+    assert report["search"]["budget"].startswith("cosine ≥ 0.99 on every held-out sample")  # the default without labels
+    assert report["summary"]["task"]["task"] == "embed"  # unit-length rows: judged per sentence, not per feature
     assert result.manifest.format == fmt and result.manifest.precision == "int8"
     assert report["summary"]["size_vs_fp32"] <= 0.30
     # Naive static int8 is measured, and rejected, on the way.
