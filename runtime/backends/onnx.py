@@ -36,7 +36,7 @@ DTYPES = {
 
 
 def session(model: str | Path | bytes, *, threads: int = 1, providers: tuple[str, ...] = (CPU,),
-            lean: bool = False, exact_int8: bool = True) -> Any:
+            lean: bool = False, exact_int8: bool = True, log_level: int = 3) -> Any:
     """An ``onnxruntime.InferenceSession`` with edgec's settings.
 
     Args:
@@ -45,6 +45,7 @@ def session(model: str | Path | bytes, *, threads: int = 1, providers: tuple[str
         providers: Execution providers, in order.
         lean: No memory arena and no pre-packed weight copies (under a memory budget).
         exact_int8: Exact u8u8 kernels for int8 on x86 CPUs without VNNI.
+        log_level: onnxruntime's own log threshold (3: errors; 4: fatal only, for a try that may fail).
 
     Raises:
         MissingDependencyError: onnxruntime is not installed.
@@ -58,7 +59,7 @@ def session(model: str | Path | bytes, *, threads: int = 1, providers: tuple[str
     # two sessions on 2 cores doubled both latencies). Sleeping workers cost ~nothing.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = log_level
     if exact_int8:
         # x86 CPUs without VNNI add pairs of u8 x s8 products in 16 bits: full-range int8
         # weights saturate there (measured: cosine 0.83 to fp32 on a digits CNN). The
@@ -90,11 +91,11 @@ _ACCELERATED_HINT = ("On a Jetson, install NVIDIA's onnxruntime-gpu wheel for yo
 def _exact_or_plain(path: Path, providers: tuple[str, ...], settings: dict[str, Any]) -> Any:
     """A session with ``settings``; if the exact-int8 option is what makes the model fail to load
     (onnxruntime rejects it for some QDQ graphs), the session without it, and a warning."""
-    try:
+    if not settings.get("exact_int8"):
         return session(path, providers=providers, **settings)
+    try:
+        return session(path, providers=providers, log_level=4, **settings)
     except Exception as exc:
-        if not settings.get("exact_int8"):
-            raise
         plain = session(path, providers=providers, **{**settings, "exact_int8": False})
         log.warning("onnxruntime cannot load %s with session.x64quantprecision (%s); running it without that "
                     "option: on x86 CPUs without VNNI its int8 products may saturate", path.name, _first_line(exc))
