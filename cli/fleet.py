@@ -77,6 +77,7 @@ def fleet_push(
     canary: int = typer.Option(0, "--canary", help="Update this many boards of the group first; go on only if they are live."),
     broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
     timeout: float = typer.Option(600, "--timeout", help="Seconds to wait for the boards."),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="Push even if no board of the fleet is in the target yet (boards that join later take it)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Make BUNDLE the desired version of MODEL for boards, canaries first, and wait for them.
@@ -92,9 +93,10 @@ def fleet_push(
     from ..sdk.fleet.rollout import parse_target, push
 
     target = parse_target(to)
+    err = err_console()
     with _link(broker, fleet, username, password) as link:
-        result = push(link, bundle, model, target, canary=canary, timeout_s=timeout,
-                      progress=lambda message: err_console.print(escape(message)))
+        result = push(link, bundle, model, target, canary=canary, timeout_s=timeout, allow_empty=allow_empty,
+                      progress=lambda message: err.print(escape(message)))
     if as_json:
         out.print_json(data=dataclasses.asdict(result))
     else:

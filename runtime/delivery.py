@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -26,6 +27,20 @@ from .manifest import MANIFEST_NAME, sha256_file
 
 CHUNK_BYTES = 256 * 1024
 MAX_MEMBERS = 64
+# A sha256 as the fleet writes it. Anything else from the broker never becomes a file name.
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def inside(root: Path, path: Path) -> Path:
+    """``path``, proven to stay inside ``root`` (after resolving ``..`` and links).
+
+    Raises:
+        BundleError: It would leave ``root``.
+    """
+    resolved, base = path.resolve(), root.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise BundleError(f"refusing the path {str(path)!r}: it leaves {str(root)!r}")
+    return path
 
 
 @dataclass(frozen=True)
@@ -44,8 +59,10 @@ class Blob:
         except (KeyError, TypeError, ValueError):
             raise BundleError("the update's blob description is malformed") from None
         expected = -(-blob.size // blob.chunk_size) if blob.chunk_size > 0 else -1
-        if len(blob.sha256) != 64 or blob.size <= 0 or blob.chunk_size <= 0 or len(blob.chunks) != expected:
+        if blob.size <= 0 or blob.chunk_size <= 0 or len(blob.chunks) != expected:
             raise BundleError("the update's blob description is inconsistent (size, chunk size, chunk count)")
+        if not SHA256.fullmatch(blob.sha256) or not all(SHA256.fullmatch(c) for c in blob.chunks):
+            raise BundleError("the update's blob description has a digest that is not 64 lowercase hex digits")
         return blob
 
     def to_dict(self) -> dict[str, Any]:
@@ -57,9 +74,11 @@ class Download:
 
     def __init__(self, folder: Path, blob: Blob) -> None:
         self.blob = blob
+        if not SHA256.fullmatch(blob.sha256):
+            raise BundleError("the blob's sha256 is not 64 lowercase hex digits")
         folder.mkdir(parents=True, exist_ok=True)
-        self.part = folder / f"{blob.sha256}.part"
-        self.mark = folder / f"{blob.sha256}.json"
+        self.part = inside(folder, folder / f"{blob.sha256}.part")
+        self.mark = inside(folder, folder / f"{blob.sha256}.json")
         self.done = self._read_mark()
         self._have: set[int] = set()  # chunks written past the contiguous prefix (this run)
         self.received_bytes = 0  # chunk bytes taken from the network by this run
@@ -128,10 +147,13 @@ class Download:
         staging = dest.with_name(f".{dest.name}.unpack")
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            unpack(self.part, staging)
+            unpack(self.part, staging, most_bytes=self.blob.size)
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(staging, dest)
+        except BundleError:
+            self.discard()  # a hostile or broken archive is not kept to be resumed
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self.discard()
@@ -148,17 +170,31 @@ class Download:
             self._fd = -1
 
 
-def unpack(archive: Path, dest: Path) -> None:
-    """Unpack a bundle tar: plain files only, flat names, nothing outside ``dest``."""
+def unpack(archive: Path, dest: Path, most_bytes: int | None = None) -> None:
+    """Unpack a bundle tar: plain files only, flat names, nothing outside ``dest``, never more bytes
+    than the archive holds (``most_bytes``: the size the desired state announced).
+
+    Every member is checked before one byte is written: a sparse member (which inflates far
+    past its stored size), a link, a folder or a nested name is refused, and so is an archive
+    whose files add up to more than the archive itself.
+    """
+    most = archive.stat().st_size if most_bytes is None else min(most_bytes, archive.stat().st_size)
     dest.mkdir(parents=True)
     try:
         with tarfile.open(archive, "r:") as tar:
-            members = tar.getmembers()
-            if len(members) > MAX_MEMBERS:
-                raise BundleError(f"the bundle archive holds {len(members)} entries: too many for a bundle")
+            members = []
+            for member in tar:
+                members.append(member)
+                if len(members) > MAX_MEMBERS:
+                    raise BundleError(f"the bundle archive holds over {MAX_MEMBERS} entries: too many for a bundle")
             for member in members:
-                if not member.isfile() or "/" in member.name or member.name in ("", ".", ".."):
+                plain = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and not member.issparse()
+                if not plain or "/" in member.name or member.name in ("", ".", ".."):
                     raise BundleError(f"the bundle archive holds {member.name!r}, which is not a plain file")
+            total = sum(m.size for m in members)
+            if total > most:
+                raise BundleError(f"the bundle archive's files add up to {total} bytes, more than the {most} bytes "
+                                  "of the archive: refused before unpacking")
             # Written one by one, not with extractall: its safe "data" filter is missing from
             # Pythons a board may have (Debian bookworm's 3.11.2), and every member was just
             # checked to be a plain file with a flat name.
@@ -166,8 +202,10 @@ def unpack(archive: Path, dest: Path) -> None:
                 source = tar.extractfile(member)
                 if source is None:
                     raise BundleError(f"the bundle archive's {member.name!r} cannot be read")
-                with source, open(dest / member.name, "xb") as target:
+                with source, open(inside(dest, dest / member.name), "xb") as target:
                     shutil.copyfileobj(source, target, 2**20)
+                    if target.tell() != member.size:
+                        raise BundleError(f"the bundle archive's {member.name!r} is not the size its header says")
     except tarfile.TarError as exc:
         raise BundleError(f"the bundle archive cannot be read ({exc})") from None
     if not (dest / MANIFEST_NAME).is_file():

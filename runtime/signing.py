@@ -115,7 +115,8 @@ def verify_signature(bundle: str | Path, trusted: TrustedKeys) -> str:
     signature = read_signature(bundle)
     if signature is None:
         raise IntegrityError(f"{bundle.name} is not signed, and this runtime serves only signed bundles "
-                             f"(trusted_keys): sign it with edgec sign {bundle} --key KEY")
+                             "(trusted_keys): on the host that holds the fleet's private key, run "
+                             "`edgec sign BUNDLE --key fleet-key` and push or copy the signed bundle again")
     public = trusted.keys.get(signature["key_id"])
     if public is None:
         raise IntegrityError(f"{bundle.name} is signed by key {signature['key_id']}, which this runtime does not trust "

@@ -24,21 +24,27 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import EdgecError, IntegrityError
+from ..errors import BundleError, EdgecError, IntegrityError
 from .config import FleetConfig, TelemetryConfig
-from .delivery import Blob, Download
+from .delivery import SHA256, Blob, Download, inside
 from .files import write_atomic
 from .mqtt import connect_settings, paho_client
 from .serving import Runtime
 
 log = logging.getLogger("edgec.fleet")
 RESUBSCRIBE_S = 10.0  # ask again for chunks that did not come
+# A bundle version (the first 12 hex digits of its model file's sha256), the only form a
+# version from the broker may take before it names a folder.
+VERSION = re.compile(r"[0-9a-f]{12}")
+# A desired state is a few hundred bytes plus one digest per chunk (a 1 GB bundle: ~270 kB).
+MAX_DESIRED_BYTES = 1 << 20
 
 
 class Updater:
@@ -65,6 +71,7 @@ class Updater:
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> Updater:
         self.store.mkdir(parents=True, exist_ok=True)
+        self._clean_downloads()
         self.record = self._read_record()
         self._restore()
         mqtt = paho_client()
@@ -116,10 +123,18 @@ class Updater:
             self._events.put("chunk")
         elif parts[0] == "desired" and len(parts) >= 3:
             model, target = parts[1], "/".join(parts[2:])
+            if model not in {m.name for m in self.runtime.config.models} or target not in self.targets:
+                return  # another board's model or target: nothing of it is kept
+            if len(message.payload) > MAX_DESIRED_BYTES:
+                log.warning("ignored a desired state of %d bytes on %s", len(message.payload), message.topic)
+                return
             try:
                 payload = json.loads(message.payload) if message.payload else None
             except ValueError:
                 log.warning("ignored a desired state on %s that is not JSON", message.topic)
+                return
+            if payload is not None and not isinstance(payload, dict):
+                log.warning("ignored a desired state on %s that is not a JSON object", message.topic)
                 return
             with self._lock:
                 slot = self.desired.setdefault(model, {})
@@ -166,7 +181,10 @@ class Updater:
             return next((slot[t] for t in self.targets if t in slot), None)
 
     def _converge(self, model: str, want: dict[str, Any]) -> None:
-        version = str(want.get("version", ""))
+        version = want.get("version")
+        if not isinstance(version, str) or not VERSION.fullmatch(version):
+            return self._fail(model, want, "refused", f"the desired version {str(version)[:40]!r} is not a bundle "
+                              "version (12 lowercase hex digits): nothing was fetched or removed")
         if self.runtime.running_version(model) == version:
             if self.states.get(model, {}).get("state") != "live" or self.states[model].get("desired") != version:
                 self._report(model, want, "live")
@@ -175,11 +193,14 @@ class Updater:
             return  # refused or rolled back already; waits for another push
         if model not in {m.name for m in self.runtime.config.models}:
             return self._fail(model, want, "refused", f"model {model} is not configured on this board ([[models]])")
-        blob = Blob.from_dict(want.get("blob"))
+        try:
+            blob = Blob.from_dict(want.get("blob"))
+        except BundleError as exc:
+            return self._fail(model, want, "refused", str(exc))
         problem = self._room_for(blob, int(want.get("model_bytes", 0)))
         if problem:
             return self._fail(model, want, "refused", problem)
-        folder = self.store / model / version
+        folder = inside(self.store, self.store / model / version)
         if not (folder / "manifest.json").is_file():
             if not self._fetch(model, want, blob, folder):
                 return  # superseded, or stopping
@@ -299,8 +320,10 @@ class Updater:
     def _restore(self) -> None:
         """After a restart: serve the version the fleet last switched to, not the configured one."""
         for model, entry in self.record.items():
-            current = entry.get("current")
-            if current and Path(current).is_dir() and self._current_folder(model) != Path(current):
+            current = entry.get("current") if isinstance(entry, dict) else None
+            if not isinstance(current, str) or self.store.resolve() not in Path(current).resolve().parents:
+                continue  # only version folders this agent wrote under its store
+            if Path(current).is_dir() and self._current_folder(model) != Path(current):
                 try:
                     self.runtime.reload(model, current)
                 except (EdgecError, KeyError) as exc:
@@ -308,8 +331,23 @@ class Updater:
 
     def _prune(self, model: str, keep: set[Path | None]) -> None:
         for folder in (self.store / model).iterdir():
-            if folder.is_dir() and folder not in keep:
-                shutil.rmtree(folder, ignore_errors=True)
+            # Only version folders this agent made: never a link, never anything else.
+            if folder.is_dir() and not folder.is_symlink() and VERSION.fullmatch(folder.name) and folder not in keep:
+                shutil.rmtree(inside(self.store, folder), ignore_errors=True)
+
+    def _clean_downloads(self) -> None:
+        """At start: keep the newest partial download (it resumes), remove every other file there."""
+        folder = self.store / ".downloads"
+        if not folder.is_dir():
+            return
+        marks = sorted((p for p in folder.glob("*.json") if SHA256.fullmatch(p.stem)), key=lambda p: p.stat().st_mtime)
+        keep = {marks[-1].name, f"{marks[-1].stem}.part"} if marks else set()
+        for path in folder.iterdir():
+            if path.name not in keep:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
     def _room_for(self, blob: Blob, model_bytes: int) -> str | None:
         free = shutil.disk_usage(self.store).free

@@ -163,12 +163,14 @@ def publish_blob(link: FleetLink, archive: Path, chunk_size: int = CHUNK_BYTES,
 
 
 def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary: int = 0, timeout_s: float = 600,
-         chunk_size: int = CHUNK_BYTES, progress: Callable[[str], None] | None = None) -> Rollout:
+         chunk_size: int = CHUNK_BYTES, progress: Callable[[str], None] | None = None,
+         allow_empty: bool = False) -> Rollout:
     """Publish ``bundle`` as the desired version of ``model`` for ``target`` (``group/NAME``...).
 
     Raises:
         BundleError, IntegrityError: Not a bundle, or its files do not match the manifest.
-        ValidationError: A canary count for a target that is not a group, or more canaries than members.
+        ValidationError: A canary count for a target that is not a group, or more canaries than members;
+            a target no board of the fleet is in (unless ``allow_empty``), with the groups that exist.
     """
     say = progress or (lambda message: None)
     bundle = Path(bundle)
@@ -176,7 +178,9 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
     verify_files(bundle, manifest)
     version = manifest.version
     started = time.monotonic()
-    members = link.group_members(target)
+    members = [m for m in link.group_members(target) if m in link.members]
+    if not members and not allow_empty:
+        raise ValidationError(_no_boards(link, target))
     if canary and not target.startswith("group/"):
         raise ValidationError("--canary needs --to group:NAME (canaries are the first boards of the group)")
     if canary and canary >= len(members):
@@ -215,6 +219,20 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
     _clear_old_blobs(link, previous, keep={blob.sha256})
     return Rollout(model, version, desired["rollout"], target, canaries, states, False, time.monotonic() - started,
                    blob.size, errors)
+
+
+def _no_boards(link: FleetLink, target: str) -> str:
+    """Why a target has no boards, with what the fleet does have."""
+    with link._lock:
+        groups = sorted({g for m in link.members.values() for g in m.get("groups", [])})
+        devices = sorted(link.members)
+    shown = target.replace("/", ":")
+    if not devices:
+        return (f"no board of fleet {link.fleet!r} has reported to this broker: check --fleet (the boards' [telemetry] "
+                f"fleet) and --broker, or pass --allow-empty to push before boards join")
+    return (f"no board of fleet {link.fleet!r} is in {shown}: its groups are {', '.join(groups) or 'none'}; its boards "
+            f"{', '.join(devices[:20])}{' ...' if len(devices) > 20 else ''}. Pass --allow-empty to push for boards "
+            "that join later")
 
 
 def rollback(link: FleetLink, model: str, target: str) -> dict[str, Any]:

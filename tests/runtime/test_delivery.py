@@ -39,3 +39,42 @@ def test_unpack_refuses_anything_but_flat_plain_files(tmp_path, name, kind):
     with pytest.raises(BundleError, match="not a plain file"):
         unpack(archive, tmp_path / "out")
     assert not any((tmp_path / "out").iterdir())
+
+
+def test_a_sparse_member_is_refused_before_it_inflates(tmp_path):
+    """GNU tar stores a sparse file as its data runs; extracted, it would fill its full size."""
+    import shutil
+    import subprocess
+
+    tar_bin = shutil.which("tar")
+    if tar_bin is None:
+        pytest.skip("no tar program to write a sparse archive with")
+    (tmp_path / "src").mkdir()
+    with open(tmp_path / "src" / "model.onnx", "wb") as fh:
+        fh.truncate(64 * 2**20)  # 64 MiB of holes, a few hundred bytes in the archive
+    (tmp_path / "src" / "manifest.json").write_text("{}")
+    archive = tmp_path / "sparse.tar"
+    subprocess.run([tar_bin, "--sparse", "--format=gnu", "-cf", str(archive), "-C", str(tmp_path / "src"),
+                    "model.onnx", "manifest.json"], check=True)
+    assert archive.stat().st_size < 2**20
+    with pytest.raises(BundleError, match="not a plain file"):
+        unpack(archive, tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_files_adding_up_to_more_than_the_announced_size_are_refused(tmp_path, fixture_bundle):
+    archive = tmp_path / "bundle.tar"
+    pack(fixture_bundle("onnx", "int8"), archive)
+    with pytest.raises(BundleError, match="more than the"):
+        unpack(archive, tmp_path / "out", most_bytes=1024)
+    assert not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("sha", ["../" * 21 + "x", "A" * 64, "0" * 63 + "/"])
+def test_a_blob_digest_that_is_not_hex_never_becomes_a_file_name(sha):
+    from edgec.runtime.delivery import Blob
+
+    with pytest.raises(BundleError, match="64 lowercase hex"):
+        Blob.from_dict({"sha256": sha, "size": 10, "chunk_size": 10, "chunks": ["0" * 64]})
+    with pytest.raises(BundleError, match="64 lowercase hex"):
+        Blob.from_dict({"sha256": "0" * 64, "size": 10, "chunk_size": 10, "chunks": [sha]})

@@ -213,10 +213,18 @@ def test_rollback_puts_the_previous_version_back(broker, fleet, fixture_bundle):
     with link(broker) as fl:
         _members(fl, 2)
         first = push(fl, fixture_bundle("onnx", "fp32"), "digits", "group/lab", timeout_s=60)
-        second = push(fl, fixture_bundle("onnx", "int8"), "digits", "group/lab", timeout_s=60)
-        assert set(second.states.values()) == {"live"} and first.version == before
-    # By hand, as an operator would: the CLI.
+        assert first.version == before
+    # By hand, as an operator would: the CLI, from the push on.
     url = f"mqtt://127.0.0.1:{broker.port}"
+    pushed = CliRunner().invoke(app, ["fleet", "push", str(fixture_bundle("onnx", "int8")), "--model", "digits",
+                                      "--to", "group:lab", "--broker", url, "--fleet", "test", "--timeout", "60"])
+    assert pushed.exit_code == 0, pushed.output
+    assert "pi-1: live" in pushed.output and "pi-2: live" in pushed.output and "done in" in pushed.output
+    for to, fleet_name, message in (("group:labs", "test", "its groups are lab"),
+                                    ("group:lab", "tset", "no board of fleet 'tset' has reported")):
+        empty = CliRunner().invoke(app, ["fleet", "push", str(fixture_bundle("onnx", "int8")), "--model", "digits",
+                                         "--to", to, "--broker", url, "--fleet", fleet_name, "--timeout", "5"])
+        assert empty.exit_code == 1 and message in empty.output, empty.output
     done = CliRunner().invoke(app, ["fleet", "rollback", "--model", "digits", "--to", "group:lab", "--broker", url,
                                     "--fleet", "test"])
     assert done.exit_code == 0 and f"desired version is {before} again" in done.output, done.output
@@ -273,3 +281,40 @@ def test_a_version_that_fails_its_first_requests_is_rolled_back(broker, tmp_path
         assert board.version() == before
     finally:
         board.stop()
+
+
+def test_a_desired_state_carrying_a_path_deletes_and_fetches_nothing(broker, fleet, tmp_path):
+    """Anyone who can publish on the broker: a version that is an absolute path, a traversal,
+    a blob digest that climbs out of the store. The board refuses each and touches no folder."""
+    import paho.mqtt.client as mqtt
+
+    board = fleet(1)[0]
+    before = board.version()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    blob = {"sha256": "0" * 64, "size": 10, "chunk_size": 10, "chunks": ["0" * 64]}
+    attacks = [
+        {"model": "digits", "version": str(victim), "rollout": "a1", "blob": blob},
+        {"model": "digits", "version": "../../../victim", "rollout": "a2", "blob": blob},
+        {"model": "digits", "version": "0123456789ab", "rollout": "a3", "blob": {**blob, "sha256": ("../" * 22)[:64]}},
+    ]
+    seen = Subscriber(broker.port, "watcher")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="attacker")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        for attack in attacks:
+            client.publish("edgec/test/desired/digits/group/lab", json.dumps(attack), qos=1,
+                           retain=True).wait_for_publish(10)
+            assert Subscriber.wait(lambda: any(m.get("rollout") == attack["rollout"] and m.get("state") == "refused"
+                                               for m in seen.on("/pi-1/update/digits")), 30), seen.on("/update/digits")
+    finally:
+        seen.close()
+        client.publish("edgec/test/desired/digits/group/lab", b"", qos=1, retain=True).wait_for_publish(10)
+        client.loop_stop()
+        client.disconnect()
+    assert (victim / "keep.txt").read_text() == "precious"
+    assert board.version() == before
+    store = board.root / "store"
+    assert not list(store.rglob("*.part")) and not (store / "digits").exists()
