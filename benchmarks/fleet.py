@@ -56,7 +56,8 @@ class Board:
             f'[[models]]\nname = "digits"\npath = "initial"\n'
             f'[telemetry]\nbroker = "127.0.0.1"\nport = {broker.port}\nfleet = "test"\ndevice = "{name}"\n'
             f'interval_s = 1\nreconnect_max_s = 1\nspool = "spool.sqlite"\n{telemetry}'
-            f'[fleet]\ngroups = {json.dumps(list(groups))}\nstore = "store"\nwatch_requests = 20\nwatch_s = {watch_s}\n')
+            f'[fleet]\ngroups = {json.dumps(list(groups))}\nstore = "store"\nwatch_requests = 20\nwatch_s = {watch_s}\n'
+            + ("" if trusted else "allow_unsigned = true\n"))
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Board:

@@ -55,17 +55,23 @@ def sign(
     out.print(f"signed {escape(str(bundle))} with key {kid}")
 
 
-def _link(broker: str, fleet: str, username: Optional[str], password: Optional[str]):
+def _link(broker: str, fleet: str, username: Optional[str], password: Optional[str], key: Optional[Path] = None):
     from ..sdk.fleet.rollout import FleetLink, parse_broker
 
     host, port, tls = parse_broker(broker)
-    return FleetLink(host, port, fleet=fleet, tls=tls, username=username, password=password)
+    signer = None
+    if key is not None:
+        from ..sdk.bundle.sign import control_signer
+
+        signer = control_signer(key)
+    return FleetLink(host, port, fleet=fleet, tls=tls, username=username, password=password, signer=signer)
 
 
 BROKER = typer.Option(..., "--broker", "-b", help="The fleet's MQTT broker: mqtt://host:1883 or mqtts://host:8883.")
 FLEET = typer.Option("default", "--fleet", help="Fleet name (the boards' [telemetry] fleet).", envvar="EDGEC_FLEET")
 USER = typer.Option(None, "--username", help="Broker user.")
 PASSWORD = typer.Option(None, "--password", help="Broker password (or EDGEC_MQTT_PASSWORD).", envvar="EDGEC_MQTT_PASSWORD")
+KEY = typer.Option(None, "--key", help="The fleet's private key (edgec keys new): signs the desired state, which boards with trusted_keys require (or EDGEC_FLEET_KEY).", envvar="EDGEC_FLEET_KEY")
 
 
 @fleet_app.command("push")
@@ -76,7 +82,9 @@ def fleet_push(
     to: str = typer.Option(..., "--to", help="group:NAME, device:ID or all."),
     canary: int = typer.Option(0, "--canary", help="Update this many boards of the group first; go on only if they are live."),
     broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
+    key: Optional[Path] = KEY,
     timeout: float = typer.Option(600, "--timeout", help="Seconds to wait for the boards."),
+    take_back: bool = typer.Option(False, "--rollback", help="Deliberately take boards back to a version they replaced (signed boards refuse a replaced version otherwise)."),
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Push even if no board of the fleet is in the target yet (boards that join later take it)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -88,14 +96,15 @@ def fleet_push(
     halts the rollout and is rolled back; exit code 1.
     \b
     Example:
-      edgec fleet push build/rpi4 --model digits --to group:pi-lab --canary 2 --broker mqtt://host:1883
+      edgec fleet push build/rpi4 --model digits --to group:pi-lab --canary 2 --broker mqtt://host:1883 --key fleet-key
     """
     from ..sdk.fleet.rollout import parse_target, push
 
     target = parse_target(to)
     err = err_console()
-    with _link(broker, fleet, username, password) as link:
+    with _link(broker, fleet, username, password, key) as link:
         result = push(link, bundle, model, target, canary=canary, timeout_s=timeout, allow_empty=allow_empty,
+                      rollback=take_back,
                       progress=lambda message: err.print(escape(message)))
     if as_json:
         out.print_json(data=dataclasses.asdict(result))
@@ -149,6 +158,7 @@ def fleet_rollback(
     model: str = typer.Option(..., "--model", "-m", help="Model name on the boards."),
     to: str = typer.Option(..., "--to", help="group:NAME, device:ID or all (as pushed)."),
     broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
+    key: Optional[Path] = KEY,
 ) -> None:
     """Make the version pushed before the current one desired again.
 
@@ -158,7 +168,7 @@ def fleet_rollback(
     """
     from ..sdk.fleet.rollout import parse_target, rollback
 
-    with _link(broker, fleet, username, password) as link:
+    with _link(broker, fleet, username, password, key) as link:
         back = rollback(link, model, parse_target(to))
     out.print(f"{model} on {to}: desired version is {back['version']} again; boards switch back as they see it")
 

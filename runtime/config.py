@@ -166,6 +166,7 @@ class FleetConfig:
         watch_requests = 50                  # after a switch, watch this many requests ...
         watch_s = 30                         # ... or this long, whichever comes first,
         max_failure_rate = 0.05              # and roll back when more of them fail than this
+        allow_unsigned = false               # true: take unsigned desired states (no trusted_keys): unsafe
     """
 
     groups: tuple[str, ...] = ()
@@ -174,6 +175,7 @@ class FleetConfig:
     watch_s: float = 30.0
     max_failure_rate: float = 0.05
     window: int = 8  # chunks asked for at once while downloading
+    allow_unsigned: bool = False
 
     def __post_init__(self) -> None:
         for group in self.groups:
@@ -304,6 +306,11 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.fleet is not None and (self.telemetry is None or not self.telemetry.broker):
             raise ValidationError("[fleet] needs [telemetry] with a broker: updates arrive over MQTT")
+        if self.fleet is not None and not self.trusted_keys and self.fleet.allow_unsigned is not True:
+            raise ValidationError(
+                "[fleet] takes model updates from the broker, so it needs trusted_keys = [\"fleet-key.pub\"] "
+                "(edgec keys new; push with --key): without them anyone who can publish on the broker changes "
+                "this board's models. To run without signatures anyway, set allow_unsigned = true in [fleet]")
         if not isinstance(self.isolate, bool):
             raise ValidationError(f"isolate must be true or false, got {self.isolate!r}")
         token = self.admin_token

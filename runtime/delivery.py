@@ -234,3 +234,18 @@ def describe_blob(archive: Path, chunk_size: int = CHUNK_BYTES) -> Blob:
             chunks.append(hashlib.sha256(block).hexdigest())
             size += len(block)
     return Blob(whole.hexdigest(), size, chunk_size, tuple(chunks))
+
+
+def clean_downloads(folder: Path) -> None:
+    """At a board's start: keep the newest partial download in ``folder`` (it resumes), remove the rest."""
+    if not folder.is_dir():
+        return
+    marks = sorted((p for p in folder.glob("*.json") if SHA256.fullmatch(p.stem)), key=lambda p: p.stat().st_mtime)
+    keep = {marks[-1].name, f"{marks[-1].stem}.part"} if marks else set()
+    for path in folder.iterdir():
+        if path.name in keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ until another push. Versions live side by side under ``store/<model>/<version>``
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -33,7 +34,8 @@ from typing import Any
 
 from ..errors import BundleError, EdgecError, IntegrityError
 from .config import FleetConfig, TelemetryConfig
-from .delivery import SHA256, Blob, Download, inside
+from .control import check as check_control
+from .delivery import Blob, Download, clean_downloads, inside
 from .files import write_atomic
 from .mqtt import connect_settings, paho_client
 from .serving import Runtime
@@ -62,6 +64,9 @@ class Updater:
         self._lock = threading.Lock()
         self._download: Download | None = None
         self._asked: dict[int, float] = {}  # chunk index -> when it was asked for
+        self.trusted = runtime.cache.trusted  # None: unsigned control messages (allow_unsigned = true)
+        # Control messages refused on paho's thread, reported by the worker (bounded: a flood drops the oldest).
+        self._refused: collections.deque[tuple[str, dict[str, Any], str]] = collections.deque(maxlen=8)
         self._stopping = threading.Event()
         self._record_path = self.store / "fleet-state.json"
         self.record: dict[str, dict[str, Any]] = {}
@@ -70,8 +75,11 @@ class Updater:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> Updater:
+        if self.trusted is None:
+            log.warning("[fleet] allow_unsigned = true: ANYONE who can publish on the broker can change the models "
+                        "this board serves. Set trusted_keys (edgec keys new) to take only signed updates")
         self.store.mkdir(parents=True, exist_ok=True)
-        self._clean_downloads()
+        clean_downloads(self.store / ".downloads")
         self.record = self._read_record()
         self._restore()
         mqtt = paho_client()
@@ -136,6 +144,13 @@ class Updater:
             if payload is not None and not isinstance(payload, dict):
                 log.warning("ignored a desired state on %s that is not a JSON object", message.topic)
                 return
+            if payload is not None and self.trusted is not None:
+                try:
+                    check_control(payload, message.topic, self.trusted, newest_seq=self._newest_seq(model))
+                except EdgecError as exc:  # never stored: a forged message cannot shadow the real one
+                    self._refused.append((model, payload, str(exc)))
+                    self._events.put("refused")
+                    return
             with self._lock:
                 slot = self.desired.setdefault(model, {})
                 if payload is None:
@@ -162,6 +177,10 @@ class Updater:
                 self._events.get(timeout=1.0)
             except queue.Empty:
                 pass
+            while self._refused:
+                model, payload, reason = self._refused.popleft()
+                self._report(model, payload, "refused", error=reason)
+                self.runtime.alert(f"refused a control message for model {model}: {reason}", "control_refused")
             for model in list(self.desired):
                 if self._stopping.is_set():
                     return
@@ -186,9 +205,14 @@ class Updater:
             return self._fail(model, want, "refused", f"the desired version {str(version)[:40]!r} is not a bundle "
                               "version (12 lowercase hex digits): nothing was fetched or removed")
         if self.runtime.running_version(model) == version:
+            self._acted_on(model, want)
             if self.states.get(model, {}).get("state") != "live" or self.states[model].get("desired") != version:
                 self._report(model, want, "live")
             return
+        entry = self.record.get(model, {})
+        if self.trusted is not None and version in entry.get("replaced", []) and want.get("rollback") is not True:
+            return self._fail(model, want, "refused", f"version {version} was replaced on this board: a signed "
+                              "rollback takes it back (edgec fleet rollback --key KEY), a replayed push does not")
         if _failure_key(want) in self.record.get(model, {}).get("failed", []):
             return  # refused or rolled back already; waits for another push
         if model not in {m.name for m in self.runtime.config.models}:
@@ -205,6 +229,7 @@ class Updater:
             if not self._fetch(model, want, blob, folder):
                 return  # superseded, or stopping
         self._report(model, want, "checking")
+        self._acted_on(model, want)
         previous = self._current_folder(model)
         try:
             self.runtime.reload(model, str(folder))
@@ -219,7 +244,10 @@ class Updater:
             shutil.rmtree(folder, ignore_errors=True)
             return self._fail(model, want, "rolled_back", failure)
         entry = self.record.setdefault(model, {})
-        entry.update(current=str(folder), previous=str(previous) if previous else None)
+        replaced = [v for v in entry.get("replaced", []) if v != version]
+        if previous is not None and previous.name != version:
+            replaced = [*replaced, previous.name][-20:]
+        entry.update(current=str(folder), previous=str(previous) if previous else None, replaced=replaced)
         self._write_record()
         self._prune(model, keep={folder, previous})
         self._report(model, want, "live")
@@ -335,19 +363,17 @@ class Updater:
             if folder.is_dir() and not folder.is_symlink() and VERSION.fullmatch(folder.name) and folder not in keep:
                 shutil.rmtree(inside(self.store, folder), ignore_errors=True)
 
-    def _clean_downloads(self) -> None:
-        """At start: keep the newest partial download (it resumes), remove every other file there."""
-        folder = self.store / ".downloads"
-        if not folder.is_dir():
+    def _newest_seq(self, model: str) -> int | None:
+        seq = self.record.get(model, {}).get("seq")
+        return seq if isinstance(seq, int) else None
+
+    def _acted_on(self, model: str, want: dict[str, Any]) -> None:
+        """Remember the newest signed message acted on: older ones are replays from now on."""
+        seq = want.get("seq")
+        if self.trusted is None or not isinstance(seq, int) or seq <= (self._newest_seq(model) or 0):
             return
-        marks = sorted((p for p in folder.glob("*.json") if SHA256.fullmatch(p.stem)), key=lambda p: p.stat().st_mtime)
-        keep = {marks[-1].name, f"{marks[-1].stem}.part"} if marks else set()
-        for path in folder.iterdir():
-            if path.name not in keep:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+        self.record.setdefault(model, {})["seq"] = seq
+        self._write_record()
 
     def _room_for(self, blob: Blob, model_bytes: int) -> str | None:
         free = shutil.disk_usage(self.store).free

@@ -86,3 +86,43 @@ def sign_bundle(bundle: str | Path, key: str | Path) -> str:
     except OSError as exc:
         raise BundleError(f"cannot write {SIGNATURE_NAME} in {bundle} ({exc.strerror})") from None
     return kid
+
+
+class ControlSigner:
+    """Signs control messages with the fleet's private key, and recognises its own (see
+    :mod:`edgec.runtime.control`).
+
+    Args:
+        key: The private key file (``edgec keys new``).
+
+    Raises:
+        ValidationError: The key cannot be read.
+    """
+
+    def __init__(self, key: str | Path) -> None:
+        from ...runtime.signing import TrustedKeys
+
+        self._private = load_private_key(key)
+        self.key_id = key_id(public_raw(self._private.public_key()))
+        self._own = TrustedKeys({self.key_id: self._private.public_key()})
+
+    def __call__(self, message: dict, topic: str, **kw) -> dict:
+        from ...runtime.control import seal
+
+        return seal(message, topic, self._private, self.key_id, **kw)
+
+    def signed_by_me(self, message: dict, topic: str) -> bool:
+        """Whether ``message`` (as found on ``topic``) carries this key's valid signature, expired or not."""
+        from ...errors import IntegrityError
+        from ...runtime.control import check
+
+        try:
+            check(message, topic, self._own, newest_seq=None, now=0.0)
+        except IntegrityError:
+            return False
+        return True
+
+
+def control_signer(key: str | Path) -> ControlSigner:
+    """A :class:`ControlSigner` for the private key at ``key``."""
+    return ControlSigner(key)

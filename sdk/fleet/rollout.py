@@ -63,6 +63,7 @@ class FleetLink:
     members: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> its fleet message
     updates: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (device, model) -> state
     desired: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (model, target) -> payload
+    signer: Callable[..., dict[str, Any]] | None = None  # signs control messages (edgec.sdk.bundle.sign.control_signer)
 
     def __post_init__(self) -> None:
         self.base = f"edgec/{self.fleet}"
@@ -108,6 +109,12 @@ class FleetLink:
         if info.rc != 0:
             raise BrokerError(f"the broker refused a message on {topic} (rc {info.rc})")
         return info
+
+    def desire(self, model: str, target: str, payload: dict[str, Any]) -> Any:
+        """Publish ``payload`` as the retained desired state of ``model`` for ``target``, signed when a key is set."""
+        topic = f"{self.base}/desired/{model}/{target}"
+        body = self.signer(payload, topic) if self.signer is not None else payload
+        return self.publish(topic, json.dumps(body))
 
     def wait_for(self, predicate: Callable[[], Any], timeout_s: float) -> Any:
         """Wait until ``predicate()`` (called under the lock) is truthy; its value, or None at the timeout."""
@@ -164,13 +171,16 @@ def publish_blob(link: FleetLink, archive: Path, chunk_size: int = CHUNK_BYTES,
 
 def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary: int = 0, timeout_s: float = 600,
          chunk_size: int = CHUNK_BYTES, progress: Callable[[str], None] | None = None,
-         allow_empty: bool = False) -> Rollout:
+         allow_empty: bool = False, rollback: bool = False) -> Rollout:
     """Publish ``bundle`` as the desired version of ``model`` for ``target`` (``group/NAME``...).
 
     Raises:
         BundleError, IntegrityError: Not a bundle, or its files do not match the manifest.
         ValidationError: A canary count for a target that is not a group, or more canaries than members;
             a target no board of the fleet is in (unless ``allow_empty``), with the groups that exist.
+
+    ``rollback`` marks the push as deliberately taking boards back to a version they replaced
+    (boards with ``trusted_keys`` refuse a replaced version otherwise).
     """
     say = progress or (lambda message: None)
     bundle = Path(bundle)
@@ -191,19 +201,18 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
         pack(bundle, archive)
         say(f"publishing {archive.stat().st_size} bytes in chunks of {chunk_size}")
         blob = publish_blob(link, archive, chunk_size)
-    previous = link.desired.get((model, target))
+    previous = _trusted_desired(link, model, target, say)
     desired = {"model": model, "version": version, "rollout": uuid.uuid4().hex[:8], "blob": blob.to_dict(),
                "model_bytes": (bundle / manifest.model_file).stat().st_size, "format": manifest.format,
                "precision": manifest.precision, "signed_by": (read_signature(bundle) or {}).get("key_id"),
-               "time": time.time(), "previous": _without_previous(previous)}
-    body = json.dumps(desired)
+               "time": time.time(), "previous": _without_previous(previous), **({"rollback": True} if rollback else {})}
     canaries = members[:canary]
     states: dict[str, str] = {}
     errors: dict[str, str] = {}
     if canaries:
         say(f"canaries first: {', '.join(canaries)}")
         for device in canaries:
-            link.publish(f"{link.base}/desired/{model}/device/{device}", body)
+            link.desire(model, f"device/{device}", desired)
         states, errors = _await(link, model, desired, canaries, timeout_s)
         for device in canaries:  # from now on they follow the group's desired state
             link.publish(f"{link.base}/desired/{model}/device/{device}", b"")
@@ -211,7 +220,7 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
             say("a canary failed: rollout halted, the group keeps its version")
             return Rollout(model, version, desired["rollout"], target, canaries, states, True,
                            time.monotonic() - started, blob.size, errors)
-    link.publish(f"{link.base}/desired/{model}/{target}", body)
+    link.desire(model, target, desired)
     rest = [d for d in members if d not in canaries]
     more, more_errors = _await(link, model, desired, rest, max(0.0, timeout_s - (time.monotonic() - started)))
     states.update(more)
@@ -219,6 +228,21 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
     _clear_old_blobs(link, previous, keep={blob.sha256})
     return Rollout(model, version, desired["rollout"], target, canaries, states, False, time.monotonic() - started,
                    blob.size, errors)
+
+
+def _trusted_desired(link: FleetLink, model: str, target: str,
+                     say: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """The desired state on the broker, if it is this host's own (signed by its key, when it has one)."""
+    current = link.desired.get((model, target))
+    signed_by_me = getattr(link.signer, "signed_by_me", None)
+    if current is None or signed_by_me is None:
+        return current
+    if signed_by_me(current, f"{link.base}/desired/{model}/{target}"):
+        return current
+    if say is not None:
+        say(f"the desired state found for {model} on {target.replace('/', ':')} is not signed by this key: "
+            "not kept as the version to roll back to")
+    return None
 
 
 def _no_boards(link: FleetLink, target: str) -> str:
@@ -244,11 +268,17 @@ def rollback(link: FleetLink, model: str, target: str) -> dict[str, Any]:
     current = link.desired.get((model, target))
     if current is None:
         raise ValidationError(f"no version of {model} was pushed to {target.replace('/', ':')}: nothing to roll back")
+    if _trusted_desired(link, model, target) is None:
+        raise ValidationError(f"the desired state of {model} on {target.replace('/', ':')} is not signed by your key: "
+                              "someone else published it, so its previous version is not trusted either. Push a "
+                              "bundle you know (edgec fleet push BUNDLE --key KEY) instead, and lock the broker down "
+                              "(see Securing a fleet)")
     previous = current.get("previous")
     if not previous:
         raise ValidationError(f"{model} on {target.replace('/', ':')} has no previous version to roll back to")
-    back = {**previous, "rollout": uuid.uuid4().hex[:8], "time": time.time(), "previous": None}
-    link.publish(f"{link.base}/desired/{model}/{target}", json.dumps(back)).wait_for_publish(30)
+    back = {k: v for k, v in previous.items() if k not in ("sig", "topic", "seq", "expires")}
+    back.update(rollout=uuid.uuid4().hex[:8], time=time.time(), previous=None, rollback=True)
+    link.desire(model, target, back).wait_for_publish(30)
     return back
 
 
@@ -297,7 +327,10 @@ def _await(link: FleetLink, model: str, desired: dict[str, Any], devices: list[s
 
 
 def _without_previous(desired: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if desired is None else {k: v for k, v in desired.items() if k != "previous"}
+    """What a push remembers of the one before it (signature fields dropped: it is signed anew on rollback)."""
+    if desired is None:
+        return None
+    return {k: v for k, v in desired.items() if k not in ("previous", "sig", "topic", "seq", "expires", "rollback")}
 
 
 def _clear_old_blobs(link: FleetLink, previous: dict[str, Any] | None, keep: set[str]) -> None:

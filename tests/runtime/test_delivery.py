@@ -78,3 +78,23 @@ def test_a_blob_digest_that_is_not_hex_never_becomes_a_file_name(sha):
         Blob.from_dict({"sha256": sha, "size": 10, "chunk_size": 10, "chunks": ["0" * 64]})
     with pytest.raises(BundleError, match="64 lowercase hex"):
         Blob.from_dict({"sha256": "0" * 64, "size": 10, "chunk_size": 10, "chunks": [sha]})
+
+
+def test_downloads_keep_only_the_newest_resumable_blob(tmp_path):
+    import os
+    import time
+
+    from edgec.runtime.delivery import clean_downloads
+
+    folder = tmp_path / ".downloads"
+    folder.mkdir()
+    old, new = "a" * 64, "b" * 64
+    for sha, age in ((old, 100), (new, 0)):
+        for suffix in (".part", ".json"):
+            path = folder / f"{sha}{suffix}"
+            path.write_text("{}")
+            os.utime(path, (time.time() - age, time.time() - age))
+    (folder / "junk.tmp").write_text("x")
+    (folder / "stray").mkdir()
+    clean_downloads(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [f"{new}.json", f"{new}.part"]

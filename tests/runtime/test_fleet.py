@@ -21,7 +21,7 @@ from test_telemetry import Subscriber
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from fleet import Board  # noqa: E402  (benchmarks/fleet.py)
 
-from edgec.sdk.bundle.sign import new_keys, sign_bundle
+from edgec.sdk.bundle.sign import control_signer, new_keys, sign_bundle
 from typer.testing import CliRunner
 
 from edgec.cli import app
@@ -51,8 +51,8 @@ def fleet(tmp_path, broker, fixture_bundle):
         board.stop()
 
 
-def link(broker) -> FleetLink:
-    return FleetLink("127.0.0.1", broker.port, fleet="test")
+def link(broker, **kw) -> FleetLink:
+    return FleetLink("127.0.0.1", broker.port, fleet="test", **kw)
 
 
 def _resum(bundle: Path, name: str) -> None:
@@ -132,10 +132,17 @@ def test_signed_rollout_refuses_a_wrong_signature(broker, fleet, fixture_bundle,
     for i in range(2):
         board = Board(tmp_path, f"signed-{i}", broker, initial, trusted=public)
         boards.append(board.start())
+    before = boards[0].version()
     try:
         stranger = shutil.copytree(fixture_bundle("onnx", "int8"), tmp_path / "stranger")
         sign_bundle(stranger, other)
         with link(broker) as fl:
+            _members(fl, 2)
+            result = push(fl, fixture_bundle("onnx", "int8"), "digits", "group/lab", timeout_s=30)
+            assert result.states == {"signed-0": "refused", "signed-1": "refused"}  # an unsigned desired state
+            assert all("unsigned control message" in e for e in result.errors.values())
+        assert [b.version() for b in boards] == [before, before]
+        with link(broker, signer=control_signer(private)) as fl:
             _members(fl, 2)
             result = push(fl, stranger, "digits", "group/lab", timeout_s=60)
             assert result.states == {"signed-0": "refused", "signed-1": "refused"}
@@ -318,3 +325,112 @@ def test_a_desired_state_carrying_a_path_deletes_and_fetches_nothing(broker, fle
     assert board.version() == before
     store = board.root / "store"
     assert not list(store.rglob("*.part")) and not (store / "digits").exists()
+
+
+class _UpdateWatcher:
+    """The board's reported update states (one topic: the fleet's blobs are binary)."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[dict] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="update-watcher")
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(topic, qos=1)
+        self.client.on_message = lambda c, u, m: self.messages.append(json.loads(m.payload)) if m.payload else None
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert Subscriber.wait(lambda: self.client.is_connected(), 10)
+        time.sleep(0.3)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_forged_replayed_and_stale_control_messages_change_nothing(broker, fixture_bundle, tmp_path):
+    """An attacker on the broker with every message the fleet ever sent: replays of the old push
+    (on its own topic and pinned at device level), an edited one, an expired one, one signed by
+    another key. The board refuses each and stays; a signed rollback still works."""
+    import paho.mqtt.client as mqtt
+
+    from edgec.runtime.control import seal
+    from edgec.sdk.bundle.sign import load_private_key
+
+    private, public, _ = new_keys(tmp_path / "keys" / "fleet")
+    other, _, _ = new_keys(tmp_path / "keys" / "other")
+    bundles = {}
+    for name in ("fp32", "int8"):
+        bundles[name] = shutil.copytree(fixture_bundle("onnx", name), tmp_path / f"signed-{name}")
+        sign_bundle(bundles[name], private)
+    board = Board(tmp_path, "pi-1", broker, bundles["fp32"], trusted=public).start()
+    sent: list[dict] = []
+    try:
+        with link(broker, signer=control_signer(private)) as fl:
+            _members(fl, 1)
+            first = push(fl, bundles["int8"], "digits", "group/lab", timeout_s=60)
+            sent.append(json.loads(json.dumps(fl.desired[("digits", "group/lab")])))
+            assert first.states == {"pi-1": "live"}
+            second = push(fl, bundles["fp32"], "digits", "group/lab", timeout_s=60)
+            assert second.states == {"pi-1": "live"}, second.errors
+        live = board.version()
+        old = sent[0]
+        stranger = control_signer(other)
+        now_topic = "edgec/test/desired/digits/group/lab"
+        pin_topic = "edgec/test/desired/digits/device/pi-1"
+        edited = {**old, "version": live[:-1] + ("0" if live[-1] != "0" else "1")}
+        kid_other = stranger.key_id
+        expired = seal({k: v for k, v in old.items() if k not in ("sig", "topic", "seq", "expires")}, now_topic,
+                       load_private_key(private), old["sig"]["key_id"], ttl_s=-60)
+        attacks = [
+            (now_topic, old, "older"),  # the previous push, replayed where it was sent
+            (pin_topic, old, "replayed on another topic"),  # ... and pinned at device level
+            (pin_topic, {k: v for k, v in old.items() if k != "sig"}, "unsigned"),
+            (now_topic, edited, "does not match"),
+            (now_topic, expired, "expired"),
+            (now_topic, stranger({k: v for k, v in old.items() if k not in ("sig", "topic", "seq", "expires")},
+                                 now_topic), f"key '{kid_other}'"),
+        ]
+        watcher = _UpdateWatcher(broker.port, "edgec/test/pi-1/update/digits")
+        attacker = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="attacker")
+        attacker.connect("127.0.0.1", broker.port)
+        attacker.loop_start()
+        try:
+            for topic, message, reason in attacks:
+                attacker.publish(topic, json.dumps(message), qos=1, retain=True).wait_for_publish(10)
+                assert Subscriber.wait(lambda: any(m.get("state") == "refused" and reason in (m.get("error") or "")
+                                                   for m in watcher.messages), 30), (reason, watcher.messages[-3:])
+                assert board.version() == live
+            attacker.publish(pin_topic, b"", qos=1, retain=True).wait_for_publish(10)
+        finally:
+            watcher.close()
+            attacker.loop_stop()
+            attacker.disconnect()
+        # What the attacker left retained on the group's topic is not the host's: it is neither rolled
+        # back to nor kept as a previous version. The operator pushes again, then rolls back, signed.
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        cli = ["--model", "digits", "--to", "group:lab", "--broker", url, "--fleet", "test", "--key", str(private)]
+        refused = CliRunner().invoke(app, ["fleet", "rollback", *cli])
+        assert refused.exit_code == 1 and "not signed by your key" in refused.output, refused.output
+        again = CliRunner().invoke(app, ["fleet", "push", str(bundles["int8"]), *cli, "--timeout", "60"])
+        assert again.exit_code == 1 and "was replaced on this board" in again.output, again.output
+        back = CliRunner().invoke(app, ["fleet", "push", str(bundles["int8"]), *cli, "--timeout", "60", "--rollback"])
+        assert back.exit_code == 0 and "pi-1: live" in back.output, back.output
+        assert board.version() == first.version
+    finally:
+        board.stop()
+
+
+def test_a_fleet_board_without_trusted_keys_does_not_start_unless_told(tmp_path, fixture_bundle):
+    from edgec.errors import ValidationError
+    from edgec.runtime.config import ServeConfig
+
+    shutil.copytree(fixture_bundle("onnx", "fp32"), tmp_path / "m")
+    text = ('[[models]]\nname = "digits"\npath = "m"\n[telemetry]\nbroker = "127.0.0.1"\nfleet = "f"\ndevice = "d"\n'
+            '[fleet]\ngroups = ["lab"]\nstore = "store"\n')
+    (tmp_path / "runtime.toml").write_text(text)
+    with pytest.raises(ValidationError, match="needs trusted_keys.*allow_unsigned = true"):
+        ServeConfig.from_toml(tmp_path / "runtime.toml")
+    refused = CliRunner().invoke(app, ["serve", "--config", str(tmp_path / "runtime.toml")])
+    assert refused.exit_code == 1 and "allow_unsigned = true" in refused.output, refused.output
+    (tmp_path / "runtime.toml").write_text(text + "allow_unsigned = true\n")
+    assert ServeConfig.from_toml(tmp_path / "runtime.toml").fleet.allow_unsigned is True
