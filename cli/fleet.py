@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -171,6 +172,42 @@ def fleet_rollback(
     with _link(broker, fleet, username, password, key) as link:
         back = rollback(link, model, parse_target(to))
     out.print(f"{model} on {to}: desired version is {back['version']} again; boards switch back as they see it")
+
+
+@fleet_app.command("command")
+@handles_errors
+def fleet_command(
+    device: str = typer.Argument(..., help="The board's name ([telemetry] device)."),
+    verb: str = typer.Argument(..., help="reload, stats or interval."),
+    args: Optional[list[str]] = typer.Option(None, "--arg", help="KEY=VALUE for the command (a JSON value or a string), e.g. --arg seconds=5, --arg model=digits."),
+    broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
+    key: Optional[Path] = KEY,
+    timeout: float = typer.Option(30, "--timeout", help="Seconds to wait for the board's answer."),
+) -> None:
+    """Send one command to a board and print its answer (signed with --key: boards that trust keys need it).
+
+    \b
+    Examples:
+      edgec fleet command pi-kitchen interval --arg seconds=5 --broker mqtt://host:1883 --key fleet-key
+      edgec fleet command pi-kitchen reload --arg model=digits --broker mqtt://host:1883 --key fleet-key
+    """
+    from ..errors import InputError
+    from ..sdk.fleet.rollout import command
+
+    body: dict = {}
+    for item in args or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InputError(f"--arg {item!r} must look like KEY=VALUE")
+        try:
+            body[name] = json.loads(value)
+        except ValueError:
+            body[name] = value
+    with _link(broker, fleet, username, password, key) as link:
+        answer = command(link, device, verb, body, timeout_s=timeout)
+    out.print_json(data=answer)
+    if not answer.get("ok"):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -33,12 +33,20 @@ from typing import Any
 from .._version import __version__
 from ..errors import EdgecError, ValidationError
 from .config import TelemetryConfig
+from .control import check as check_control
 from .homeassistant import discovery
 from .mqtt import SCHEMA, Publisher
 from .system import CpuMeter, cpu_temperature_c, rss_bytes
 
 log = logging.getLogger("edgec.telemetry")
 VERBS = ("reload", "stats", "interval")
+# Commands taken per second, with a burst: a flood is dropped at the door, never queued or answered.
+COMMAND_RATE, COMMAND_BURST = 5.0, 20
+# At most one answer per this many seconds to commands that were refused (bad signature, replay, busy):
+# a flood of forged commands must not fill the spool with their refusals and crowd out telemetry.
+REFUSAL_EVERY_S = 1.0
+# Telemetry interval bounds, in seconds.
+INTERVAL_RANGE = (0.1, 86_400.0)
 
 
 class Telemetry:
@@ -66,6 +74,12 @@ class Telemetry:
                                    status=(online, offline),
                                    retained=self._discovery if config.homeassistant else None)
         self._commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=64)
+        # Boards that trust keys take only signed commands (edgec.runtime.control), each newer than the last.
+        self.trusted = getattr(getattr(runtime, "cache", None), "trusted", None)
+        self._command_seq = 0
+        self._tokens, self._refill = float(COMMAND_BURST), time.monotonic()
+        self._last_refusal = 0.0
+        self.commands_dropped = 0
         self._problems: deque[str] = deque(maxlen=100)
         self._stop = threading.Event()
         self._tick = threading.Event()
@@ -179,10 +193,26 @@ class Telemetry:
 
     # -- commands -----------------------------------------------------------------------------
     def _on_message(self, topic_name: str, payload: bytes) -> None:
+        now = time.monotonic()
+        self._tokens = min(float(COMMAND_BURST), self._tokens + (now - self._refill) * COMMAND_RATE)
+        self._refill = now
+        if self._tokens < 1.0:
+            self._drop(topic_name, "over the command rate limit")
+            return
+        self._tokens -= 1.0
         try:
             self._commands.put_nowait((topic_name, payload))
         except queue.Full:
-            self._result(topic_name.rsplit("/", 1)[-1], None, error="device busy: too many commands queued; retry")
+            self._drop(topic_name, "device busy: too many commands queued; retry")
+
+    def _drop(self, topic_name: str, why: str) -> None:
+        """A command not taken: counted, and answered at most once a second (never a spool's worth)."""
+        self.commands_dropped += 1
+        now = time.monotonic()
+        if now - self._last_refusal >= REFUSAL_EVERY_S:
+            self._last_refusal = now
+            self._result(topic_name.rsplit("/", 1)[-1], None,
+                         error=f"{why} ({self.commands_dropped} command(s) dropped so far)")
 
     def _command_loop(self) -> None:
         while not self._stop.is_set():
@@ -197,6 +227,12 @@ class Telemetry:
                 if not isinstance(body, dict):
                     raise ValidationError("command payload must be a JSON object")
                 request_id = body.get("id")
+                if self.trusted is not None:
+                    try:
+                        self._command_seq = check_control(body, topic_name, self.trusted, newest_seq=self._command_seq + 1)
+                    except EdgecError as exc:
+                        self._drop(topic_name, f"refused: {exc}")
+                        continue
                 result = self.command(verb, body)
             except json.JSONDecodeError as exc:
                 self._result(verb, request_id, error=f"payload is not JSON: {exc}")
@@ -220,8 +256,9 @@ class Telemetry:
         """
         if verb == "interval":
             seconds = body.get("seconds")
-            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0.1 <= seconds <= 86_400:
-                raise ValidationError('interval needs {"seconds": <number between 0.1 and 86400>}')
+            low, high = INTERVAL_RANGE
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not low <= seconds <= high:
+                raise ValidationError(f'interval needs {{"seconds": <number between {low:g} and {high:g}>}}')
             self.interval_s = float(seconds)
             self._tick.set()
             return {"interval_s": self.interval_s}

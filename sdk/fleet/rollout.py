@@ -73,7 +73,9 @@ class FleetLink:
                                   password=self.password, tls=self.tls)
         self.client.max_inflight_messages_set(32)
         self.client.on_connect = lambda c, u, f, r, p=None: c.subscribe(
-            [(f"{self.base}/+/fleet", 1), (f"{self.base}/+/update/+", 1), (f"{self.base}/desired/#", 1)])
+            [(f"{self.base}/+/fleet", 1), (f"{self.base}/+/update/+", 1), (f"{self.base}/desired/#", 1),
+             (f"{self.base}/+/cmd-result", 1)])
+        self.results: dict[Any, dict[str, Any]] = {}  # command id -> the board's answer
         self.client.on_message = self._on_message
 
     def __enter__(self) -> FleetLink:
@@ -102,6 +104,8 @@ class FleetLink:
                 self.members[parts[0]] = payload
             elif len(parts) == 3 and parts[1] == "update" and payload is not None:
                 self.updates[(parts[0], parts[2])] = payload
+            elif len(parts) == 2 and parts[1] == "cmd-result" and isinstance(payload, dict) and payload.get("id"):
+                self.results[payload["id"]] = payload
             self._changed.notify_all()
 
     def publish(self, topic: str, payload: bytes | str, *, retain: bool = True) -> Any:
@@ -257,6 +261,25 @@ def _no_boards(link: FleetLink, target: str) -> str:
     return (f"no board of fleet {link.fleet!r} is in {shown}: its groups are {', '.join(groups) or 'none'}; its boards "
             f"{', '.join(devices[:20])}{' ...' if len(devices) > 20 else ''}. Pass --allow-empty to push for boards "
             "that join later")
+
+
+def command(link: FleetLink, device: str, verb: str, body: dict[str, Any], *, timeout_s: float = 30) -> dict[str, Any]:
+    """Send ``verb`` to ``device`` (signed when the link has a key) and wait for its answer.
+
+    Raises:
+        ValidationError: A device name that is not a plain name.
+        BrokerError: No answer within ``timeout_s``.
+    """
+    if not device or any(c in device for c in "/+#"):
+        raise ValidationError(f"--device {device!r} must be a board's name")
+    ask = {**body, "id": uuid.uuid4().hex[:12]}
+    topic = f"{link.base}/{device}/cmd/{verb}"
+    link.publish(topic, json.dumps(link.signer(ask, topic, ttl_s=300) if link.signer else ask), retain=False)
+    answer = link.wait_for(lambda: link.results.get(ask["id"]), timeout_s)
+    if answer is None:
+        raise BrokerError(f"{device} did not answer {verb} within {timeout_s:g} s: is it online (edgec fleet status), "
+                          "and signed with a key it trusts (--key)?")
+    return answer
 
 
 def rollback(link: FleetLink, model: str, target: str) -> dict[str, Any]:

@@ -434,3 +434,48 @@ def test_a_fleet_board_without_trusted_keys_does_not_start_unless_told(tmp_path,
     assert refused.exit_code == 1 and "allow_unsigned = true" in refused.output, refused.output
     (tmp_path / "runtime.toml").write_text(text + "allow_unsigned = true\n")
     assert ServeConfig.from_toml(tmp_path / "runtime.toml").fleet.allow_unsigned is True
+
+
+def test_commands_to_a_signed_board_must_be_signed_once_and_a_flood_is_not_answered(broker, fixture_bundle, tmp_path):
+    import paho.mqtt.client as mqtt
+
+    private, public, _ = new_keys(tmp_path / "keys" / "fleet")
+    initial = shutil.copytree(fixture_bundle("onnx", "fp32"), tmp_path / "signed")
+    sign_bundle(initial, private)
+    board = Board(tmp_path, "pi-1", broker, initial, trusted=public).start()
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    results = _UpdateWatcher(broker.port, "edgec/test/pi-1/cmd-result")
+    attacker = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="attacker")
+    attacker.connect("127.0.0.1", broker.port)
+    attacker.loop_start()
+    try:
+        signed = CliRunner().invoke(app, ["fleet", "command", "pi-1", "interval", "--arg", "seconds=2", "--broker", url,
+                                          "--fleet", "test", "--key", str(private)])
+        assert signed.exit_code == 0 and '"interval_s": 2.0' in signed.output, signed.output
+        unsigned = CliRunner().invoke(app, ["fleet", "command", "pi-1", "interval", "--arg", "seconds=1",
+                                            "--broker", url, "--fleet", "test", "--timeout", "3"])
+        assert unsigned.exit_code == 1, unsigned.output
+        assert Subscriber.wait(lambda: any("unsigned control message" in (m.get("error") or "")
+                                           for m in results.messages), 10), results.messages
+        # The same signed command, replayed: refused (its seq is not newer).
+        from edgec.sdk.bundle.sign import control_signer as signer_for
+
+        sign = signer_for(private)
+        topic = "edgec/test/pi-1/cmd/interval"
+        message = sign({"seconds": 3, "id": "replay"}, topic, ttl_s=300)
+        for _ in range(2):
+            attacker.publish(topic, json.dumps(message), qos=1).wait_for_publish(10)
+        assert Subscriber.wait(lambda: any(m.get("id") == "replay" and m.get("ok") for m in results.messages), 10)
+        time.sleep(1.5)
+        assert sum(1 for m in results.messages if m.get("id") == "replay") == 1
+        # A flood: 2,000 commands in a burst get a handful of answers, not 2,000 spooled refusals.
+        before = len(results.messages)
+        for i in range(2000):
+            attacker.publish(topic, json.dumps({"seconds": 1, "id": i}), qos=0)
+        time.sleep(4)
+        assert len(results.messages) - before <= 10, len(results.messages) - before
+    finally:
+        attacker.loop_stop()
+        attacker.disconnect()
+        results.close()
+        board.stop()
