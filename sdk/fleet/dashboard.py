@@ -104,8 +104,11 @@ def snapshot(view: FleetView, rules: AlertRules = AlertRules(), *, source: str =
     """The whole fleet as the page draws it."""
     now = time.time()
     boards = [board(key, d, now, rules) for key, d in sorted(view.devices.items())]
-    return {"time": now, "source": source, "boards": boards, "malformed": view.malformed,
-            "alerts": [{"board": b["id"], **a} for b in boards for a in b["alerts"]]}
+    alerts = [{"board": b["id"], **a} for b in boards for a in b["alerts"]]
+    if view.malformed:  # shown, never re-emitted: what was refused is not drawn anywhere
+        alerts.append({"board": "broker", "kind": "invalid",
+                       "message": f"{view.malformed} invalid message(s) refused; last: {view.last_malformed}"})
+    return {"time": now, "source": source, "boards": boards, "malformed": view.malformed, "alerts": alerts}
 
 
 class DashboardApp:

@@ -1,0 +1,46 @@
+"""A dashboard that bad telemetry cannot break: non-finite numbers, wrong types and fake devices
+are refused, counted and shown as one alert; boards not heard from leave the view."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from edgec.sdk.fleet.dashboard import snapshot
+from edgec.sdk.fleet.view import FleetView
+
+GOOD = {"time": 1.0, "process": {"rss_bytes": 2**20}, "models": {"digits": {"version": "abc", "latency_ms": {"p50": 1.5}}}}
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"time": 1, "process": {"rss_bytes": Infinity}}',
+    b'{"time": 1, "process": {"cpu_percent": NaN}}',
+    b'{"time": 1e999}',
+    b'{"time": 1, "models": {"digits": {"latency_ms": {"p50": "fast"}}}}',
+    b'{"time": 1, "models": ["digits"]}',
+    b'{"time": 1, "process": "big"}',
+    b'[1, 2]',
+    b'\xff\xfe',
+    b'[' * 100_000,
+])
+def test_a_bad_retained_message_is_refused_and_the_snapshot_stays_strict_json(payload):
+    view = FleetView()
+    assert view.update("edgec/shop/pi-1/telemetry", json.dumps(GOOD).encode())
+    assert not view.update("edgec/shop/pi-2/telemetry", payload)
+    data = snapshot(view)
+    json.dumps(data, allow_nan=False)  # strict JSON: the page's JSON.parse takes it
+    assert [b["id"] for b in data["boards"]] == ["shop/pi-1"]
+    assert data["malformed"] == 1 and any(a["kind"] == "invalid" and "pi-2" in a["message"] for a in data["alerts"])
+
+
+def test_devices_not_heard_from_leave_the_view():
+    view = FleetView(forget_after_s=3600)
+    for i in range(50):
+        view.update(f"edgec/shop/fake-{i}/status", b'{"state": "online"}')
+    for d in view.devices.values():
+        d["seen"] = time.time() - 7200
+    view._pruned = time.monotonic() - 120  # the once-a-minute sweep is due
+    view.update("edgec/shop/real/status", b'{"state": "online"}')
+    assert list(view.devices) == [("shop", "real")]
