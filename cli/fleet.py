@@ -144,12 +144,13 @@ def fleet_status(
         out.print_json(data=rows)
         return
     table = Table(title=f"fleet {fleet}")
-    for col in ("device", "groups", "model", "desired", "running", "state", "progress", "error", "age"):
+    for col in ("device", "groups", "model", "desired", "running", "state", "progress", "pinned", "error", "age"):
         table.add_column(col)
     for r in rows:
         progress = f"{100 * r['progress']:.0f}%" if r["progress"] is not None else "-"
         table.add_row(r["device"], ",".join(r["groups"]), r["model"], r["desired"] or "-", r["running"] or "-",
-                      r["state"] or "-", progress, escape((r["error"] or "")[:60]), f"{r['age_s']:.0f}s")
+                      r["state"] or "-", progress, r.get("pinned") or "-", escape((r["error"] or "")[:60]),
+                      f"{r['age_s']:.0f}s")
     out.print(table)
 
 
@@ -172,6 +173,28 @@ def fleet_rollback(
     with _link(broker, fleet, username, password, key) as link:
         back = rollback(link, model, parse_target(to))
     out.print(f"{model} on {to}: desired version is {back['version']} again; boards switch back as they see it")
+
+
+@fleet_app.command("unpin")
+@handles_errors
+def fleet_unpin(
+    device: str = typer.Argument(..., help="The board's name."),
+    model: str = typer.Option(..., "--model", "-m", help="Model name on the board."),
+    broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
+) -> None:
+    """Clear a board's device-level desired version (a canary's, or a pin): it follows its group again.
+
+    \b
+    `edgec fleet status` shows pins in its "pinned" column.
+    Example:
+      edgec fleet unpin pi-kitchen --model digits --broker mqtt://host:1883
+    """
+    from ..sdk.fleet.rollout import unpin
+
+    with _link(broker, fleet, username, password) as link:
+        was = unpin(link, model, device)
+    out.print(f"{model} on {device}: " + (f"pin to {was} cleared; it follows its group again" if was
+                                          else "was not pinned (nothing to clear)"))
 
 
 @fleet_app.command("command")

@@ -117,10 +117,20 @@ def parse_infer(body: bytes, header_length: str | None, specs: Mapping[str, Tens
         for item in request["outputs"]:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise InputError('each requested output must be {"name": ..., "parameters": {...}}')
-            outputs[item["name"]] = bool((item.get("parameters") or {}).get("binary_data", False))
+            outputs[item["name"]] = bool(_parameters(item, f"output {item['name']}").get("binary_data", False))
     rid = request.get("id")
     return InferRequest(inputs, outputs, bool(params.get("binary_data_output", False)),
                         str(rid) if rid is not None else None)
+
+
+def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """An input's or output's ``parameters``: a JSON object, or none."""
+    params = item.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InputError(f"{where}: parameters must be a JSON object, got {type(params).__name__}")
+    return params
 
 
 def _input(tensor: Any, binary: memoryview, specs: Mapping[str, TensorSpec]) -> tuple[str, np.ndarray, int]:
@@ -140,7 +150,7 @@ def _input(tensor: Any, binary: memoryview, specs: Mapping[str, TensorSpec]) -> 
                                               for d in shape):
         raise InputError(f"input {name} needs a shape: a list of dimensions (non-negative integers)")
     dtype, count = DATATYPES[kind], math.prod(shape)
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(tensor, f"input {name}").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != count * dtype.itemsize or size > len(binary):
             raise InputError(f"input {name}: binary_data_size {size!r} does not fit shape {shape} of {kind} "

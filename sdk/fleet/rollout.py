@@ -305,6 +305,19 @@ def rollback(link: FleetLink, model: str, target: str) -> dict[str, Any]:
     return back
 
 
+def unpin(link: FleetLink, model: str, device: str) -> str | None:
+    """Clear the device-level desired state of ``model`` on ``device``: the board follows its group again.
+
+    Returns:
+        The version it was pinned to, or ``None`` when it was not pinned.
+    """
+    if not device or any(c in device for c in "/+#"):
+        raise ValidationError(f"--device {device!r} must be a board's name")
+    pinned = (link.desired.get((model, f"device/{device}")) or {}).get("version")
+    link.publish(f"{link.base}/desired/{model}/device/{device}", b"").wait_for_publish(30)
+    return pinned
+
+
 def status(link: FleetLink, model: str | None = None) -> list[dict[str, Any]]:
     """One row per board (and model): groups, desired, running, state, progress, error, age."""
     now = time.time()
@@ -316,6 +329,7 @@ def status(link: FleetLink, model: str | None = None) -> list[dict[str, Any]]:
             rows.append({"device": device, "groups": link.members.get(device, {}).get("groups", []), "model": name,
                          "desired": state.get("desired"), "running": state.get("running"), "state": state.get("state"),
                          "progress": state.get("progress"), "error": state.get("error"),
+                         "pinned": (link.desired.get((name, f"device/{device}")) or {}).get("version"),
                          "age_s": round(now - float(state.get("time", now)), 1)})
         seen = {r["device"] for r in rows}
         for device, member in sorted(link.members.items()):
@@ -325,7 +339,9 @@ def status(link: FleetLink, model: str | None = None) -> list[dict[str, Any]]:
                     if model is None or name == model:
                         rows.append({"device": device, "groups": member.get("groups", []), "model": name,
                                      "desired": None, "running": version, "state": "idle", "progress": None,
-                                     "error": None, "age_s": round(now - float(member.get("time", now)), 1)})
+                                     "error": None,
+                                     "pinned": (link.desired.get((name, f"device/{device}")) or {}).get("version"),
+                                     "age_s": round(now - float(member.get("time", now)), 1)})
     return rows
 
 

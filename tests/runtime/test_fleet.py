@@ -479,3 +479,21 @@ def test_commands_to_a_signed_board_must_be_signed_once_and_a_flood_is_not_answe
         attacker.disconnect()
         results.close()
         board.stop()
+
+
+def test_a_device_pin_is_shown_by_status_and_cleared_by_unpin(broker, fleet, fixture_bundle):
+    boards = fleet(2)
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    with link(broker) as fl:
+        _members(fl, 2)
+        group = push(fl, fixture_bundle("onnx", "fp32"), "digits", "group/lab", timeout_s=60)
+        pin = push(fl, fixture_bundle("onnx", "int8"), "digits", "device/pi-1", timeout_s=60)
+        assert pin.states == {"pi-1": "live"}
+    shown = CliRunner().invoke(app, ["fleet", "status", "--model", "digits", "--broker", url, "--fleet", "test",
+                                     "--json"])
+    rows = {r["device"]: r for r in json.loads(shown.stdout)}
+    assert rows["pi-1"]["pinned"] == pin.version and rows["pi-2"]["pinned"] is None
+    cleared = CliRunner().invoke(app, ["fleet", "unpin", "pi-1", "--model", "digits", "--broker", url, "--fleet",
+                                       "test"])
+    assert cleared.exit_code == 0 and f"pin to {pin.version} cleared" in cleared.output, cleared.output
+    assert Subscriber.wait(lambda: boards[0].version() == group.version, 60)

@@ -121,3 +121,20 @@ def test_plain_json_as_curl_sends_it(served, fixture_bundle, digits_test):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 400 and "do not fill shape" in json.loads(refused.value.read())["error"]
+
+
+@pytest.mark.parametrize("where", ["request", "input", "output"])
+def test_parameters_of_the_wrong_type_are_a_400(served, digits_test, where):
+    x = digits_test.x[:1]
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
+    if where == "request":
+        body["parameters"] = ["binary_data_output"]
+    elif where == "input":
+        body["inputs"][0]["parameters"] = ["binary_data_size", 4]
+    else:
+        body["outputs"] = [{"name": "output", "parameters": "binary"}]
+    request = urllib.request.Request(f"{served.url}/v2/models/digits/infer", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400 and "must be a JSON object" in json.loads(refused.value.read())["error"]
