@@ -85,6 +85,7 @@ def fleet_push(
     broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
     key: Optional[Path] = KEY,
     timeout: float = typer.Option(600, "--timeout", help="Seconds to wait for the boards."),
+    any_device: bool = typer.Option(False, "--any-device", help="Let boards of another CPU architecture than the bundle's device profile take it (they refuse it otherwise)."),
     take_back: bool = typer.Option(False, "--rollback", help="Deliberately take boards back to a version they replaced (signed boards refuse a replaced version otherwise)."),
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Push even if no board of the fleet is in the target yet (boards that join later take it)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -105,7 +106,7 @@ def fleet_push(
     err = err_console()
     with _link(broker, fleet, username, password, key) as link:
         result = push(link, bundle, model, target, canary=canary, timeout_s=timeout, allow_empty=allow_empty,
-                      rollback=take_back,
+                      rollback=take_back, any_device=any_device,
                       progress=lambda message: err.print(escape(message)))
     if as_json:
         out.print_json(data=dataclasses.asdict(result))

@@ -109,8 +109,7 @@ def _interrupt(*_: Any) -> None:
 @telemetry_app.command("watch")
 @handles_errors
 def telemetry_watch(
-    broker: str = typer.Option(..., "--broker", "-b", help="MQTT broker host."),
-    port: int = typer.Option(1883, "--port", help="Broker port (8883 is usual with TLS)."),
+    broker: str = typer.Option(..., "--broker", "-b", help="The MQTT broker: mqtt://host:1883 or mqtts://host:8883 (as for edgec fleet and edgec dashboard)."),
     fleet: str = typer.Option("+", "--fleet", help="Only this fleet (+: every fleet)."),
     username: Optional[str] = typer.Option(None, "--username", help="Broker user."),
     password: Optional[str] = typer.Option(None, "--password", help="Broker password (or EDGEC_MQTT_PASSWORD).",
@@ -120,7 +119,7 @@ def telemetry_watch(
 ) -> None:
     """A live table of every device and model publishing under edgec/<fleet>/<device>/.
 
-    Example: edgec telemetry watch --broker localhost
+    Example: edgec telemetry watch --broker mqtt://localhost:1883
     """
     from rich.console import Console
 
@@ -129,7 +128,10 @@ def telemetry_watch(
     console = Console()
     if not console.is_terminal:  # piped or logged: do not squeeze 18 columns into 80
         console = Console(width=220)
-    view = watch(broker, port, fleet=fleet, username=username, password=password, ca_file=ca_file,
+    from ..sdk.fleet.rollout import parse_broker
+
+    host, port, tls = parse_broker(broker)
+    view = watch(host, port, fleet=fleet, username=username, password=password, ca_file=ca_file, tls=tls,
                  duration_s=duration, console=console)
     if not view.devices:
-        err_console().print(f"no edgec device published on {broker}:{port} under edgec/{fleet}/ in that time")
+        err_console().print(f"no edgec device published on {host}:{port} under edgec/{fleet}/ in that time")

@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import difflib
-import platform
 import sys
 from dataclasses import MISSING, dataclass, fields
 from functools import lru_cache
@@ -119,9 +118,9 @@ class DeviceProfile:
         host), runs other kernels: there the choice of precision rests on the profile's
         declared ``int8_speedup``/``fp16_speedup``, and host timings are only reported.
         """
-        host = (machine or platform.machine()).lower()
-        host = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(host, host)
-        return self.accelerator == "none" and self.arch.lower().replace("-", "_") == host
+        from ..runtime.system import host_arch
+
+        return self.accelerator == "none" and self.arch.lower().replace("-", "_") == host_arch(machine)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> DeviceProfile:

@@ -114,3 +114,11 @@ class MemoryPressure:
             short = avail is not None and avail < self.min_available_bytes
             self._last = (now, short)
         return short
+
+
+def host_arch(machine: str | None = None) -> str:
+    """This machine's (or ``machine``'s) CPU architecture as device profiles name it (``x86_64``, ``aarch64``)."""
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(machine, machine)

@@ -36,6 +36,7 @@ from ..errors import BundleError, EdgecError, IntegrityError
 from .config import FleetConfig, TelemetryConfig
 from .control import check as check_control
 from .delivery import Blob, Download, clean_downloads, inside
+from .admission import manifest_device, wrong_device
 from .files import write_atomic
 from .mqtt import connect_settings, paho_client
 from .serving import Runtime
@@ -221,6 +222,9 @@ class Updater:
             blob = Blob.from_dict(want.get("blob"))
         except BundleError as exc:
             return self._fail(model, want, "refused", str(exc))
+        wrong = wrong_device(want.get("device"), want)
+        if wrong:
+            return self._fail(model, want, "refused", wrong)
         problem = self._room_for(blob, int(want.get("model_bytes", 0)))
         if problem:
             return self._fail(model, want, "refused", problem)
@@ -228,6 +232,10 @@ class Updater:
         if not (folder / "manifest.json").is_file():
             if not self._fetch(model, want, blob, folder):
                 return  # superseded, or stopping
+        wrong = wrong_device(manifest_device(folder), want)  # the bundle's own (signed) manifest decides
+        if wrong:
+            shutil.rmtree(folder, ignore_errors=True)
+            return self._fail(model, want, "refused", wrong)
         self._report(model, want, "checking")
         self._acted_on(model, want)
         previous = self._current_folder(model)
@@ -389,3 +397,4 @@ def _failure_key(want: dict[str, Any]) -> str:
     """What a failure is remembered by: the push (a new push of the same bundle is tried again)."""
     blob = want.get("blob")
     return str(want.get("rollout") or (blob.get("sha256") if isinstance(blob, dict) else want.get("version")))
+

@@ -175,7 +175,7 @@ def publish_blob(link: FleetLink, archive: Path, chunk_size: int = CHUNK_BYTES,
 
 def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary: int = 0, timeout_s: float = 600,
          chunk_size: int = CHUNK_BYTES, progress: Callable[[str], None] | None = None,
-         allow_empty: bool = False, rollback: bool = False) -> Rollout:
+         allow_empty: bool = False, rollback: bool = False, any_device: bool = False) -> Rollout:
     """Publish ``bundle`` as the desired version of ``model`` for ``target`` (``group/NAME``...).
 
     Raises:
@@ -184,7 +184,8 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
             a target no board of the fleet is in (unless ``allow_empty``), with the groups that exist.
 
     ``rollback`` marks the push as deliberately taking boards back to a version they replaced
-    (boards with ``trusted_keys`` refuse a replaced version otherwise).
+    (boards with ``trusted_keys`` refuse a replaced version otherwise); ``any_device`` lets boards
+    of another CPU architecture than the bundle's profile take it.
     """
     say = progress or (lambda message: None)
     bundle = Path(bundle)
@@ -209,6 +210,8 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
     desired = {"model": model, "version": version, "rollout": uuid.uuid4().hex[:8], "blob": blob.to_dict(),
                "model_bytes": (bundle / manifest.model_file).stat().st_size, "format": manifest.format,
                "precision": manifest.precision, "signed_by": (read_signature(bundle) or {}).get("key_id"),
+               "device": {k: manifest.device.get(k) for k in ("name", "arch", "accelerator")},
+               **({"any_device": True} if any_device else {}),
                "time": time.time(), "previous": _without_previous(previous), **({"rollback": True} if rollback else {})}
     canaries = members[:canary]
     states: dict[str, str] = {}

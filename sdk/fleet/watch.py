@@ -90,7 +90,7 @@ def fleet_table(view: FleetView, title: str) -> Table:
 
 
 def watch(broker: str, port: int = 1883, *, fleet: str = "+", username: str | None = None,
-          password: str | None = None, ca_file: Path | None = None, duration_s: float = 0,
+          password: str | None = None, ca_file: Path | None = None, tls: bool = False, duration_s: float = 0,
           console: Console | None = None) -> FleetView:
     """Draw the fleet live until ``duration_s`` passes (0: until Ctrl-C); return what was seen.
 
@@ -98,7 +98,8 @@ def watch(broker: str, port: int = 1883, *, fleet: str = "+", username: str | No
         BrokerError: The broker cannot be reached.
     """
     view = FleetView()
-    client, lock = subscribe(broker, port, view, fleet=fleet, username=username, password=password, ca_file=ca_file)
+    client, lock = subscribe(broker, port, view, fleet=fleet, username=username, password=password,
+                             tls=tls or ca_file is not None, ca_file=ca_file)
     console = console or Console()
     title = f"edgec devices on {broker}:{port}"
     stop = time.monotonic() + duration_s if duration_s > 0 else None

@@ -497,3 +497,18 @@ def test_a_device_pin_is_shown_by_status_and_cleared_by_unpin(broker, fleet, fix
                                        "test"])
     assert cleared.exit_code == 0 and f"pin to {pin.version} cleared" in cleared.output, cleared.output
     assert Subscriber.wait(lambda: boards[0].version() == group.version, 60)
+
+
+def test_a_bundle_for_another_architecture_is_refused_unless_pushed_for_any_device(broker, fleet, fixture_bundle):
+    board = fleet(1)[0]
+    before = board.version()
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    pi_bundle = fixture_bundle("tflite", "int8")  # converted for rpi4 (aarch64); these boards run on this host
+    assert json.loads((pi_bundle / "manifest.json").read_text())["device"]["arch"] == "aarch64"
+    cli = ["fleet", "push", str(pi_bundle), "--model", "digits", "--to", "group:lab", "--broker", url, "--fleet", "test",
+           "--timeout", "60"]
+    refused = CliRunner().invoke(app, cli)
+    assert refused.exit_code == 1 and "built for rpi4 (aarch64)" in refused.output, refused.output
+    assert "edgec convert --device" in refused.output and board.version() == before
+    forced = CliRunner().invoke(app, [*cli, "--any-device"])
+    assert forced.exit_code == 0 and "pi-1: live" in forced.output, forced.output

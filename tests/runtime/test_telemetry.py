@@ -354,7 +354,7 @@ def test_telemetry_watch_shows_every_device_and_model(broker, tmp_path, fixture_
                Telemetry(TelemetryConfig(broker="127.0.0.1", port=broker.port, fleet="lab", device="jetson-2",
                                          spool=tmp_path / "b.db", interval_s=0.5)).start()]
     try:
-        result = CliRunner().invoke(app, ["telemetry", "watch", "--broker", "127.0.0.1", "--port", str(broker.port),
+        result = CliRunner().invoke(app, ["telemetry", "watch", "--broker", f"mqtt://127.0.0.1:{broker.port}",
                                           "--duration", "2"], terminal_width=250)
     finally:
         for d in devices:
@@ -363,10 +363,10 @@ def test_telemetry_watch_shows_every_device_and_model(broker, tmp_path, fixture_
     assert result.exit_code == 0, result.output
     last_table = result.output[result.output.rindex("edgec devices on"):]
     assert "pi-1" in last_table and "digits" in last_table and "jetson-2" in last_table and "online" in last_table
-    nobody = CliRunner().invoke(app, ["telemetry", "watch", "--broker", "127.0.0.1", "--port", str(broker.port),
+    nobody = CliRunner().invoke(app, ["telemetry", "watch", "--broker", f"mqtt://127.0.0.1:{broker.port}",
                                       "--fleet", "empty", "--duration", "0.5"])
     assert nobody.exit_code == 0 and "no edgec device published" in nobody.output
-    refused = CliRunner().invoke(app, ["telemetry", "watch", "--broker", "127.0.0.1", "--port", "1", "--duration", "1"])
+    refused = CliRunner().invoke(app, ["telemetry", "watch", "--broker", "mqtt://127.0.0.1:1", "--duration", "1"])
     assert refused.exit_code == 1 and refused.output.count("\n") == 1 and "cannot reach MQTT broker" in refused.output
 
 
