@@ -127,7 +127,8 @@ def main() -> None:
     args = parser.parse_args()
     import paho.mqtt.client as paho
 
-    from edgec.sdk.fleet.rollout import FleetLink, push
+    from edgec.sdk.fleet.link import FleetLink
+    from edgec.sdk.fleet.rollout import push
 
     x = np.load(ROOT / "tests" / "fixtures" / "digits-test.npz")["x"][:1]
     with tempfile.TemporaryDirectory() as tmp:

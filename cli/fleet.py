@@ -57,7 +57,7 @@ def sign(
 
 
 def _link(broker: str, fleet: str, username: Optional[str], password: Optional[str], key: Optional[Path] = None):
-    from ..sdk.fleet.rollout import FleetLink, parse_broker
+    from ..sdk.fleet.link import FleetLink, parse_broker
 
     host, port, tls = parse_broker(broker)
     signer = None
@@ -100,7 +100,8 @@ def fleet_push(
     Example:
       edgec fleet push build/rpi4 --model digits --to group:pi-lab --canary 2 --broker mqtt://host:1883 --key fleet-key
     """
-    from ..sdk.fleet.rollout import parse_target, push
+    from ..sdk.fleet.link import parse_target
+    from ..sdk.fleet.rollout import push
 
     target = parse_target(to)
     err = err_console()
@@ -137,7 +138,7 @@ def fleet_status(
     """
     from rich.table import Table
 
-    from ..sdk.fleet.rollout import status
+    from ..sdk.fleet.link import status
 
     with _link(broker, fleet, username, password) as link:
         rows = status(link, model)
@@ -169,7 +170,8 @@ def fleet_rollback(
     Example:
       edgec fleet rollback --model digits --to group:pi-lab --broker mqtt://host:1883
     """
-    from ..sdk.fleet.rollout import parse_target, rollback
+    from ..sdk.fleet.link import parse_target
+    from ..sdk.fleet.rollout import rollback
 
     with _link(broker, fleet, username, password, key) as link:
         back = rollback(link, model, parse_target(to))
@@ -190,7 +192,7 @@ def fleet_unpin(
     Example:
       edgec fleet unpin pi-kitchen --model digits --broker mqtt://host:1883
     """
-    from ..sdk.fleet.rollout import unpin
+    from ..sdk.fleet.link import unpin
 
     with _link(broker, fleet, username, password) as link:
         was = unpin(link, model, device)
@@ -216,7 +218,7 @@ def fleet_command(
       edgec fleet command pi-kitchen reload --arg model=digits --broker mqtt://host:1883 --key fleet-key
     """
     from ..errors import InputError
-    from ..sdk.fleet.rollout import command
+    from ..sdk.fleet.link import command
 
     body: dict = {}
     for item in args or ():
@@ -257,7 +259,7 @@ def dashboard(
       edgec dashboard --broker mqtt://localhost:1883 --port 8080
     """
     from ..sdk.fleet.dashboard import AlertRules, serve
-    from ..sdk.fleet.rollout import parse_broker
+    from ..sdk.fleet.link import parse_broker
 
     mqtt_host, mqtt_port, tls = parse_broker(broker)
     shown = f"[{host}]" if ":" in host else host

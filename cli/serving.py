@@ -128,7 +128,7 @@ def telemetry_watch(
     console = Console()
     if not console.is_terminal:  # piped or logged: do not squeeze 18 columns into 80
         console = Console(width=220)
-    from ..sdk.fleet.rollout import parse_broker
+    from ..sdk.fleet.link import parse_broker
 
     host, port, tls = parse_broker(broker)
     view = watch(host, port, fleet=fleet, username=username, password=password, ca_file=ca_file, tls=tls,

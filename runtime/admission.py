@@ -1,11 +1,16 @@
-"""Whether a pushed bundle is for this board: its device profile's CPU architecture against this machine's."""
+"""Whether a pushed bundle is for this board: its CPU architecture, the room it needs, a version already here."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..errors import EdgecError
+from .delivery import Blob
+from .manifest import read_manifest
 from .system import host_arch
 
 
@@ -27,3 +32,27 @@ def wrong_device(device: Any, want: dict[str, Any]) -> str | None:
                 f"on the host, convert for this board's profile (edgec convert --device ...) and push that, or push "
                 "with --any-device if the model really runs here")
     return None
+
+
+def room_for(store: Path, blob: Blob, model_bytes: int, budget_bytes: int) -> str | None:
+    """Why the bundle does not fit (disk for the download and the unpacked copy, the model budget), or ``None``."""
+    free = shutil.disk_usage(store).free
+    if blob.size * 2 > free:
+        return f"the bundle needs {blob.size * 2} bytes of disk (download and unpacked), {free} are free"
+    if model_bytes > budget_bytes:
+        return f"the model file ({model_bytes} bytes) is larger than this board's model budget ({budget_bytes} bytes)"
+    return None
+
+
+def bundle_version(folder: Path) -> str | None:
+    """The version of the bundle in ``folder``, or ``None`` when it is not a readable bundle."""
+    try:
+        return read_manifest(folder).version
+    except EdgecError:
+        return None
+
+
+def local_version(models: Iterable[Any], store: Path, model: str, version: str) -> Path | None:
+    """A folder on this board holding ``version`` of ``model``: in the store, or the configured (starting) bundle."""
+    candidates = [store / model / version, *(m.path for m in models if m.name == model)]
+    return next((f for f in candidates if f.is_dir() and bundle_version(f) == version), None)

@@ -36,7 +36,7 @@ from ..errors import BundleError, EdgecError, IntegrityError
 from .config import FleetConfig, TelemetryConfig
 from .control import check as check_control
 from .delivery import Blob, Download, clean_downloads, inside
-from .admission import manifest_device, wrong_device
+from .admission import bundle_version, local_version, manifest_device, room_for, wrong_device
 from .files import write_atomic
 from .mqtt import connect_settings, paho_client
 from .serving import Runtime
@@ -72,6 +72,7 @@ class Updater:
         self._record_path = self.store / "fleet-state.json"
         self.record: dict[str, dict[str, Any]] = {}
         self.client: Any = None
+        self._started: dict[str, str] = {}  # the versions of the configured bundles: a rollback's last resort
         self._thread = threading.Thread(target=self._work, name="edgec-fleet-update", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -80,6 +81,7 @@ class Updater:
             log.warning("[fleet] allow_unsigned = true: ANYONE who can publish on the broker can change the models "
                         "this board serves. Set trusted_keys (edgec keys new) to take only signed updates")
         self.store.mkdir(parents=True, exist_ok=True)
+        self._started = {m.name: v for m in self.runtime.config.models if (v := bundle_version(m.path))}
         clean_downloads(self.store / ".downloads")
         self.record = self._read_record()
         self._restore()
@@ -168,7 +170,7 @@ class Updater:
     def _publish_membership(self) -> None:
         if self.client is not None:
             body = {"device": self.device, "groups": list(self.config.groups), "models": self._running_versions(),
-                    "time": time.time()}
+                    "started": self._started, "time": time.time()}
             self.client.publish(f"{self.base}/{self.device}/fleet", json.dumps(body), qos=1, retain=True)
 
     # -- the work (its own thread) -----------------------------------------------------------------
@@ -218,43 +220,50 @@ class Updater:
             return  # refused or rolled back already; waits for another push
         if model not in {m.name for m in self.runtime.config.models}:
             return self._fail(model, want, "refused", f"model {model} is not configured on this board ([[models]])")
-        try:
-            blob = Blob.from_dict(want.get("blob"))
-        except BundleError as exc:
-            return self._fail(model, want, "refused", str(exc))
-        wrong = wrong_device(want.get("device"), want)
-        if wrong:
-            return self._fail(model, want, "refused", wrong)
-        problem = self._room_for(blob, int(want.get("model_bytes", 0)))
-        if problem:
-            return self._fail(model, want, "refused", problem)
         folder = inside(self.store, self.store / model / version)
-        if not (folder / "manifest.json").is_file():
-            if not self._fetch(model, want, blob, folder):
+        if want.get("blob") is None:  # a rollback to a version the board has (its starting one): nothing to fetch
+            folder = local_version(self.runtime.config.models, self.store, model, version)
+            if folder is None:
+                return self._fail(model, want, "refused", f"version {version} is not on this board, and the desired "
+                                  "state carries no bundle to fetch it from: push that bundle")
+        else:
+            try:
+                blob = Blob.from_dict(want.get("blob"))
+            except BundleError as exc:
+                return self._fail(model, want, "refused", str(exc))
+            problem = wrong_device(want.get("device"), want) or room_for(
+                self.store, blob, int(want.get("model_bytes", 0)), self.runtime.cache.budget_bytes)
+            if problem:
+                return self._fail(model, want, "refused", problem)
+            if not (folder / "manifest.json").is_file() and not self._fetch(model, want, blob, folder):
                 return  # superseded, or stopping
+        ours = self.store.resolve() in folder.resolve().parents  # a folder this agent may remove
         wrong = wrong_device(manifest_device(folder), want)  # the bundle's own (signed) manifest decides
         if wrong:
-            shutil.rmtree(folder, ignore_errors=True)
+            if ours:
+                shutil.rmtree(folder, ignore_errors=True)
             return self._fail(model, want, "refused", wrong)
         self._report(model, want, "checking")
         self._acted_on(model, want)
-        previous = self._current_folder(model)
+        previous, old_version = self._current_folder(model), self.runtime.running_version(model)
         try:
             self.runtime.reload(model, str(folder))
         except EdgecError as exc:
-            shutil.rmtree(folder, ignore_errors=True)
+            if ours:
+                shutil.rmtree(folder, ignore_errors=True)
             state = "refused" if isinstance(exc, IntegrityError) else "rolled_back"
             return self._fail(model, want, state, str(exc))
         failure = self._watch(model, want)
         if failure is not None:
             if previous is not None:
                 self.runtime.reload(model, str(previous))
-            shutil.rmtree(folder, ignore_errors=True)
+            if ours:
+                shutil.rmtree(folder, ignore_errors=True)
             return self._fail(model, want, "rolled_back", failure)
         entry = self.record.setdefault(model, {})
         replaced = [v for v in entry.get("replaced", []) if v != version]
-        if previous is not None and previous.name != version:
-            replaced = [*replaced, previous.name][-20:]
+        if old_version is not None and old_version != version:
+            replaced = [*replaced, old_version][-20:]
         entry.update(current=str(folder), previous=str(previous) if previous else None, replaced=replaced)
         self._write_record()
         self._prune(model, keep={folder, previous})
@@ -382,15 +391,6 @@ class Updater:
             return
         self.record.setdefault(model, {})["seq"] = seq
         self._write_record()
-
-    def _room_for(self, blob: Blob, model_bytes: int) -> str | None:
-        free = shutil.disk_usage(self.store).free
-        if blob.size * 2 > free:
-            return f"the bundle needs {blob.size * 2} bytes of disk (download and unpacked), {free} are free"
-        budget = self.runtime.cache.budget_bytes
-        if model_bytes > budget:
-            return f"the model file ({model_bytes} bytes) is larger than this board's model budget ({budget} bytes)"
-        return None
 
 
 def _failure_key(want: dict[str, Any]) -> str:

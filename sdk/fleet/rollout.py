@@ -10,134 +10,22 @@ return to the group's previous version.
 
 from __future__ import annotations
 
-import json
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from ...errors import BrokerError, ValidationError
+from ...errors import ValidationError
 from ...runtime.delivery import CHUNK_BYTES, describe_blob, pack
 from ...runtime.manifest import read_manifest, verify_files
 from ...runtime.signing import read_signature
-from .watch import connect, host_client
+from .link import FleetLink
 
 DONE = {"live"}
 FAILED = {"rolled_back", "refused", "failed"}
-
-
-def parse_broker(url: str) -> tuple[str, int, bool]:
-    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` (or a bare host) -> host, port, tls."""
-    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
-        raise ValidationError(f"--broker {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
-    tls = parsed.scheme == "mqtts"
-    return parsed.hostname, parsed.port or (8883 if tls else 1883), tls
-
-
-def parse_target(target: str) -> str:
-    """``group:NAME``, ``device:ID`` or ``all`` -> the desired topic's tail."""
-    kind, _, name = target.partition(":")
-    if target == "all":
-        return "all"
-    if kind not in ("group", "device") or not name or "/" in name or "+" in name or "#" in name:
-        raise ValidationError(f"--to {target!r} must be group:NAME, device:ID or all")
-    return f"{kind}/{name}"
-
-
-@dataclass
-class FleetLink:
-    """A connection to the fleet's broker that keeps what the boards report (retained and live)."""
-
-    host: str
-    port: int = 1883
-    fleet: str = "default"
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-    members: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> its fleet message
-    updates: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (device, model) -> state
-    desired: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (model, target) -> payload
-    signer: Callable[..., dict[str, Any]] | None = None  # signs control messages (edgec.sdk.bundle.sign.control_signer)
-
-    def __post_init__(self) -> None:
-        self.base = f"edgec/{self.fleet}"
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self.client = host_client(client_id=f"edgec-host-{uuid.uuid4().hex[:8]}", username=self.username,
-                                  password=self.password, tls=self.tls)
-        self.client.max_inflight_messages_set(32)
-        self.client.on_connect = lambda c, u, f, r, p=None: c.subscribe(
-            [(f"{self.base}/+/fleet", 1), (f"{self.base}/+/update/+", 1), (f"{self.base}/desired/#", 1),
-             (f"{self.base}/+/cmd-result", 1)])
-        self.results: dict[Any, dict[str, Any]] = {}  # command id -> the board's answer
-        self.client.on_message = self._on_message
-
-    def __enter__(self) -> FleetLink:
-        connect(self.client, self.host, self.port)
-        time.sleep(0.5)  # the retained states arrive right after the subscription
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        parts = message.topic[len(self.base) + 1:].split("/")
-        try:
-            payload = json.loads(message.payload) if message.payload else None
-        except ValueError:
-            return
-        with self._changed:
-            if parts[0] == "desired" and len(parts) >= 3:
-                key = (parts[1], "/".join(parts[2:]))
-                if payload is None:
-                    self.desired.pop(key, None)
-                else:
-                    self.desired[key] = payload
-            elif len(parts) == 2 and parts[1] == "fleet" and payload is not None:
-                self.members[parts[0]] = payload
-            elif len(parts) == 3 and parts[1] == "update" and payload is not None:
-                self.updates[(parts[0], parts[2])] = payload
-            elif len(parts) == 2 and parts[1] == "cmd-result" and isinstance(payload, dict) and payload.get("id"):
-                self.results[payload["id"]] = payload
-            self._changed.notify_all()
-
-    def publish(self, topic: str, payload: bytes | str, *, retain: bool = True) -> Any:
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc != 0:
-            raise BrokerError(f"the broker refused a message on {topic} (rc {info.rc})")
-        return info
-
-    def desire(self, model: str, target: str, payload: dict[str, Any]) -> Any:
-        """Publish ``payload`` as the retained desired state of ``model`` for ``target``, signed when a key is set."""
-        topic = f"{self.base}/desired/{model}/{target}"
-        body = self.signer(payload, topic) if self.signer is not None else payload
-        return self.publish(topic, json.dumps(body))
-
-    def wait_for(self, predicate: Callable[[], Any], timeout_s: float) -> Any:
-        """Wait until ``predicate()`` (called under the lock) is truthy; its value, or None at the timeout."""
-        until = time.monotonic() + timeout_s
-        with self._changed:
-            while True:
-                value = predicate()
-                if value or time.monotonic() >= until:
-                    return value
-                self._changed.wait(min(0.5, max(0.01, until - time.monotonic())))
-
-    def group_members(self, target: str) -> list[str]:
-        with self._lock:
-            if target == "all":
-                return sorted(self.members)
-            kind, name = target.split("/", 1)
-            if kind == "device":
-                return [name]
-            return sorted(d for d, m in self.members.items() if name in m.get("groups", []))
 
 
 @dataclass
@@ -252,6 +140,29 @@ def _trusted_desired(link: FleetLink, model: str, target: str,
     return None
 
 
+def _starting_version(link: FleetLink, model: str, target: str) -> dict[str, Any]:
+    """After a first push: the version the target's boards ran before it (each still has it), as a desired
+    state without a bundle.
+
+    Raises:
+        ValidationError: The boards started from different versions, or none is known.
+    """
+    shown = target.replace("/", ":")
+    devices = link.group_members(target)  # takes the lock itself
+    with link._lock:
+        found = {}
+        for device in devices:
+            started = (link.members.get(device, {}).get("started") or {}).get(model)
+            if isinstance(started, str):
+                found[device] = started
+    versions = set(found.values())
+    if len(versions) != 1:
+        raise ValidationError(f"{model} on {shown} has no previous push to roll back to, and its boards' starting "
+                              f"versions are {', '.join(f'{d}: {v}' for d, v in sorted(found.items())) or 'unknown'}: "
+                              "push the bundle you want instead")
+    return {"model": model, "version": versions.pop(), "blob": None}
+
+
 def _no_boards(link: FleetLink, target: str) -> str:
     """Why a target has no boards, with what the fleet does have."""
     with link._lock:
@@ -264,25 +175,6 @@ def _no_boards(link: FleetLink, target: str) -> str:
     return (f"no board of fleet {link.fleet!r} is in {shown}: its groups are {', '.join(groups) or 'none'}; its boards "
             f"{', '.join(devices[:20])}{' ...' if len(devices) > 20 else ''}. Pass --allow-empty to push for boards "
             "that join later")
-
-
-def command(link: FleetLink, device: str, verb: str, body: dict[str, Any], *, timeout_s: float = 30) -> dict[str, Any]:
-    """Send ``verb`` to ``device`` (signed when the link has a key) and wait for its answer.
-
-    Raises:
-        ValidationError: A device name that is not a plain name.
-        BrokerError: No answer within ``timeout_s``.
-    """
-    if not device or any(c in device for c in "/+#"):
-        raise ValidationError(f"--device {device!r} must be a board's name")
-    ask = {**body, "id": uuid.uuid4().hex[:12]}
-    topic = f"{link.base}/{device}/cmd/{verb}"
-    link.publish(topic, json.dumps(link.signer(ask, topic, ttl_s=300) if link.signer else ask), retain=False)
-    answer = link.wait_for(lambda: link.results.get(ask["id"]), timeout_s)
-    if answer is None:
-        raise BrokerError(f"{device} did not answer {verb} within {timeout_s:g} s: is it online (edgec fleet status), "
-                          "and signed with a key it trusts (--key)?")
-    return answer
 
 
 def rollback(link: FleetLink, model: str, target: str) -> dict[str, Any]:
@@ -299,53 +191,11 @@ def rollback(link: FleetLink, model: str, target: str) -> dict[str, Any]:
                               "someone else published it, so its previous version is not trusted either. Push a "
                               "bundle you know (edgec fleet push BUNDLE --key KEY) instead, and lock the broker down "
                               "(see Securing a fleet)")
-    previous = current.get("previous")
-    if not previous:
-        raise ValidationError(f"{model} on {target.replace('/', ':')} has no previous version to roll back to")
+    previous = current.get("previous") or _starting_version(link, model, target)
     back = {k: v for k, v in previous.items() if k not in ("sig", "topic", "seq", "expires")}
     back.update(rollout=uuid.uuid4().hex[:8], time=time.time(), previous=None, rollback=True)
     link.desire(model, target, back).wait_for_publish(30)
     return back
-
-
-def unpin(link: FleetLink, model: str, device: str) -> str | None:
-    """Clear the device-level desired state of ``model`` on ``device``: the board follows its group again.
-
-    Returns:
-        The version it was pinned to, or ``None`` when it was not pinned.
-    """
-    if not device or any(c in device for c in "/+#"):
-        raise ValidationError(f"--device {device!r} must be a board's name")
-    pinned = (link.desired.get((model, f"device/{device}")) or {}).get("version")
-    link.publish(f"{link.base}/desired/{model}/device/{device}", b"").wait_for_publish(30)
-    return pinned
-
-
-def status(link: FleetLink, model: str | None = None) -> list[dict[str, Any]]:
-    """One row per board (and model): groups, desired, running, state, progress, error, age."""
-    now = time.time()
-    with link._lock:
-        rows = []
-        for (device, name), state in sorted(link.updates.items()):
-            if model is not None and name != model:
-                continue
-            rows.append({"device": device, "groups": link.members.get(device, {}).get("groups", []), "model": name,
-                         "desired": state.get("desired"), "running": state.get("running"), "state": state.get("state"),
-                         "progress": state.get("progress"), "error": state.get("error"),
-                         "pinned": (link.desired.get((name, f"device/{device}")) or {}).get("version"),
-                         "age_s": round(now - float(state.get("time", now)), 1)})
-        seen = {r["device"] for r in rows}
-        for device, member in sorted(link.members.items()):
-            if device not in seen:
-                running = member.get("models", {})
-                for name, version in sorted(running.items()):
-                    if model is None or name == model:
-                        rows.append({"device": device, "groups": member.get("groups", []), "model": name,
-                                     "desired": None, "running": version, "state": "idle", "progress": None,
-                                     "error": None,
-                                     "pinned": (link.desired.get((name, f"device/{device}")) or {}).get("version"),
-                                     "age_s": round(now - float(member.get("time", now)), 1)})
-    return rows
 
 
 def _await(link: FleetLink, model: str, desired: dict[str, Any], devices: list[str],

@@ -25,7 +25,8 @@ from edgec.sdk.bundle.sign import control_signer, new_keys, sign_bundle
 from typer.testing import CliRunner
 
 from edgec.cli import app
-from edgec.sdk.fleet.rollout import FleetLink, push, status
+from edgec.sdk.fleet.link import FleetLink, status
+from edgec.sdk.fleet.rollout import push
 
 pytest.importorskip("paho.mqtt.client")
 
@@ -370,7 +371,9 @@ def test_forged_replayed_and_stale_control_messages_change_nothing(broker, fixtu
             first = push(fl, bundles["int8"], "digits", "group/lab", timeout_s=60)
             sent.append(json.loads(json.dumps(fl.desired[("digits", "group/lab")])))
             assert first.states == {"pi-1": "live"}
-            second = push(fl, bundles["fp32"], "digits", "group/lab", timeout_s=60)
+            again = push(fl, bundles["fp32"], "digits", "group/lab", timeout_s=60)
+            assert again.states == {"pi-1": "refused"} and "was replaced" in again.errors["pi-1"]
+            second = push(fl, bundles["fp32"], "digits", "group/lab", timeout_s=60, rollback=True)
             assert second.states == {"pi-1": "live"}, second.errors
         live = board.version()
         old = sent[0]
@@ -512,3 +515,16 @@ def test_a_bundle_for_another_architecture_is_refused_unless_pushed_for_any_devi
     assert "edgec convert --device" in refused.output and board.version() == before
     forced = CliRunner().invoke(app, [*cli, "--any-device"])
     assert forced.exit_code == 0 and "pi-1: live" in forced.output, forced.output
+
+
+def test_rollback_right_after_the_first_push_returns_to_the_starting_version(broker, fleet, fixture_bundle):
+    boards = fleet(2)
+    before = boards[0].version()
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    cli = ["--model", "digits", "--to", "group:lab", "--broker", url, "--fleet", "test"]
+    pushed = CliRunner().invoke(app, ["fleet", "push", str(fixture_bundle("onnx", "int8")), *cli, "--timeout", "60"])
+    assert pushed.exit_code == 0, pushed.output
+    assert [b.version() for b in boards] != [before, before]
+    back = CliRunner().invoke(app, ["fleet", "rollback", *cli])
+    assert back.exit_code == 0 and f"desired version is {before} again" in back.output, back.output
+    assert Subscriber.wait(lambda: [b.version() for b in boards] == [before, before], 60)

@@ -56,7 +56,8 @@ def test_the_schema_is_valid_and_the_docs_are_generated_from_it():
 
 
 def test_every_message_real_boards_and_hosts_publish_follows_the_schema(tmp_path, fixture_bundle, digits_test):
-    from edgec.sdk.fleet.rollout import FleetLink, push
+    from edgec.sdk.fleet.link import FleetLink
+    from edgec.sdk.fleet.rollout import push
 
     broker = Mosquitto(tmp_path / "broker").start()
     seen: list[tuple[str, bytes]] = []
