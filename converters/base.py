@@ -26,6 +26,10 @@ MAX_CALIBRATION_SAMPLES = 512
 # batch's activations are what the run holds at once, about batch x (all activations of one
 # sample), so large samples (a 736x736 RGB image is 1.6M values) go one at a time.
 BATCH_VALUES = 2**20
+# Parts of one Concat whose largest |values| differ by more than this share no int8 scale in
+# any format: at 16x the smaller part keeps under 4 of its 8 bits (a detector's scores beside
+# its pixel boxes), so its quantizer keeps that Concat float.
+RANGE_RATIO = 16.0
 
 
 def batch_size(samples: Any, most: int) -> int:

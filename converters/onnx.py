@@ -17,6 +17,8 @@ from ..formats import FORMATS
 from ..runtime.backends.onnx import session, tensor_spec
 from ..runtime.tensors import TensorSpec
 from .base import MAX_CALIBRATION_SAMPLES, Layer, Recipe, Samples, Source, Target, batch_size, converting
+from .onnx_graph import float_blocks, normalize
+from .onnx_ranges import PROBE_SAMPLES, faithful_fp16, mixed_range_concats
 
 # Layers whose weights int8 quantizes.
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
@@ -32,8 +34,6 @@ class OnnxConverter:
 
     def export(self, source: Source, path: Path) -> dict[str, Any] | None:
         if source.kind == "onnx":
-            from .onnx_graph import normalize
-
             with converting(f"preparing {source.path.name}"):
                 return normalize(source.path, path)
         if source.kind == "keras":
@@ -73,8 +73,6 @@ class OnnxConverter:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         if recipe.precision == "fp16":
-            from .onnx_ranges import faithful_fp16
-
             with converting("ONNX fp16 conversion"):
                 used = calib.take(slice(0, FP16_PROBE_SAMPLES)) if calib is not None and len(calib) else None
                 batches = list(used.batches(calibration_batch(source.inputs, used))) if used is not None else []
@@ -98,11 +96,9 @@ class OnnxConverter:
                 if recipe.smoothing is not None:
                     smoothed = _smooth(prepared, used, batch, recipe.smoothing, skip=set(recipe.keep_float))
                     done["smoothing"] = f"SmoothQuant alpha {recipe.smoothing:g} on {smoothed} MatMul layers"
-                float_nodes = list(recipe.keep_float)
-                if recipe.keep_float:
-                    from .onnx_graph import float_blocks
-
-                    float_nodes = float_blocks(onnx.load(str(prepared)), recipe.keep_float)
+                split = recipe.mode == "static" and recipe.split_ranges and recipe.only is None
+                graph = onnx.load(str(prepared)) if recipe.keep_float or split else None  # read once for both
+                float_nodes = float_blocks(graph, recipe.keep_float) if recipe.keep_float else []
                 selection = {
                     "nodes_to_exclude": float_nodes,
                     "nodes_to_quantize": list(recipe.only) if recipe.only is not None else None,
@@ -114,8 +110,8 @@ class OnnxConverter:
                         **selection)
                     done.update(weights=_weights(profile), activations="int8, quantized at run time")
                 else:
-                    if recipe.split_ranges and recipe.only is None:
-                        heads = _mixed_heads(prepared, used, batch)
+                    if split:
+                        heads = mixed_range_concats(graph, used.take(slice(0, PROBE_SAMPLES)).batches(batch))
                         if heads:
                             selection["nodes_to_exclude"] += [n for h in heads for n in h.float_nodes]
                             done["float_heads"] = [h.describe() for h in heads]
@@ -217,16 +213,6 @@ def _quantize_static(
     activations = "uint8 per-tensor" if qoperator else "int8 per-tensor" + (" symmetric" if tensorrt else "")
     return {"format": "QOperator" if qoperator else "QDQ", "weights": _weights(profile), "activations": activations,
             "calibration": calibration}
-
-
-def _mixed_heads(prepared: Path, used: Any, batch: int) -> list[Any]:
-    """Concats whose parts cannot share one int8 scale, measured on the first calibration samples."""
-    import onnx
-
-    from .onnx_ranges import PROBE_SAMPLES, mixed_range_concats
-
-    model = onnx.load(str(prepared))
-    return mixed_range_concats(model, used.take(slice(0, PROBE_SAMPLES)).batches(batch))
 
 
 def calibration_batch(inputs: Any, used: Any) -> int:

@@ -18,10 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..runtime.backends.onnx import session
+from .base import RANGE_RATIO
 
-# Parts of one Concat whose largest |values| differ by more than this share no int8 scale:
-# at 16x the smaller part keeps under 4 of its 8 bits.
-RANGE_RATIO = 16.0
 # Nodes after a mixed Concat that hold no weights (reshapes, activations, arithmetic) stay
 # float with it; a layer with weights ends the head and is quantized as usual.
 WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"}

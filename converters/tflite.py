@@ -24,7 +24,7 @@ from ..errors import ConversionError
 from ..formats import FORMATS
 from ..runtime.backends.tflite import interpreter_class
 from ..runtime.tensors import Quantization, TensorSpec
-from .base import MAX_CALIBRATION_SAMPLES, Layer, Recipe, Samples, Source, Target, converting
+from .base import MAX_CALIBRATION_SAMPLES, RANGE_RATIO, Layer, Recipe, Samples, Source, Target, converting
 
 # Ops whose constant weights int8 quantizes.
 WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE", "BATCH_MATMUL",
@@ -208,11 +208,9 @@ class TFLiteConverter:
 
 
 def _mixed_concats(fp32: Path, qsvs: Any) -> list[tuple[list[str], float]]:
-    """CONCATENATION ops whose inputs' calibrated ranges differ over ``RANGE_RATIO``, each with the
+    """CONCATENATION ops whose inputs' calibrated ranges differ over :data:`~.base.RANGE_RATIO`, each with the
     scopes of the weightless ops after it: ``[(scopes, ratio)]`` (see :mod:`.onnx_ranges`)."""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
-
-    from .onnx_ranges import RANGE_RATIO
 
     model = fb.read_model(str(fp32))
     graph = model.subgraphs[0]

@@ -120,7 +120,7 @@ class DeviceProfile:
         """
         from ..runtime.system import host_arch
 
-        return self.accelerator == "none" and self.arch.lower().replace("-", "_") == host_arch(machine)
+        return self.accelerator == "none" and host_arch(self.arch.replace("-", "_")) == host_arch(machine)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> DeviceProfile:

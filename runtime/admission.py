@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,8 +16,8 @@ from .system import host_arch
 def manifest_device(folder: Path) -> Any:
     """The ``device`` profile recorded in a bundle folder's manifest, or ``None``."""
     try:
-        return json.loads((folder / "manifest.json").read_text()).get("device")
-    except (OSError, ValueError, AttributeError):
+        return read_manifest(folder).device
+    except EdgecError:
         return None
 
 
@@ -27,7 +26,7 @@ def wrong_device(device: Any, want: dict[str, Any]) -> str | None:
     if not isinstance(device, dict) or want.get("any_device") is True:
         return None
     arch, here = device.get("arch"), host_arch()
-    if isinstance(arch, str) and arch and arch.lower().replace("-", "_") != here:
+    if isinstance(arch, str) and arch and host_arch(arch.replace("-", "_")) != here:
         return (f"the bundle was built for {device.get('name') or 'another board'} ({arch}); this board is {here}: "
                 f"on the host, convert for this board's profile (edgec convert --device ...) and push that, or push "
                 "with --any-device if the model really runs here")

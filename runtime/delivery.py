@@ -31,14 +31,18 @@ MAX_MEMBERS = 64
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def is_inside(root: Path, path: Path) -> bool:
+    """Whether ``path`` lies strictly under ``root`` (after resolving ``..`` and links)."""
+    return root.resolve() in path.resolve().parents
+
+
 def inside(root: Path, path: Path) -> Path:
     """``path``, proven to stay inside ``root`` (after resolving ``..`` and links).
 
     Raises:
         BundleError: It would leave ``root``.
     """
-    resolved, base = path.resolve(), root.resolve()
-    if resolved != base and base not in resolved.parents:
+    if not is_inside(root, path):
         raise BundleError(f"refusing the path {str(path)!r}: it leaves {str(root)!r}")
     return path
 

@@ -34,9 +34,9 @@ from typing import Any
 
 from ..errors import BundleError, EdgecError, IntegrityError
 from .config import FleetConfig, TelemetryConfig
-from .control import check as check_control
-from .delivery import Blob, Download, clean_downloads, inside
 from .admission import bundle_version, local_version, manifest_device, room_for, wrong_device
+from .control import check as check_control
+from .delivery import Blob, Download, clean_downloads, inside, is_inside
 from .files import write_atomic
 from .mqtt import connect_settings, paho_client
 from .serving import Runtime
@@ -204,22 +204,20 @@ class Updater:
 
     def _converge(self, model: str, want: dict[str, Any]) -> None:
         version = want.get("version")
-        if not isinstance(version, str) or not VERSION.fullmatch(version):
-            return self._fail(model, want, "refused", f"the desired version {str(version)[:40]!r} is not a bundle "
-                              "version (12 lowercase hex digits): nothing was fetched or removed")
-        if self.runtime.running_version(model) == version:
+        if isinstance(version, str) and self.runtime.running_version(model) == version:
             self._acted_on(model, want)
             if self.states.get(model, {}).get("state") != "live" or self.states[model].get("desired") != version:
                 self._report(model, want, "live")
             return
         entry = self.record.get(model, {})
+        if _failure_key(want) in entry.get("failed", []):
+            return  # refused or rolled back already, and said so once; waits for another push
+        if not isinstance(version, str) or not VERSION.fullmatch(version):
+            return self._fail(model, want, "refused", f"the desired version {str(version)[:40]!r} is not a bundle "
+                              "version (12 lowercase hex digits): nothing was fetched or removed")
         if self.trusted is not None and version in entry.get("replaced", []) and want.get("rollback") is not True:
             return self._fail(model, want, "refused", f"version {version} was replaced on this board: a signed "
                               "rollback takes it back (edgec fleet rollback --key KEY), a replayed push does not")
-        if _failure_key(want) in self.record.get(model, {}).get("failed", []):
-            return  # refused or rolled back already; waits for another push
-        if model not in {m.name for m in self.runtime.config.models}:
-            return self._fail(model, want, "refused", f"model {model} is not configured on this board ([[models]])")
         folder = inside(self.store, self.store / model / version)
         if want.get("blob") is None:  # a rollback to a version the board has (its starting one): nothing to fetch
             folder = local_version(self.runtime.config.models, self.store, model, version)
@@ -237,7 +235,7 @@ class Updater:
                 return self._fail(model, want, "refused", problem)
             if not (folder / "manifest.json").is_file() and not self._fetch(model, want, blob, folder):
                 return  # superseded, or stopping
-        ours = self.store.resolve() in folder.resolve().parents  # a folder this agent may remove
+        ours = is_inside(self.store, folder)  # a folder this agent may remove (not a configured bundle)
         wrong = wrong_device(manifest_device(folder), want)  # the bundle's own (signed) manifest decides
         if wrong:
             if ours:
@@ -366,7 +364,7 @@ class Updater:
         """After a restart: serve the version the fleet last switched to, not the configured one."""
         for model, entry in self.record.items():
             current = entry.get("current") if isinstance(entry, dict) else None
-            if not isinstance(current, str) or self.store.resolve() not in Path(current).resolve().parents:
+            if not isinstance(current, str) or not is_inside(self.store, Path(current)):
                 continue  # only version folders this agent wrote under its store
             if Path(current).is_dir() and self._current_folder(model) != Path(current):
                 try:

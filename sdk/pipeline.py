@@ -42,7 +42,7 @@ from .quantize.search import search
 from .report.build import Measurements, build_report
 from .report.markdown import to_markdown
 from .verify.artifact import Specs, make_measure, open_artifact, outputs_of, reference_outputs, source_latency
-from .quantize.budget import cosine_checks
+from .quantize.budget import cosine_checks, task_checks
 from .verify.fidelity import Fidelity, Reference, run_batched
 from .verify.timing import measure_latency, paired_speedup
 
@@ -337,11 +337,8 @@ def _sanity_checks(fid: Fidelity, precision: str, cfg: ConvertConfig) -> tuple[l
         ok = fid.top1_agreement >= min_top1
         checks.append(f"top-1 agreement {100 * fid.top1_agreement:.1f}% {'≥' if ok else '<'} {100 * min_top1:.0f}%")
         passed = passed and ok
-    if fid.task is not None and fid.task.task != "classify":
-        ok, lines = fid.task.check()
-        checks += lines
-        passed = passed and ok
-    return checks, passed
+    ok, lines = task_checks(fid)
+    return checks + lines, passed and ok
 
 
 def _ram_delta(target: Target, source: Source, path: Path, manifest: Manifest, one: dict[str, np.ndarray]) -> int | None:

@@ -39,6 +39,12 @@ def parse_target(target: str) -> str:
     return f"{kind}/{name}"
 
 
+def groups_of(member: dict[str, Any]) -> list[str]:
+    """The groups a board's membership message names (only the names; anything else a board sent is ignored)."""
+    groups = member.get("groups")
+    return [g for g in groups if isinstance(g, str)] if isinstance(groups, list) else []
+
+
 @dataclass
 class FleetLink:
     """A connection to the fleet's broker that keeps what the boards report (retained and live)."""
@@ -64,7 +70,8 @@ class FleetLink:
         self.client.on_connect = lambda c, u, f, r, p=None: c.subscribe(
             [(f"{self.base}/+/fleet", 1), (f"{self.base}/+/update/+", 1), (f"{self.base}/desired/#", 1),
              (f"{self.base}/+/cmd-result", 1)])
-        self.results: dict[Any, dict[str, Any]] = {}  # command id -> the board's answer
+        self.results: dict[str, dict[str, Any]] = {}  # command id -> the board's answer
+        self.asked: set[str] = set()  # ids of the commands this link sent
         self.client.on_message = self._on_message
 
     def __enter__(self) -> FleetLink:
@@ -80,8 +87,10 @@ class FleetLink:
         parts = message.topic[len(self.base) + 1:].split("/")
         try:
             payload = json.loads(message.payload) if message.payload else None
-        except ValueError:
+        except (ValueError, RecursionError):
             return
+        if payload is not None and not isinstance(payload, dict):
+            return  # every fleet message is a JSON object; anything else from the broker is dropped
         with self._changed:
             if parts[0] == "desired" and len(parts) >= 3:
                 key = (parts[1], "/".join(parts[2:]))
@@ -93,7 +102,8 @@ class FleetLink:
                 self.members[parts[0]] = payload
             elif len(parts) == 3 and parts[1] == "update" and payload is not None:
                 self.updates[(parts[0], parts[2])] = payload
-            elif len(parts) == 2 and parts[1] == "cmd-result" and isinstance(payload, dict) and payload.get("id"):
+            elif len(parts) == 2 and parts[1] == "cmd-result" and payload is not None \
+                    and isinstance(payload.get("id"), str) and payload["id"] in self.asked:  # only answers to what this link asked
                 self.results[payload["id"]] = payload
             self._changed.notify_all()
 
@@ -126,7 +136,7 @@ class FleetLink:
             kind, name = target.split("/", 1)
             if kind == "device":
                 return [name]
-            return sorted(d for d, m in self.members.items() if name in m.get("groups", []))
+            return sorted(d for d, m in self.members.items() if name in groups_of(m))
 
 
 def command(link: FleetLink, device: str, verb: str, body: dict[str, Any], *, timeout_s: float = 30) -> dict[str, Any]:
@@ -139,6 +149,7 @@ def command(link: FleetLink, device: str, verb: str, body: dict[str, Any], *, ti
     if not device or any(c in device for c in "/+#"):
         raise ValidationError(f"--device {device!r} must be a board's name")
     ask = {**body, "id": uuid.uuid4().hex[:12]}
+    link.asked.add(ask["id"])
     topic = f"{link.base}/{device}/cmd/{verb}"
     link.publish(topic, json.dumps(link.signer(ask, topic, ttl_s=300) if link.signer else ask), retain=False)
     answer = link.wait_for(lambda: link.results.get(ask["id"]), timeout_s)
@@ -169,7 +180,7 @@ def status(link: FleetLink, model: str | None = None) -> list[dict[str, Any]]:
         for (device, name), state in sorted(link.updates.items()):
             if model is not None and name != model:
                 continue
-            rows.append({"device": device, "groups": link.members.get(device, {}).get("groups", []), "model": name,
+            rows.append({"device": device, "groups": groups_of(link.members.get(device, {})), "model": name,
                          "desired": state.get("desired"), "running": state.get("running"), "state": state.get("state"),
                          "progress": state.get("progress"), "error": state.get("error"),
                          "pinned": (link.desired.get((name, f"device/{device}")) or {}).get("version"),
@@ -177,10 +188,10 @@ def status(link: FleetLink, model: str | None = None) -> list[dict[str, Any]]:
         seen = {r["device"] for r in rows}
         for device, member in sorted(link.members.items()):
             if device not in seen:
-                running = member.get("models", {})
+                running = member.get("models") if isinstance(member.get("models"), dict) else {}
                 for name, version in sorted(running.items()):
                     if model is None or name == model:
-                        rows.append({"device": device, "groups": member.get("groups", []), "model": name,
+                        rows.append({"device": device, "groups": groups_of(member), "model": name,
                                      "desired": None, "running": version, "state": "idle", "progress": None,
                                      "error": None,
                                      "pinned": (link.desired.get((name, f"device/{device}")) or {}).get("version"),

@@ -22,7 +22,7 @@ from ...errors import ValidationError
 from ...runtime.delivery import CHUNK_BYTES, describe_blob, pack
 from ...runtime.manifest import read_manifest, verify_files
 from ...runtime.signing import read_signature
-from .link import FleetLink
+from .link import FleetLink, groups_of
 
 DONE = {"live"}
 FAILED = {"rolled_back", "refused", "failed"}
@@ -152,7 +152,8 @@ def _starting_version(link: FleetLink, model: str, target: str) -> dict[str, Any
     with link._lock:
         found = {}
         for device in devices:
-            started = (link.members.get(device, {}).get("started") or {}).get(model)
+            started = link.members.get(device, {}).get("started")
+            started = started.get(model) if isinstance(started, dict) else None
             if isinstance(started, str):
                 found[device] = started
     versions = set(found.values())
@@ -166,7 +167,7 @@ def _starting_version(link: FleetLink, model: str, target: str) -> dict[str, Any
 def _no_boards(link: FleetLink, target: str) -> str:
     """Why a target has no boards, with what the fleet does have."""
     with link._lock:
-        groups = sorted({g for m in link.members.values() for g in m.get("groups", [])})
+        groups = sorted({g for m in link.members.values() for g in groups_of(m)})
         devices = sorted(link.members)
     shown = target.replace("/", ":")
     if not devices:

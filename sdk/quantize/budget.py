@@ -71,11 +71,13 @@ class Budget:
             good, cos_lines = cosine_checks(fid, self.min_cosine)
             lines += cos_lines
             ok = ok and good
-        if fid.task is not None:
-            good, task_lines = fid.task.check()
-            lines += task_lines
-            ok = ok and good
-        return ok, lines
+        good, task_lines = task_checks(fid)
+        return ok and good, lines + task_lines
+
+
+def task_checks(fid: Fidelity) -> tuple[bool, list[str]]:
+    """The task metric's floor and the detector's score error, where the task is known (and has a budget)."""
+    return fid.task.check() if fid.task is not None else (True, [])
 
 
 def cosine_checks(fid: Fidelity, floor: float) -> tuple[bool, list[str]]:

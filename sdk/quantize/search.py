@@ -16,7 +16,6 @@ in float (mixed precision). If nothing fits, the search says so and lists what i
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -27,6 +26,7 @@ from ...converters.base import Converter, Layer, Recipe, Samples, Source
 from ...devices import DeviceProfile
 from ...errors import VerificationError, first_line
 from ...formats import CALIBRATIONS, Format, get_format
+from ...runtime.system import host_arch
 from ..progress import Step, silent_step
 from ..verify.artifact import Measured, MeasureFn
 from ..verify.timing import measure_latency, paired_speedup
@@ -263,7 +263,7 @@ def speed_rule(profile: DeviceProfile) -> str:
                 f"{SLOWER_TOLERANCE - 1:.0%} slower than fp32 (alternating rounds, batch 1) does not ship")
     declared = [p for p, fast in (("int8", profile.int8_speedup), ("fp16", profile.fp16_speedup)) if fast]
     board = f"{profile.accelerator} accelerator" if profile.accelerator != "none" else f"{profile.arch} CPU"
-    return (f"{profile.name} ({board}) does not run like this host ({platform.machine()}): speed-ups are "
+    return (f"{profile.name} ({board}) does not run like this host ({host_arch()}): speed-ups are "
             f"measured here and reported only; the choice rests on the profile's fast kernels "
             f"({', '.join(declared) or 'none declared'}) and the size")
 

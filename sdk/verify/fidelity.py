@@ -248,12 +248,6 @@ def _compare_output(name: str, axis: int | None, ref: np.ndarray, cand: np.ndarr
         worst_channel_sqnr_db=min(max(sqnr, -999.0), 999.0), quiet_channels=int((~loud).sum()))
 
 
-def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], labels: np.ndarray | None = None,
-            names: Sequence[str] = (), options: TaskOptions | None = None) -> Fidelity:
-    """Compare ``candidate`` outputs with ``reference`` outputs (same samples, same order)."""
-    return Reference(reference, names, labels, options).compare(candidate)
-
-
 def run_batched(fn: Callable[[dict[str, np.ndarray]], list[np.ndarray]], batches: Any) -> list[np.ndarray]:
     """Run ``fn`` over batches and stack each output along the first axis."""
     parts = [fn(b) for b in batches]

@@ -44,3 +44,23 @@ def test_devices_not_heard_from_leave_the_view():
     view._pruned = time.monotonic() - 120  # the once-a-minute sweep is due
     view.update("edgec/shop/real/status", b'{"state": "online"}')
     assert list(view.devices) == [("shop", "real")]
+
+
+def test_the_hosts_fleet_link_drops_what_boards_cannot_have_sent():
+    """Retained junk on the broker (lists, strings for groups, answers nobody asked for) never reaches
+    status, group membership or the command results."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("paho.mqtt.client")
+    from edgec.sdk.fleet.link import FleetLink, status
+
+    link = FleetLink("127.0.0.1", 1, fleet="shop")
+    junk = [("shop/pi-1/fleet", b'{"device": "pi-1", "groups": "lab", "models": [1], "started": 5}'),
+            ("shop/pi-2/fleet", b'[1, 2, 3]'), ("shop/pi-3/update/digits", b'"live"'),
+            ("shop/pi-4/cmd-result", b'{"id": [1], "ok": true}'), ("shop/pi-4/cmd-result", b'{"id": "nobody-asked"}'),
+            ("shop/pi-5/fleet", b'[' * 100_000), ("shop/pi-6/fleet", b'\xff')]
+    for topic, payload in junk:
+        link._on_message(None, None, SimpleNamespace(topic=f"edgec/{topic}", payload=payload))
+    assert link.group_members("group/lab") == [] and link.group_members("group/l") == []
+    assert set(link.members) == {"pi-1"} and link.updates == {} and link.results == {}
+    assert status(link) == []
