@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -62,3 +63,21 @@ def test_quickstart_without_the_sdk_leaves_no_workdir(tmp_path):
     assert done.returncode == 1, done.stderr
     assert "torch" in done.stderr and "pip install" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "qs").exists()
+
+
+@pytest.mark.slow
+def test_quickstart_through_the_installed_entry_point(tmp_path):
+    edgec = Path(sys.executable).parent / "edgec"
+    done = subprocess.run([str(edgec), "quickstart", "--workdir", "qs", "--json"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    rows = {(row["device"], row["precision"]): row for row in summary["rows"]}
+    assert set(rows) == {("rpi4", "fp32"), ("rpi4", "int8"), ("x86-64", "fp32"), ("x86-64", "int8")}
+    assert summary["test_samples"] >= 400 and summary["torch_test_accuracy"] > 0.95
+    for row in rows.values():  # every bundle measured on the held-out digits, and int8 a quarter of the size
+        assert row["accuracy"] > 0.95 and (tmp_path / "qs" / "bundles" / Path(row["bundle"]).name).is_dir()
+    assert rows["rpi4", "int8"]["size_bytes"] < 0.35 * rows["rpi4", "fp32"]["size_bytes"]
+    again = subprocess.run([str(edgec), "quickstart", "--workdir", "qs"], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=60)
+    assert again.returncode == 1 and "--force" in again.stderr + again.stdout

@@ -130,3 +130,23 @@ def test_a_board_whose_answers_differ_from_the_host_refuses_the_bundle(fixture_b
     _resum(bundle, "golden.npz")
     with pytest.raises(BundleError, match="answers differ from the host's on 8 golden sample"):
         probe(bundle)
+
+
+def test_keys_new_then_sign_then_verify_through_the_cli(fixture_bundle, tmp_path):
+    made = runner.invoke(app, ["keys", "new", "--out", str(tmp_path / "fleet-key")])
+    assert made.exit_code == 0, made.output
+    private, public = tmp_path / "fleet-key", tmp_path / "fleet-key.pub"
+    assert private.stat().st_mode & 0o777 == 0o600 and "keep it secret" in made.output
+    kid = TrustedKeys.from_files([public]).keys.popitem()[0]
+    again = runner.invoke(app, ["keys", "new", "--out", str(private)])
+    assert again.exit_code == 1 and "already exists" in again.output and "--force" in again.output
+    assert private.stat().st_mode & 0o777 == 0o600
+
+    bundle = _copy(fixture_bundle, tmp_path, "b")
+    signed = runner.invoke(app, ["sign", str(bundle), "--key", str(private)])
+    assert signed.exit_code == 0 and kid in signed.output, signed.output
+    assert runner.invoke(app, ["verify", str(bundle), "--key", str(public)]).exit_code == 0
+    wrong = runner.invoke(app, ["sign", str(bundle), "--key", str(public)])  # the public half
+    assert wrong.exit_code == 1 and len(wrong.output.strip().splitlines()) == 1, wrong.output
+    missing = runner.invoke(app, ["sign", str(tmp_path / "nope"), "--key", str(private)])
+    assert missing.exit_code == 1 and "nope" in missing.output and not (tmp_path / "nope").exists()
