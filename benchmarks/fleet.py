@@ -46,7 +46,7 @@ class Board:
     """One board: its own folder, runtime.toml and `edgec serve` process."""
 
     def __init__(self, root: Path, name: str, broker: Mosquitto, initial: Path, *, groups=("lab",), trusted=None,
-                 watch_s: float = 0.5, top: str = "", telemetry: str = "") -> None:
+                 watch_s: float = 0.5, top: str = "", telemetry: str = "", fleet: str = "test") -> None:
         self.name, self.root, self.port = name, root / name, free_port()
         self.root.mkdir(parents=True)
         shutil.copytree(initial, self.root / "initial")
@@ -54,7 +54,7 @@ class Board:
         (self.root / "runtime.toml").write_text(
             f'port = {self.port}\n{keys}{top}'
             f'[[models]]\nname = "digits"\npath = "initial"\n'
-            f'[telemetry]\nbroker = "127.0.0.1"\nport = {broker.port}\nfleet = "test"\ndevice = "{name}"\n'
+            f'[telemetry]\nbroker = "127.0.0.1"\nport = {broker.port}\nfleet = "{fleet}"\ndevice = "{name}"\n'
             f'interval_s = 1\nreconnect_max_s = 1\nspool = "spool.sqlite"\n{telemetry}'
             f'[fleet]\ngroups = {json.dumps(list(groups))}\nstore = "store"\nwatch_requests = 20\nwatch_s = {watch_s}\n'
             + ("" if trusted else "allow_unsigned = true\n"))

@@ -56,7 +56,8 @@ def sign(
     out.print(f"signed {escape(str(bundle))} with key {kid}")
 
 
-def _link(broker: str, fleet: str, username: Optional[str], password: Optional[str], key: Optional[Path] = None):
+def _link(broker: str, fleet: str, username: Optional[str], password: Optional[str], ca_file: Optional[Path],
+          key: Optional[Path] = None):
     from ..sdk.fleet.link import FleetLink, parse_broker
 
     host, port, tls = parse_broker(broker)
@@ -65,13 +66,15 @@ def _link(broker: str, fleet: str, username: Optional[str], password: Optional[s
         from ..sdk.bundle.sign import control_signer
 
         signer = control_signer(key)
-    return FleetLink(host, port, fleet=fleet, tls=tls, username=username, password=password, signer=signer)
+    return FleetLink(host, port, fleet=fleet, tls=tls, username=username, password=password, ca_file=ca_file,
+                     signer=signer)
 
 
 BROKER = typer.Option(..., "--broker", "-b", help="The fleet's MQTT broker: mqtt://host:1883 or mqtts://host:8883.")
 FLEET = typer.Option("default", "--fleet", help="Fleet name (the boards' [telemetry] fleet).", envvar="EDGEC_FLEET")
 USER = typer.Option(None, "--username", help="Broker user.")
 PASSWORD = typer.Option(None, "--password", help="Broker password (or EDGEC_MQTT_PASSWORD).", envvar="EDGEC_MQTT_PASSWORD")
+CA = typer.Option(None, "--ca-file", help="CA certificate that verifies an mqtts:// broker with its own CA.")
 KEY = typer.Option(None, "--key", help="The fleet's private key (edgec keys new): signs the desired state, which boards with trusted_keys require (or EDGEC_FLEET_KEY).", envvar="EDGEC_FLEET_KEY")
 
 
@@ -83,6 +86,7 @@ def fleet_push(
     to: str = typer.Option(..., "--to", help="group:NAME, device:ID or all."),
     canary: int = typer.Option(0, "--canary", help="Update this many boards of the group first; go on only if they are live."),
     broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
+    ca_file: Optional[Path] = CA,
     key: Optional[Path] = KEY,
     timeout: float = typer.Option(600, "--timeout", help="Seconds to wait for the boards."),
     any_device: bool = typer.Option(False, "--any-device", help="Let boards of another CPU architecture than the bundle's device profile take it (they refuse it otherwise)."),
@@ -105,7 +109,7 @@ def fleet_push(
 
     target = parse_target(to)
     err = err_console()
-    with _link(broker, fleet, username, password, key) as link:
+    with _link(broker, fleet, username, password, ca_file, key) as link:
         result = push(link, bundle, model, target, canary=canary, timeout_s=timeout, allow_empty=allow_empty,
                       rollback=take_back, any_device=any_device,
                       progress=lambda message: err.print(escape(message)))
@@ -128,6 +132,7 @@ def fleet_push(
 def fleet_status(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Only this model."),
     broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
+    ca_file: Optional[Path] = CA,
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ) -> None:
     """Per board: desired and running version, update state, progress, last error.
@@ -140,7 +145,7 @@ def fleet_status(
 
     from ..sdk.fleet.link import status
 
-    with _link(broker, fleet, username, password) as link:
+    with _link(broker, fleet, username, password, ca_file) as link:
         rows = status(link, model)
     if as_json:
         out.print_json(data=rows)
@@ -162,6 +167,7 @@ def fleet_rollback(
     model: str = typer.Option(..., "--model", "-m", help="Model name on the boards."),
     to: str = typer.Option(..., "--to", help="group:NAME, device:ID or all (as pushed)."),
     broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
+    ca_file: Optional[Path] = CA,
     key: Optional[Path] = KEY,
 ) -> None:
     """Make the version pushed before the current one desired again.
@@ -173,7 +179,7 @@ def fleet_rollback(
     from ..sdk.fleet.link import parse_target
     from ..sdk.fleet.rollout import rollback
 
-    with _link(broker, fleet, username, password, key) as link:
+    with _link(broker, fleet, username, password, ca_file, key) as link:
         back = rollback(link, model, parse_target(to))
     out.print(f"{model} on {to}: desired version is {back['version']} again; boards switch back as they see it")
 
@@ -184,6 +190,7 @@ def fleet_unpin(
     device: str = typer.Argument(..., help="The board's name."),
     model: str = typer.Option(..., "--model", "-m", help="Model name on the board."),
     broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
+    ca_file: Optional[Path] = CA,
 ) -> None:
     """Clear a board's device-level desired version (a canary's, or a pin): it follows its group again.
 
@@ -194,7 +201,7 @@ def fleet_unpin(
     """
     from ..sdk.fleet.link import unpin
 
-    with _link(broker, fleet, username, password) as link:
+    with _link(broker, fleet, username, password, ca_file) as link:
         was = unpin(link, model, device)
     out.print(f"{model} on {device}: " + (f"pin to {was} cleared; it follows its group again" if was
                                           else "was not pinned (nothing to clear)"))
@@ -207,6 +214,7 @@ def fleet_command(
     verb: str = typer.Argument(..., help="reload, stats or interval."),
     args: Optional[list[str]] = typer.Option(None, "--arg", help="KEY=VALUE for the command (a JSON value or a string), e.g. --arg seconds=5, --arg model=digits."),
     broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
+    ca_file: Optional[Path] = CA,
     key: Optional[Path] = KEY,
     timeout: float = typer.Option(30, "--timeout", help="Seconds to wait for the board's answer."),
 ) -> None:
@@ -229,7 +237,7 @@ def fleet_command(
             body[name] = json.loads(value)
         except ValueError:
             body[name] = value
-    with _link(broker, fleet, username, password, key) as link:
+    with _link(broker, fleet, username, password, ca_file, key) as link:
         answer = command(link, device, verb, body, timeout_s=timeout)
     out.print_json(data=answer)
     if not answer.get("ok"):
@@ -244,19 +252,23 @@ def dashboard(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to serve the page on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", "-p", help="Port to serve the page on."),
     username: Optional[str] = USER, password: Optional[str] = PASSWORD,
-    ca_file: Optional[Path] = typer.Option(None, "--ca-file", help="CA certificate that verifies an mqtts:// broker."),
+    ca_file: Optional[Path] = CA,
     memory_alert: float = typer.Option(0.9, "--memory-alert", min=0.01, max=1.0,
                                        help="Flag a board whose model cache uses this share of its budget."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="EDGEC_DASHBOARD_TOKEN",
+                                        help="Asked of visitors (open /?token=TOKEN once); required with a --host beyond loopback."),
 ) -> None:
     """Serve a live web page of the fleet: every board, its models, latency, alerts and rollouts.
 
     \b
     The page updates itself (server-sent events) from the boards' telemetry on the broker;
     its script and style ship with edgec, so it works without internet. Open the address it
-    prints in a browser; Ctrl-C stops it.
+    prints in a browser; Ctrl-C stops it. Served beyond this machine (--host 0.0.0.0) it needs
+    --token: open http://HOST:PORT/?token=TOKEN once, scripts send Authorization: Bearer TOKEN.
     \b
     Example:
       edgec dashboard --broker mqtt://localhost:1883 --port 8080
+      edgec dashboard --broker mqtt://localhost:1883 --host 0.0.0.0 --token "$(openssl rand -hex 16)"
     """
     from ..sdk.fleet.dashboard import AlertRules, serve
     from ..sdk.fleet.link import parse_broker
@@ -265,7 +277,8 @@ def dashboard(
     shown = f"[{host}]" if ":" in host else host
     try:
         serve(mqtt_host, mqtt_port, fleet=fleet, host=host, http_port=port, username=username, password=password,
-              tls=tls, ca_file=ca_file, rules=AlertRules(memory_fraction=memory_alert),
-              on_ready=lambda bound: out.print(f"dashboard on http://{shown}:{bound}/ (edgec/{fleet}/ on {broker}); Ctrl-C stops it"))
+              tls=tls, ca_file=ca_file, rules=AlertRules(memory_fraction=memory_alert), token=token,
+              on_ready=lambda bound: out.print(f"dashboard on http://{shown}:{bound}/{'?token=…' if token else ''} "
+                                               f"(edgec/{fleet}/ on {broker}); Ctrl-C stops it"))
     except KeyboardInterrupt:
         pass

@@ -58,7 +58,8 @@ class TelemetryConfig:
         fleet, device: Topic levels; the device defaults to the host name.
         client_id: MQTT client id (default ``edgec-<fleet>-<device>``).
         protocol: ``"5"`` (MQTT 5) or ``"3.1.1"``.
-        username, password: Broker credentials.
+        username, password: Broker credentials; ``password_file`` reads the password from a file
+            (a container secret) instead of the config.
         tls: Connect with TLS; ``ca_file`` verifies the broker, ``cert_file``/``key_file``
             authenticate the device.
         keepalive_s: MQTT keep-alive.
@@ -84,6 +85,7 @@ class TelemetryConfig:
     protocol: str = "5"
     username: str | None = None
     password: str | None = None
+    password_file: str | None = None
     tls: bool = False
     ca_file: str | None = None
     cert_file: str | None = None
@@ -117,6 +119,8 @@ class TelemetryConfig:
                                   "between 0 and 4294967295")
         if self.window < 1 or self.spool_max_messages < 1 or self.spool_max_mb <= 0:
             raise ValidationError("telemetry window and spool limits must be positive")
+        if self.password is not None and self.password_file is not None:
+            raise ValidationError("telemetry password and password_file: give one")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValidationError("telemetry cert_file and key_file go together")
         if not isinstance(self.homeassistant, bool):
@@ -138,7 +142,7 @@ class TelemetryConfig:
         if unknown:
             raise ValidationError(f"unknown [telemetry] key(s): {', '.join(unknown)}")
         data = dict(data)
-        for key in ("spool", "ca_file", "cert_file", "key_file"):
+        for key in ("spool", "ca_file", "cert_file", "key_file", "password_file"):
             if data.get(key) is not None:
                 p = Path(data[key])
                 data[key] = p if p.is_absolute() else base / p

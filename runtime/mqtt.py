@@ -17,6 +17,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from .._optional import need
@@ -37,13 +38,20 @@ def connect_settings(client: Any, cfg: TelemetryConfig) -> None:
     """Credentials, TLS and reconnect backoff from ``cfg`` on a paho client (every edgec connection)."""
     client.reconnect_delay_set(1, max(1, int(cfg.reconnect_max_s)))
     if cfg.username is not None:
-        client.username_pw_set(cfg.username, cfg.password)
+        client.username_pw_set(cfg.username, cfg.password if cfg.password_file is None else _secret(cfg.password_file))
     if cfg.tls or cfg.ca_file or cfg.cert_file:
         try:
             client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file,
                            cert_reqs=ssl.CERT_REQUIRED)
         except (OSError, ssl.SSLError) as exc:
             raise ValidationError(f"telemetry TLS files cannot be used: {exc}") from None
+
+
+def _secret(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValidationError(f"telemetry password_file {path}: {exc.strerror}") from None
 
 
 def _wire(message: Spooled) -> bytes:

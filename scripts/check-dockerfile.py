@@ -38,7 +38,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-IMAGE_PATHS = ("/src", "/opt/edgec", "/etc/edgec", "/models", "/var/lib/edgec")
+IMAGE_PATHS = ("/src", "/opt/edgec", "/etc/edgec", "/models", "/var/lib/edgec", "/run/secrets")
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -176,6 +176,9 @@ def main() -> int:
                     image.cwd.mkdir(parents=True, exist_ok=True)
         bundle = ROOT / "tests" / "fixtures" / "bundles" / "onnx-int8"
         shutil.copytree(bundle, tmp / "models" / "digits")
+        secret = Path(image.path("/run/secrets/mqtt-password"))  # compose mounts the board's broker password here
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text("from-deploy-compose-secrets\n")
         config = tmp / "etc" / "edgec" / "runtime.toml"
         config.write_text(image.path(config.read_text()))
         with socket.socket() as probe:

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,11 @@ def test_compose_file_follows_the_compose_spec_and_is_wired_together():
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
     assert {"edgec", "mosquitto", "prometheus", "grafana", "dashboard"} <= set(services)
-    for name, service in services.items():  # every file mounted from the repository exists
-        for volume in service.get("volumes", []):
-            source = volume.split(":")[0]
-            if source.startswith("."):
+    for name, service in services.items():  # every file mounted from the repository exists (or secrets.sh makes it)
+        for source in [v.split(":")[0] for v in service.get("volumes", [])] + service.get("env_file", []):
+            if source.startswith(".") and not source.startswith("./compose/secrets/"):
                 assert (DEPLOY / source).exists() or source == "../build", f"{name} mounts missing {source}"
+    assert services["mosquitto"]["volumes"][0].startswith("./compose/mosquitto.conf")
     assert "edgec:8080" in (DEPLOY / "compose" / "prometheus.yml").read_text()
     runtime = (DEPLOY / "compose" / "runtime.toml").read_text()
     assert 'broker = "mosquitto"' in runtime and 'host = "0.0.0.0"' in runtime and "/var/lib/edgec/" in runtime
@@ -81,3 +82,72 @@ def test_quickstart_through_the_installed_entry_point(tmp_path):
     again = subprocess.run([str(edgec), "quickstart", "--workdir", "qs"], capture_output=True, text=True,
                            cwd=tmp_path, timeout=60)
     assert again.returncode == 1 and "--force" in again.stderr + again.stdout
+
+
+def test_the_compose_broker_takes_no_anonymous_client_and_its_board_and_dashboard_work(tmp_path, system_tool):
+    """compose's broker files and secrets.sh on a real mosquitto: the board of compose/runtime.toml
+    publishes with its secret, the dashboard reads with dashboard.env, an anonymous client is refused."""
+    import os
+    import shutil
+    import tomllib
+    import urllib.request
+
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from fleet import Board  # noqa: E402  (benchmarks/fleet.py)
+    from mosquitto_broker import Mosquitto, free_port  # noqa: E402
+
+    system_tool("mosquitto", "mosquitto")
+    secrets = tmp_path / "secrets"
+    made = subprocess.run([str(DEPLOY / "compose" / "secrets.sh"), str(secrets)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    mounts = {}  # container path -> the file here, as compose would mount it
+    for source, target, *_ in (v.split(":") for s in compose.values() for v in s.get("volumes", [])):
+        if source.startswith("./compose/secrets/"):
+            mounts[target] = secrets / Path(source).name
+        elif source.startswith("./") and (DEPLOY / source).is_file():
+            mounts[target] = DEPLOY / source
+    assert all(path.exists() for path in mounts.values()), mounts
+    root = tmp_path / "broker"
+    (root / "data").mkdir(parents=True)
+    port = free_port()
+    conf = mounts["/mosquitto/config/mosquitto.conf"].read_text()
+    for target in ("/mosquitto/config/passwd", "/mosquitto/config/acl"):
+        conf = conf.replace(target, str(mounts[target]))
+    conf = conf.replace("/mosquitto/data/", f"{root}/data/").replace("listener 1883\n", f"listener {port} 127.0.0.1\n")
+    broker = Mosquitto(root, port, conf=conf).start()
+    telemetry = tomllib.loads(mounts["/etc/edgec/runtime.toml"].read_text())["telemetry"]
+    assert telemetry["password_file"] == "/run/secrets/mqtt-password" and telemetry["username"] == telemetry["device"]
+    board = Board(tmp_path, telemetry["device"], broker, ROOT / "tests" / "fixtures" / "bundles" / "onnx-int8",
+                  fleet=telemetry["fleet"], telemetry=f'username = "{telemetry["username"]}"\n'
+                  f'password_file = "{mounts["/run/secrets/mqtt-password"]}"\n')
+    env = dict(line.split("=", 1) for line in (secrets / "dashboard.env").read_text().split())
+    command = compose["dashboard"]["command"]
+    dashboard = subprocess.Popen([sys.executable, "-m", "edgec", *command[1:command.index("--host")],
+                                  "--broker", f"mqtt://127.0.0.1:{port}", "--host", "0.0.0.0", "--port", "0"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    try:
+        board.start()
+        line = dashboard.stdout.readline()
+        assert "?token=" in line, line + dashboard.stderr.read() if dashboard.poll() is not None else line
+        page = re.search(r":(\d+)/", line).group(1)
+        request = urllib.request.Request(f"http://127.0.0.1:{page}/api/fleet",
+                                         headers={"Authorization": f"Bearer {env['EDGEC_DASHBOARD_TOKEN']}"})
+        until, boards = time.monotonic() + 30, []
+        while time.monotonic() < until and not any(b.get("telemetry_at") or b.get("uptime_s") for b in boards):
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                boards = json.loads(resp.read())["boards"]
+            time.sleep(0.3)
+        assert [b["id"] for b in boards] == [f'{telemetry["fleet"]}/{telemetry["device"]}'], boards
+        anonymous = subprocess.run([sys.executable, "-m", "edgec", "fleet", "status", "--broker",
+                                    f"mqtt://127.0.0.1:{port}", "--fleet", telemetry["fleet"]],
+                                   capture_output=True, text=True, timeout=60)
+        assert anonymous.returncode == 1 and "refused the connection" in anonymous.stderr, anonymous.stderr
+    finally:
+        board.stop()
+        dashboard.terminate()
+        dashboard.wait(10)
+        broker.stop()
+        shutil.rmtree(secrets)

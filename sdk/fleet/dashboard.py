@@ -6,22 +6,31 @@ The host process subscribes to the broker (:func:`edgec.sdk.fleet.watch.subscrib
 twice a second, and every few seconds anyway so "last seen" keeps counting). The page, its
 script and its style ship inside the package (``web/``): no CDN, it works in an offline lab.
 
-Routes: ``/`` the page, ``/static/<file>``, ``/api/fleet`` one snapshot as JSON, ``/events``.
+Routes: ``/`` the page, ``/static/<file>``, ``/api/fleet`` one snapshot as JSON, ``/events``,
+``/health`` (no token; for a container's health check).
+
+Served beyond loopback, the page needs a token (``--token``): ``/?token=T`` once sets it as an
+HttpOnly, SameSite=Strict cookie (a browser's EventSource cannot send headers); scripts send
+``Authorization: Bearer T``. Anything else is a 401.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from .view import FleetView
 
 WEB = Path(__file__).with_name("web")
+COOKIE = "edgec_dashboard"
 STATIC = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
 
 
@@ -119,11 +128,26 @@ class DashboardApp:
         lock: Guards ``view``.
         source: Shown in the page's header (the broker's address).
         refresh_s: Longest time between two events on ``/events``.
+        token: Required of every request but ``/health`` when set (see the module's doc).
     """
 
     def __init__(self, view: FleetView, lock: threading.Lock, *, source: str = "", rules: AlertRules = AlertRules(),
-                 refresh_s: float = 5.0) -> None:
+                 refresh_s: float = 5.0, token: str | None = None) -> None:
         self.view, self.lock, self.source, self.rules, self.refresh_s = view, lock, source, rules, refresh_s
+        self.token = token.encode() if token else None
+
+    def _allowed(self, scope: dict[str, Any]) -> bool:
+        if self.token is None:
+            return True
+        for name, value in scope.get("headers", []):
+            if name == b"authorization" and value.startswith(b"Bearer "):
+                return hmac.compare_digest(value[7:].strip(), self.token)
+            if name == b"cookie":
+                for part in value.split(b";"):
+                    key, _, given = part.strip().partition(b"=")
+                    if key == COOKIE.encode() and hmac.compare_digest(given, self.token):
+                        return True
+        return False
 
     def state(self) -> tuple[int, bytes]:
         with self.lock:
@@ -136,6 +160,16 @@ class DashboardApp:
         path = scope["path"]
         if scope["method"] not in ("GET", "HEAD"):
             return await _reply(send, 405, b"only GET\n", "text/plain", extra=[(b"allow", b"GET, HEAD")])
+        if path == "/health":
+            return await _reply(send, 200, b"ok\n", "text/plain")
+        given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0].encode("latin-1")
+        if path == "/" and self.token is not None and given and hmac.compare_digest(given, self.token):
+            cookie = f"{COOKIE}={given.decode('latin-1')}; HttpOnly; SameSite=Strict; Path=/".encode("latin-1")
+            return await _reply(send, 303, b"", "text/plain", extra=[(b"location", b"/"), (b"set-cookie", cookie)])
+        if not self._allowed(scope):
+            return await _reply(send, 401, b"this dashboard needs its token: open /?token=TOKEN once (the one "
+                                b"edgec dashboard was started with), or send Authorization: Bearer TOKEN\n",
+                                "text/plain", extra=[(b"www-authenticate", b"Bearer")])
         if path == "/":
             return await _reply(send, 200, (WEB / "index.html").read_bytes(), "text/html; charset=utf-8")
         if path.startswith("/static/") and path[len("/static/"):] in STATIC:
@@ -187,14 +221,16 @@ async def _reply(send: Any, status: int, body: bytes, content_type: str, *, extr
 
 def serve(broker: str, port: int = 1883, *, fleet: str = "+", host: str = "127.0.0.1", http_port: int = 8080,
           username: str | None = None, password: str | None = None, tls: bool = False, ca_file: Path | None = None,
-          rules: AlertRules = AlertRules(), on_ready: Any = None) -> None:
+          rules: AlertRules = AlertRules(), token: str | None = None, on_ready: Any = None) -> None:
     """Subscribe to the broker and serve the page until interrupted.
 
     Args:
+        token: Asked of every visitor (see the module's doc); required unless ``host`` is loopback.
         on_ready: Called with the page's port (useful with ``http_port=0``) once it answers.
 
     Raises:
-        ValidationError: ``host:http_port`` cannot be served on (in use, no such address).
+        ValidationError: ``host:http_port`` cannot be served on (in use, no such address), or
+            ``host`` is beyond loopback and no token was given.
         BrokerError: The broker cannot be reached.
         MissingDependencyError: uvicorn is not installed.
     """
@@ -204,6 +240,9 @@ def serve(broker: str, port: int = 1883, *, fleet: str = "+", host: str = "127.0
     from .watch import subscribe
 
     uvicorn = need("uvicorn", extra="runtime", purpose="to serve the dashboard")
+    if not token and not loopback(host):
+        raise ValidationError(f"--host {host} serves the fleet's page beyond this machine: give it a token with "
+                              "--token (or EDGEC_DASHBOARD_TOKEN), e.g. --token $(openssl rand -hex 16)")
     try:
         sock = bind(host, http_port)
     except OSError as exc:
@@ -216,7 +255,8 @@ def serve(broker: str, port: int = 1883, *, fleet: str = "+", host: str = "127.0
     except BaseException:
         sock.close()
         raise
-    app = DashboardApp(view, lock, source=f"{'mqtts' if tls or ca_file else 'mqtt'}://{broker}:{port}", rules=rules)
+    app = DashboardApp(view, lock, source=f"{'mqtts' if tls or ca_file else 'mqtt'}://{broker}:{port}", rules=rules,
+                       token=token)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1))
     if on_ready is not None:
         threading.Thread(target=_when_started, args=(server, on_ready, sock.getsockname()[1]), daemon=True).start()
@@ -226,6 +266,16 @@ def serve(broker: str, port: int = 1883, *, fleet: str = "+", host: str = "127.0
         sock.close()
         client.loop_stop()
         client.disconnect()
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _when_started(server: Any, on_ready: Any, port: int) -> None:

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -55,6 +56,7 @@ class FleetLink:
     tls: bool = False
     username: str | None = None
     password: str | None = None
+    ca_file: Path | None = None  # verifies an mqtts:// broker with its own CA
     members: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> its fleet message
     updates: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (device, model) -> state
     desired: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (model, target) -> payload
@@ -65,7 +67,8 @@ class FleetLink:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.client = host_client(client_id=f"edgec-host-{uuid.uuid4().hex[:8]}", username=self.username,
-                                  password=self.password, tls=self.tls)
+                                  password=self.password, tls=self.tls,
+                                  ca_file=self.ca_file)
         self.client.max_inflight_messages_set(32)
         self.client.on_connect = lambda c, u, f, r, p=None: c.subscribe(
             [(f"{self.base}/+/fleet", 1), (f"{self.base}/+/update/+", 1), (f"{self.base}/desired/#", 1),

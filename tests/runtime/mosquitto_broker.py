@@ -23,7 +23,7 @@ class Mosquitto:
         RuntimeError: mosquitto is not installed (``scripts/bootstrap.sh`` installs it).
     """
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, conf: str | None = None) -> None:
         binary = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if Path(p).exists()), None)
         if binary is None:
@@ -34,11 +34,12 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.conf = self.workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            # As root, mosquitto would switch to the 'mosquitto' user and lose access to its
-            # own files under the test's private temporary folder.
-            f"user {getpass.getuser()}\n"
+        # As root, mosquitto would switch to the 'mosquitto' user and lose access to its
+        # own files under the test's private temporary folder.
+        user = f"user {getpass.getuser()}\n"
+        # conf: a whole configuration (a shipped one with its paths and port rewritten), listener included.
+        self.conf.write_text(user + conf + f"log_dest file {self.workdir}/mosquitto.log\n" if conf is not None else
+            user + f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"

@@ -152,3 +152,54 @@ def test_dashboard_port_in_use_is_one_line(tmp_path):
                                  "--port", str(busy.getsockname()[1])], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "cannot serve the dashboard on 127.0.0.1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_beyond_loopback_the_dashboard_needs_its_token_in_a_browser_and_from_scripts(tmp_path, system_tool):
+    import http.client
+
+    system_tool("chromium", "chromium")
+    system_tool("mosquitto", "mosquitto")
+    refused = subprocess.run([sys.executable, "-m", "edgec", "dashboard", "--broker", "mqtt://127.0.0.1:1", "--host",
+                              "0.0.0.0", "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "--token" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+    broker = Mosquitto(tmp_path / "broker").start()
+    token = "5f0c1e5d9a7b4c3e"
+    process = subprocess.Popen([sys.executable, "-m", "edgec", "dashboard", "--broker", f"mqtt://127.0.0.1:{broker.port}",
+                                "--host", "0.0.0.0", "--port", "0"], stdout=subprocess.PIPE,
+                               stderr=open(tmp_path / "dashboard.log", "wb"), text=True,
+                               env={**__import__("os").environ, "EDGEC_DASHBOARD_TOKEN": token})
+    browser = None
+    try:
+        line = process.stdout.readline()
+        found = re.search(r"http://0\.0\.0\.0:(\d+)/\?token=", line)
+        assert found and token not in line, line  # the token is not printed
+        port = int(found.group(1))
+
+        def get(path: str, **headers: str) -> http.client.HTTPResponse:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", path, headers=headers)
+            return connection.getresponse()
+
+        assert get("/health").status == 200
+        for path in ("/", "/api/fleet", "/events", "/static/dashboard.js", f"/?token={token}x"):
+            assert get(path).status == 401, path
+        assert get("/api/fleet", Authorization="Bearer nope").status == 401
+        fleet = get("/api/fleet", Authorization=f"Bearer {token}")
+        assert fleet.status == 200 and json.loads(fleet.read())["boards"] == []
+        entered = get(f"/?token={token}")
+        cookie = entered.getheader("set-cookie")
+        assert entered.status == 303 and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert get("/api/fleet", Cookie=cookie.split(";")[0]).status == 200
+
+        browser = Chromium(tmp_path / "chromium")
+        browser.goto(f"http://127.0.0.1:{port}/?token={token}")  # once; then the cookie carries it, events included
+        browser.wait_for("Number(document.body?.dataset.updates || 0) >= 1")  # body is null mid-redirect
+        assert browser.evaluate("location.search") == "" and "127.0.0.1" in browser.evaluate(
+            "document.getElementById('source').textContent")
+    finally:
+        if browser is not None:
+            browser.close()
+        process.terminate()
+        process.wait(10)
+        broker.stop()
