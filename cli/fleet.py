@@ -40,20 +40,26 @@ def keys_new(
 def sign(
     bundle: Path = typer.Argument(..., help="Bundle folder written by `edgec convert`."),
     key: Path = typer.Option(..., "--key", "-k", help="Private key from `edgec keys new`."),
+    release: Optional[int] = typer.Option(None, "--release", min=0, help="Release number signed into the manifest (default: the one it has, else the time in ms). Boards refuse an older release than they run unless rolled back."),
 ) -> None:
     """Sign a bundle's manifest (which lists every file's sha256) with an ed25519 key.
 
     \b
     The signature is written as manifest.sig in the bundle. Boards with trusted_keys set
     serve only bundles signed by one of them; `edgec verify BUNDLE --key KEY.pub` checks one.
+    The manifest gets a release number first (kept when re-signing): a board that trusts
+    keys refuses a bundle older than the newest it accepted, unless `edgec fleet rollback`
+    (or push --rollback) names it.
     \b
     Example:
       edgec sign build/rpi4 --key fleet-key
+      edgec sign build/rpi4 --key fleet-key --release 42     # your CI's build number
     """
     from ..sdk.bundle.sign import sign_bundle
+    from ..runtime.manifest import read_manifest
 
-    kid = sign_bundle(bundle, key)
-    out.print(f"signed {escape(str(bundle))} with key {kid}")
+    kid = sign_bundle(bundle, key, release=release)
+    out.print(f"signed {escape(str(bundle))} (release {read_manifest(bundle).release}) with key {kid}")
 
 
 def _link(broker: str, fleet: str, username: Optional[str], password: Optional[str], ca_file: Optional[Path],

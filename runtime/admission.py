@@ -1,4 +1,5 @@
-"""Whether a pushed bundle is for this board: its CPU architecture, the room it needs, a version already here."""
+"""Whether a pushed bundle is for this board: its CPU architecture, the room it needs, not a downgrade, a
+version already here."""
 
 from __future__ import annotations
 
@@ -30,6 +31,34 @@ def wrong_device(device: Any, want: dict[str, Any]) -> str | None:
         return (f"the bundle was built for {device.get('name') or 'another board'} ({arch}); this board is {here}: "
                 f"on the host, convert for this board's profile (edgec convert --device ...) and push that, or push "
                 "with --any-device if the model really runs here")
+    return None
+
+
+def release_of(folder: Path) -> int:
+    """The release number signed into a bundle folder's manifest (0 when it has none)."""
+    try:
+        return read_manifest(folder).release or 0
+    except EdgecError:
+        return 0
+
+
+def downgrade(entry: dict[str, Any], version: str, want: dict[str, Any], folder: Path | None = None,
+              running: Path | None = None) -> str | None:
+    """Why a board that trusts keys refuses ``version`` as a downgrade, or ``None``.
+
+    ``entry`` is the board's record of the model: the versions it ran and replaced, and the
+    newest release it accepted (the one ``running`` counts too). Before the download only the
+    version is known; with ``folder`` the bundle's own signed release is compared. A signed
+    rollback names a downgrade on purpose.
+    """
+    if want.get("rollback") is True:
+        return None
+    how = "a signed rollback takes it back (edgec fleet rollback --key KEY, or push --rollback), a replayed push does not"
+    if version in entry.get("replaced", []):
+        return f"version {version} was replaced on this board: {how}"
+    newest = max(entry.get("release", 0), release_of(running) if running is not None else 0)
+    if folder is not None and release_of(folder) < newest:
+        return f"version {version} is release {release_of(folder)}, older than release {newest} this board accepted: {how}"
     return None
 
 

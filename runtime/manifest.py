@@ -44,6 +44,7 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     weight_bits: int | None = None
+    release: int | None = None  # set when signed (edgec sign): a board refuses one older than it accepted
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -73,6 +74,7 @@ class Manifest:
             "versions": self.versions,
             "metrics": self.metrics,
             **({"weight_bits": self.weight_bits} if self.weight_bits is not None else {}),
+            **({"release": self.release} if self.release is not None else {}),
         }
 
     @classmethod
@@ -93,7 +95,7 @@ class Manifest:
             outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
             device=dict(data["device"]), files=dict(data["files"]), versions=dict(data.get("versions") or {}),
             metrics=dict(data.get("metrics") or {}), weight_bits=data.get("weight_bits"),
-            schema_version=data["schema_version"],
+            release=data.get("release"), schema_version=data["schema_version"],
         )
 
     def write(self, bundle: Path) -> Path:
@@ -217,6 +219,9 @@ def _check_manifest(data: Any) -> None:
             _require(len(set(names)) == len(names), f"{side} names a tensor twice")
         _check_device(data["device"])
         _require(data.get("weight_bits") in (None, 7, 8), f"weight_bits {data.get('weight_bits')!r} must be 7 or 8")
+        release = data.get("release")
+        _require(release is None or (_int(release) and 0 <= release < 2**53),
+                 f"release {str(release)[:40]!r} must be a whole number from 0 to 2**53")
         for key in ("versions", "metrics"):
             _require(isinstance(data.get(key) or {}, dict), f"{key} must be a JSON object")
     except _Invalid as exc:

@@ -34,7 +34,8 @@ from typing import Any
 
 from ..errors import BundleError, EdgecError, IntegrityError
 from .config import FleetConfig, TelemetryConfig
-from .admission import bundle_version, local_version, manifest_device, room_for, wrong_device
+from .admission import (bundle_version, downgrade, local_version, manifest_device, release_of, room_for,
+                        wrong_device)
 from .control import check as check_control
 from .delivery import Blob, Download, clean_downloads, inside, is_inside
 from .files import write_atomic
@@ -215,9 +216,8 @@ class Updater:
         if not isinstance(version, str) or not VERSION.fullmatch(version):
             return self._fail(model, want, "refused", f"the desired version {str(version)[:40]!r} is not a bundle "
                               "version (12 lowercase hex digits): nothing was fetched or removed")
-        if self.trusted is not None and version in entry.get("replaced", []) and want.get("rollback") is not True:
-            return self._fail(model, want, "refused", f"version {version} was replaced on this board: a signed "
-                              "rollback takes it back (edgec fleet rollback --key KEY), a replayed push does not")
+        if self.trusted is not None and (why := downgrade(entry, version, want)):
+            return self._fail(model, want, "refused", why)
         folder = inside(self.store, self.store / model / version)
         if want.get("blob") is None:  # a rollback to a version the board has (its starting one): nothing to fetch
             folder = local_version(self.runtime.config.models, self.store, model, version)
@@ -236,7 +236,8 @@ class Updater:
             if not (folder / "manifest.json").is_file() and not self._fetch(model, want, blob, folder):
                 return  # superseded, or stopping
         ours = is_inside(self.store, folder)  # a folder this agent may remove (not a configured bundle)
-        wrong = wrong_device(manifest_device(folder), want)  # the bundle's own (signed) manifest decides
+        wrong = wrong_device(manifest_device(folder), want) or (  # the bundle's own (signed) manifest decides
+            self.trusted is not None and downgrade(entry, version, want, folder, self._current_folder(model)))
         if wrong:
             if ours:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -262,7 +263,8 @@ class Updater:
         replaced = [v for v in entry.get("replaced", []) if v != version]
         if old_version is not None and old_version != version:
             replaced = [*replaced, old_version][-20:]
-        entry.update(current=str(folder), previous=str(previous) if previous else None, replaced=replaced)
+        entry.update(current=str(folder), previous=str(previous) if previous else None, replaced=replaced,
+                     release=max(entry.get("release", 0), release_of(folder)))
         self._write_record()
         self._prune(model, keep={folder, previous})
         self._report(model, want, "live")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 from ..._optional import need
@@ -64,11 +65,13 @@ def load_private_key(path: str | Path):
     return private
 
 
-def sign_bundle(bundle: str | Path, key: str | Path) -> str:
+def sign_bundle(bundle: str | Path, key: str | Path, *, release: int | None = None) -> str:
     """Sign ``bundle``'s manifest with the private key at ``key``; returns the key id.
 
     Every file is checked against the manifest first: a bundle whose files do not match is
-    not signed.
+    not signed. The manifest gets a ``release`` number first, unless it has one: ``release``,
+    else the signing time in milliseconds. A board that trusts keys refuses a bundle whose
+    release is older than the newest it accepted, unless a signed rollback names it.
 
     Raises:
         BundleError, IntegrityError: Not a bundle, or its files do not match the manifest.
@@ -78,6 +81,15 @@ def sign_bundle(bundle: str | Path, key: str | Path) -> str:
     private = load_private_key(key)
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
+    if release is not None or manifest.release is None:
+        if release is not None and not 0 <= release < 2**53:
+            raise ValidationError(f"--release {release} must be a whole number from 0 to 2**53")
+        raw = json.loads((bundle / MANIFEST_NAME).read_text(encoding="utf-8"))  # every field kept as written
+        raw["release"] = int(time.time() * 1000) if release is None else release
+        try:
+            write_atomic(bundle / MANIFEST_NAME, (json.dumps(raw, indent=2) + "\n").encode())
+        except OSError as exc:
+            raise BundleError(f"cannot write {MANIFEST_NAME} in {bundle} ({exc.strerror})") from None
     signed = private.sign((bundle / MANIFEST_NAME).read_bytes())
     kid = key_id(public_raw(private.public_key()))
     record = {"alg": "ed25519", "key_id": kid, "signature": base64.b64encode(signed).decode("ascii")}

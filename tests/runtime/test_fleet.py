@@ -25,6 +25,7 @@ from edgec.sdk.bundle.sign import control_signer, new_keys, sign_bundle
 from typer.testing import CliRunner
 
 from edgec.cli import app
+from edgec.runtime.admission import bundle_version
 from edgec.sdk.fleet.link import FleetLink, status
 from edgec.sdk.fleet.rollout import push
 
@@ -419,6 +420,34 @@ def test_forged_replayed_and_stale_control_messages_change_nothing(broker, fixtu
         back = CliRunner().invoke(app, ["fleet", "push", str(bundles["int8"]), *cli, "--timeout", "60", "--rollback"])
         assert back.exit_code == 0 and "pi-1: live" in back.output, back.output
         assert board.version() == first.version
+    finally:
+        board.stop()
+
+
+def test_a_signed_release_older_than_the_newest_accepted_is_refused_unless_rolled_back(broker, fixture_bundle, tmp_path):
+    """Anti-rollback by the release number signed into the manifest, for versions the board never ran."""
+    private, public, _ = new_keys(tmp_path / "keys" / "fleet")
+    made = {}
+    for name, (fmt, precision, release) in {"a": ("onnx", "fp32", 200), "b": ("onnx", "int8", 100),
+                                            "c": ("tflite", "int8", 300), "d": ("tflite", "fp32", 250)}.items():
+        made[name] = shutil.copytree(fixture_bundle(fmt, precision), tmp_path / name)
+        signed = CliRunner().invoke(app, ["sign", str(made[name]), "--key", str(private), "--release", str(release)])
+        assert signed.exit_code == 0 and f"release {release}" in signed.output, signed.output
+    board = Board(tmp_path, "pi-1", broker, made["a"], trusted=public).start()
+    try:
+        with link(broker, signer=control_signer(private)) as fl:
+            _members(fl, 1)
+            older = push(fl, made["b"], "digits", "group/lab", timeout_s=60)
+            assert older.states == {"pi-1": "refused"} and "release 100, older than release 200" in older.errors["pi-1"]
+            assert board.version() == bundle_version(made["a"])
+            back = push(fl, made["b"], "digits", "group/lab", timeout_s=60, rollback=True)
+            assert back.states == {"pi-1": "live"}, back.errors
+            newer = push(fl, made["c"], "digits", "group/lab", timeout_s=60, any_device=True)  # rpi4's tflite
+            assert newer.states == {"pi-1": "live"}, newer.errors
+            between = push(fl, made["d"], "digits", "group/lab", timeout_s=60, any_device=True)
+            assert between.states == {"pi-1": "refused"} and "older than release 300" in between.errors["pi-1"]
+            assert board.version() == bundle_version(made["c"])
+            assert not (board.root / "store" / "digits" / bundle_version(made["d"])).exists()
     finally:
         board.stop()
 

@@ -146,6 +146,15 @@ def test_keys_new_then_sign_then_verify_through_the_cli(fixture_bundle, tmp_path
     signed = runner.invoke(app, ["sign", str(bundle), "--key", str(private)])
     assert signed.exit_code == 0 and kid in signed.output, signed.output
     assert runner.invoke(app, ["verify", str(bundle), "--key", str(public)]).exit_code == 0
+    release = json.loads((bundle / "manifest.json").read_text())["release"]  # the signing time, in ms
+    assert abs(release / 1000 - __import__("time").time()) < 60
+    assert runner.invoke(app, ["sign", str(bundle), "--key", str(private)]).exit_code == 0  # re-signed: kept
+    assert json.loads((bundle / "manifest.json").read_text())["release"] == release
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "release": "9" * 30}))
+    bad = runner.invoke(app, ["verify", str(bundle)])
+    assert bad.exit_code == 1 and "release" in bad.output and "whole number" in bad.output, bad.output
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
     wrong = runner.invoke(app, ["sign", str(bundle), "--key", str(public)])  # the public half
     assert wrong.exit_code == 1 and len(wrong.output.strip().splitlines()) == 1, wrong.output
     missing = runner.invoke(app, ["sign", str(tmp_path / "nope"), "--key", str(private)])
