@@ -7,7 +7,10 @@ row is one attack:
 
 - an ``.npz`` body of a few MB whose array inflates to 1 GiB;
 - 20 connections each sending 600 kB of a declared 16 MB body, then stalling;
-- 200 idle connections that send nothing.
+- 200 idle connections that send nothing;
+- a 16 MB JSON body of real digits (what decoding it would build is counted before it is decoded);
+- 200 slow clients that send their request head a byte at a time and reconnect when cut off,
+  for 8 s, while the monitor keeps asking (the 503 column: how many of its requests were refused).
 
 Columns: the server's RSS before and at its peak (sampled every 5 ms), the slowest and median
 ``/health`` answer during the attack, the polls refused with 503 (the connection cap taken)
@@ -17,6 +20,7 @@ and failed outright, and what the attacker got back.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import socket
 import statistics
@@ -141,6 +145,64 @@ def idle_connections(url: str, address: tuple[str, int]) -> str:
     return f"{len(socks)} opened"
 
 
+def digits_json() -> bytes:
+    """Real digits as a JSON body just under the 16 MB request limit (full-precision floats, as clients send them)."""
+    import json
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    x = (load_digits().data / 16).astype(np.float32).reshape(-1, 1, 8, 8)
+    n, body = len(x) * 7, b""
+    while not 15 * 2**20 < len(body) < 16 * 2**20:  # as close under the 16 MB request limit as it gets
+        n = int(n * 15.5 * 2**20 / len(body)) if body else n
+        rows = np.resize(x, (n, 1, 8, 8)) + np.float32(1e-7)  # full-precision floats, as clients send them
+        body = json.dumps({"inputs": rows.tolist()}).encode()
+    return body
+
+
+def json_body(url: str, address: tuple[str, int], body: bytes = b"") -> str:
+    req = urllib.request.Request(url + "/v1/models/digits/predict", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return f"{resp.status} ({len(body) / 2**20:.1f} MB body)"
+    except urllib.error.HTTPError as err:
+        return f"{err.code} ({len(body) / 2**20:.1f} MB body)"
+
+
+def slow_clients(url: str, address: tuple[str, int], n: int = 200, seconds: float = 8.0) -> str:
+    socks: list[socket.socket] = []
+    opened, until = 0, time.monotonic() + seconds
+    while time.monotonic() < until:
+        while len(socks) < n:
+            try:
+                sock = socket.create_connection(address, timeout=1)
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            except OSError:
+                break
+            socks.append(sock)
+            opened += 1
+        for sock in list(socks):  # a byte of a header that never ends; closed ones reconnect
+            try:
+                sock.sendall(b"X")
+                sock.setblocking(False)
+                if sock.recv(1, socket.MSG_PEEK) == b"":
+                    raise ConnectionResetError
+            except BlockingIOError:
+                pass
+            except OSError:
+                sock.close()
+                socks.remove(sock)
+            finally:
+                if sock in socks:
+                    sock.setblocking(True)
+        time.sleep(0.2)
+    for sock in socks:
+        sock.close()
+    return f"{opened} connections opened"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.parse_args()
@@ -159,20 +221,22 @@ def main() -> None:
                     time.sleep(0.1)
             rows = []
             for name, attack in [("npz bomb, 1 GiB inflated", bomb), ("20 stalled 16 MB bodies", partial_bodies),
-                                 ("200 idle connections", idle_connections)]:
+                                 ("200 idle connections", idle_connections), ("16 MB JSON body", functools.partial(json_body, body=digits_json())),
+                                 ("200 slow clients reconnect", slow_clients)]:
                 with Watch(server.pid, url) as watch:
                     before = watch.rss[0]
                     outcome = attack(url, address)
                 rows.append((name, before, max(watch.rss), max(watch.health_ms), statistics.median(watch.health_ms),
-                             f"{watch.refused}/{watch.failures}", outcome))
+                             f"{watch.refused}/{watch.failures} of {watch.refused + watch.failures + len(watch.health_ms)}",
+                             outcome))
         finally:
             server.terminate()
             server.wait(30)
     print(f"\n{'attack':28} {'RSS before':>10} {'RSS peak':>9} {'+MB':>6} {'/health max':>11} {'median':>7} "
-          f"{'503/failed':>10}  attacker got")
+          f"{'503/failed of asked':>19}  attacker got")
     for name, before, peak, worst, median, failed, outcome in rows:
         print(f"{name:28} {before:9.1f}M {peak:8.1f}M {peak - before:6.1f} {worst:9.1f}ms {median:5.1f}ms "
-              f"{failed:>10}  {outcome}")
+              f"{failed:>19}  {outcome}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,13 @@ with 408) and within ``max_header_kb`` (else 431), and its body within ``body_ti
 The body's size limit is the application's (:mod:`edgec.runtime.api`), which reads it as
 it arrives.
 
+Under pressure, slow clients give way to normal ones: with more than half of
+``max_connections`` open, a request head gets a quarter of ``header_timeout_s``; with 90 % open,
+each new connection closes the one that has waited longest for a head it has not finished
+(a keep-alive connection between requests, a head sent a byte at a time). A normal client
+sends its head at once, so it is the newest and never the one closed; 200 slow clients that
+reconnect as fast as they are cut off cannot keep it out (``benchmarks/abuse.py``).
+
 The server runs on its own event loop in a background thread; its socket is bound when the
 :class:`HttpServer` is made, so a busy port fails at once, before anything starts.
 """
@@ -29,12 +36,14 @@ BACKLOG = 128
 # closes, so the client reads the answer instead of a reset; past it, it closes at once.
 DRAIN_LIMIT = 64 * 2**20
 IDLE, HEAD, BODY = 0, 1, 2  # where a connection is in receiving a request
+PRESSURE, FULL = 0.5, 0.9  # shares of max_connections: shorter head deadlines; make room for new connections
 
 
 def _protocol_class(limits: HttpConfig) -> type:
     """uvicorn's httptools protocol with a deadline and a size limit on every request head."""
     base = need("uvicorn.protocols.http.httptools_impl", extra="runtime", purpose="to serve HTTP").HttpToolsProtocol
     max_head = int(limits.max_header_kb * 1024)
+    waiting: dict[Any, None] = {}  # connections waiting for a request head, oldest first
 
     class LimitedHttp(base):  # type: ignore[misc, valid-type]
         # Where the connection is in receiving a request, and since when. A deadline timer is
@@ -49,10 +58,19 @@ def _protocol_class(limits: HttpConfig) -> type:
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            if len(self.connections) >= FULL * limits.max_connections:
+                slowest = next((c for c in waiting if c is not self and c._idle()), None)
+                if slowest is not None and slowest._phase == HEAD:
+                    slowest._refuse(408, "closed to make room: the server is full and this connection has not sent "
+                                    "a complete request")
+                elif slowest is not None:  # between requests, an answer sent: closed as an idle timeout would
+                    waiting.pop(slowest, None)
+                    slowest.transport.close()
             self._enter(HEAD)  # a connection that never sends a request is closed like a slow one
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            waiting.pop(self, None)
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -104,26 +122,38 @@ def _protocol_class(limits: HttpConfig) -> type:
 
         def _enter(self, phase: int) -> None:
             self._phase, self._since = phase, self.loop.time()
+            waiting.pop(self, None)
+            if phase != BODY:  # a new connection, or one between requests: waiting for a head
+                waiting[self] = None
             if self._timer is not None:  # the new phase has its own deadline, armed when data comes in
                 self._timer.cancel()
                 self._timer = None
             if phase == HEAD:
                 self._head_bytes, self._body_started = 0, False
 
+        def _idle(self) -> bool:
+            """Waiting for a request head and owing no answer (a request being answered is IDLE too)."""
+            return self._phase == HEAD or (self._phase == IDLE and (self.cycle is None or self.cycle.response_complete))
+
+        def _limit(self) -> float:
+            if self._phase != HEAD:
+                return limits.body_timeout_s
+            busy = len(self.connections) > PRESSURE * limits.max_connections
+            return limits.header_timeout_s / 4 if busy else limits.header_timeout_s
+
         def _arm(self) -> None:
             if self._timer is None:
-                limit = limits.header_timeout_s if self._phase == HEAD else limits.body_timeout_s
-                self._timer = self.loop.call_at(self._since + limit, self._expire)
+                self._timer = self.loop.call_at(self._since + self._limit(), self._expire)
 
         def _expire(self) -> None:
             self._timer = None
             if self._phase == IDLE or self.transport.is_closing():
                 return
-            limit = limits.header_timeout_s if self._phase == HEAD else limits.body_timeout_s
+            limit = self._limit()
             if self.loop.time() < self._since + limit:  # a later phase, with its own deadline
                 self._arm()
             elif self._phase == HEAD:
-                self._refuse(408, f"no complete request head within {limits.header_timeout_s:g}s")
+                self._refuse(408, f"no complete request head within {limit:g}s")
             elif self.cycle is not None and not self.cycle.response_started:
                 self._refuse(408, f"the body did not arrive within {limits.body_timeout_s:g}s")
             else:
@@ -131,6 +161,7 @@ def _protocol_class(limits: HttpConfig) -> type:
 
         def _refuse(self, status: int, message: str) -> None:
             self._phase = IDLE
+            waiting.pop(self, None)
             if self.transport.is_closing():
                 return
             body = ('{"error": "%s"}' % message).encode()

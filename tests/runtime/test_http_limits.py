@@ -165,3 +165,74 @@ def test_request_bodies_held_at_once_are_bounded(fixture_bundle):
         for sock in partial:
             sock.close()
         server.stop()
+
+
+def test_what_a_json_body_decodes_to_counts_against_the_bodies_held(fixture_bundle, digits_test):
+    """A JSON body builds Python lists and floats many times its size: that is counted before decoding."""
+    import io
+    import json
+
+    import numpy as np
+
+    config = ServeConfig.from_dict({"port": 0, "models": [{"name": "digits", "path": str(fixture_bundle("onnx", "fp32"))}],
+                                    "http": {"max_pending_mb": 8}})
+    server = Server(config).start()
+
+    def post(path: str, body: bytes, ctype: str = "application/json", **headers: str) -> tuple[int, bytes]:
+        request = urllib.request.Request(server.url + path, data=body, method="POST",
+                                         headers={"Content-Type": ctype, **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    try:
+        x = np.repeat(digits_test.x[:16], 256, axis=0)  # 4,096 real digits: 1.7 MB as JSON, 13 MB decoded
+        as_json = json.dumps({"inputs": x.tolist()}).encode()
+        assert len(as_json) < 2**21
+        status, body = post("/v1/models/digits/predict", as_json)
+        assert status == 413 and b"max_pending_mb" in body and b"x-npy" in body, body
+        oip = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                      "data": x.ravel().tolist()}]}).encode()
+        status, body = post("/v2/models/digits/infer", oip)
+        assert status == 413 and b"binary extension" in body, body
+        npy = io.BytesIO()
+        np.save(npy, x)
+        status, body = post("/v1/models/digits/predict", npy.getvalue(), "application/x-npy", Accept="application/x-npy")
+        assert status == 200  # the same tensors, binary: 4 bytes a number
+        small = json.dumps({"inputs": x[:64].tolist()}).encode()  # 0.2 MB decoded: served
+        status, body = post("/v1/models/digits/predict", small)
+        assert status == 200 and len(json.loads(body)["outputs"]["output"]) == 64
+    finally:
+        server.stop()
+
+
+def test_a_full_server_closes_its_slowest_connection_for_a_normal_client(fixture_bundle):
+    config = ServeConfig.from_dict({"port": 0, "models": [{"name": "digits", "path": str(fixture_bundle("onnx", "fp32"))}],
+                                    "http": {"max_connections": 10, "header_timeout_s": 30}})
+    server = Server(config).start()
+    slow = []
+    try:
+        for _ in range(10):  # every slot taken by a head that never ends
+            sock = socket.create_connection(server.address)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            slow.append(sock)
+            time.sleep(0.02)
+        for _ in range(5):  # normal clients get in: while 90% of the slots are taken, in the place of the oldest slow one
+            with urllib.request.urlopen(server.url + "/health", timeout=10) as resp:
+                assert resp.status == 200
+        answers = []
+        for sock in slow:
+            sock.settimeout(0.5)
+            try:
+                answers.append(sock.recv(200))
+            except OSError:
+                answers.append(b"")
+        closed = [a for a in answers if a.startswith(b"HTTP/1.1 408 ") and b"make room" in a]
+        assert len(closed) >= 2 and answers[:len(closed)] == closed, answers  # the oldest went first
+        assert all(a.startswith(b"HTTP/1.1 408 ") or a == b"" for a in answers)
+    finally:
+        for sock in slow:
+            sock.close()
+        server.stop()
