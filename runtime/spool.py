@@ -16,7 +16,9 @@ What a damaged disk can do, and what the spool does about it:
   spool, and serving goes on. The loss is counted (``damaged``) and shows as gaps in ``seq``.
 - **A garbled row** fails its CRC-32 and is never published: it is deleted and counted.
 - **A lost or damaged write-ahead log** takes committed messages with it, and SQLite cannot
-  tell. ``seq`` therefore does not come from the database: the last number given out is kept
+  tell. A damaged one is checked for before SQLite opens it (:mod:`.walcheck`): the messages
+  numbered past the newest row left are counted in ``damaged`` and reported like any other
+  loss, and the log is copied aside as ``<spool>-wal.corrupt-<time>``. ``seq`` therefore does not come from the database: the last number given out is kept
   in ``<spool>.seq`` beside it (written with every message, and made durable in blocks), so
   numbers are never reused and lost messages show as a gap to any consumer.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import struct
 import threading
@@ -37,6 +40,7 @@ from typing import Any
 
 from ..errors import SpoolError, ValidationError
 from .seqmark import SeqMark
+from .walcheck import WalDamage, check_wal
 
 log = logging.getLogger("edgec.telemetry")
 
@@ -86,10 +90,13 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"spool {self.path} cannot be created ({exc.strerror}): check the folder's "
                              "permissions or set [telemetry] spool") from None
+        wal = check_wal(Path(f"{self.path}-wal"))  # before SQLite replays it and skips the damage silently
         try:
             self._db = self._open()
         except sqlite3.DatabaseError as exc:
             self._db = self._replace(f"cannot be opened ({exc})")
+        if wal is not None:
+            self._lost_wal(wal)
         if self.mark.resumed_unclean:
             log.info("telemetry spool %s was not closed cleanly; seq resumes at %d", self.path, self.mark.last + 1)
 
@@ -148,6 +155,18 @@ class Spool:
         self._problem(f"telemetry spool {self.path} {why}: moved to {aside.name}, {len(rows)} message(s) recovered "
                       "from it; any others show as gaps in seq")
         return db
+
+    def _lost_wal(self, wal: WalDamage) -> None:
+        """Count what a damaged write-ahead log took: the numbers given out past the newest row left."""
+        lost = max(0, self.mark.last - self._top)
+        try:  # the log as found, for a post-mortem (SQLite overwrites it at its next checkpoint)
+            shutil.copyfile(f"{self.path}-wal", f"{self.path}-wal.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        except OSError:
+            pass
+        self._db.execute("UPDATE meta SET value = value + ? WHERE key = 'damaged'", (lost,))
+        self._problem(f"telemetry spool {self.path}: its write-ahead log was damaged (frame {wal.bad_frame + 1} of "
+                      f"{wal.frames} fails its checksum; {wal.frames_after} later frame(s) were skipped): up to {lost} "
+                      f"message(s) (seq {self._top + 1}-{self.mark.last}) are lost, counted in damaged")
 
     def _problem(self, message: str) -> None:
         log.error(message)

@@ -110,6 +110,10 @@ def test_a_lost_write_ahead_log_after_sigkill_shows_as_a_gap_never_as_reused_num
     assert kept == list(range(1, len(kept) + 1))  # what survived is a prefix, intact
     assert len(kept) < last  # messages were lost ...
     assert spool.put(TOPIC, b'{"pad": 1}') == last + 1  # ... and the next number says how many
+    if damage == "garbled":  # the log itself shows the damage: counted and reported, not silent
+        assert spool.damaged == last - len(kept) > 0
+        assert f"up to {last - len(kept)} message(s)" in spool.problems[-1] and "write-ahead log" in spool.problems[-1]
+        assert list(tmp_path.glob("spool.sqlite-wal.corrupt-*"))  # kept for a post-mortem
     spool.close()
 
 
@@ -124,25 +128,36 @@ def test_after_a_clean_close_numbering_resumes_exactly(tmp_path):
     spool.close()
 
 
-def test_a_damaged_spool_at_start_is_reported_and_telemetry_flows(tmp_path):
+@pytest.mark.parametrize("damage", ["database", "write-ahead log"])
+def test_a_damaged_spool_at_start_is_reported_and_telemetry_flows(tmp_path, damage):
     from mosquitto_broker import Mosquitto
     from test_telemetry import Subscriber, config
 
     from edgec.runtime.agent import Telemetry
 
     cfg = config(tmp_path, None)
-    seqs = fill(cfg.spool, 200)
-    with open(cfg.spool, "r+b") as f:
-        f.write(b"\0" * 100)
+    if damage == "database":
+        seqs = fill(cfg.spool, 200)
+        with open(cfg.spool, "r+b") as f:
+            f.write(b"\0" * 100)
+    else:  # killed with its messages in the log, then a run of bytes in the log garbled
+        run = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(cfg.spool), "400"], capture_output=True, text=True)
+        seqs = [int(run.stdout)]
+        wal = Path(f"{cfg.spool}-wal")
+        data = bytearray(wal.read_bytes())
+        data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+        wal.write_bytes(bytes(data))
     broker = Mosquitto(tmp_path / "broker").start()
     try:
         dash = Subscriber(broker.port)
         telemetry = Telemetry(config(tmp_path, broker.port, interval_s=0.2)).start()
         assert Subscriber.wait(lambda: len(dash.on("/telemetry")) >= 2, 20)
-        problems = [e for e in dash.on("/events") if e["kind"] == "telemetry_problem"]
-        assert problems and "moved to spool.sqlite.corrupt-" in problems[0]["message"]
+        problems = [e for e in dash.on("/events") if e.get("kind") == "telemetry_problem"]
+        said = "moved to spool.sqlite.corrupt-" if damage == "database" else "write-ahead log was damaged"
+        assert problems and said in problems[0]["message"], problems
         assert all(m["seq"] > seqs[-1] for m in dash.on("/telemetry"))  # no number reused
-        assert dash.on("/telemetry")[-1]["spool"]["quarantined"]
+        spool = dash.on("/telemetry")[-1]["spool"]
+        assert spool["quarantined"] if damage == "database" else spool["damaged"] > 0
         assert telemetry.publisher.health()["ok"]
         telemetry.stop()
         dash.close()
@@ -201,3 +216,21 @@ def test_a_publisher_whose_sender_thread_is_gone_restarts_it(tmp_path):
     time.sleep(0.1)
     assert pub.health()["ok"]
     pub.stop()
+
+
+def test_an_intact_or_torn_write_ahead_log_raises_no_alarm(tmp_path):
+    """No false losses: a log that wrapped (an older log's frames after this one's) or whose last frame was cut short."""
+    from edgec.runtime.walcheck import check_wal
+
+    path = tmp_path / "spool.sqlite"
+    run = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), "3000"], capture_output=True, text=True)
+    assert run.returncode == -9, run.stderr
+    wal = Path(f"{path}-wal")
+    assert check_wal(wal) is None
+    data = bytearray(wal.read_bytes())
+    data[-100:] = bytes(100)
+    wal.write_bytes(bytes(data))
+    assert check_wal(wal) is None
+    spool = Spool(path)
+    assert spool.damaged == 0 and not spool.problems
+    spool.close()
