@@ -7,18 +7,21 @@ Fed with every message under ``edgec/<fleet>/+/+`` and ``edgec/<fleet>/+/update/
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 from collections import deque
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-KINDS = {"status": "status", "telemetry": "telemetry", "events": "event"}
+from ..._optional import need
+
+KINDS = {"status": "status", "telemetry": "telemetry", "events": "event"}  # topic -> where the view keeps it
 HISTORY = 120  # latency points kept per device and model (20 minutes at the default 10 s)
 FORGET_AFTER_S = 24 * 3600  # a device not heard from for this long leaves the view
 MAX_DEVICES = 100_000  # past this, new device ids are refused (a flood of fake ones is bounded)
-NUMBER_FIELDS = {"process": ("rss_bytes", "cpu_percent", "cpu_temp_c", "uptime_s"),
-                 "model": ("requests_per_s", "errors_per_s", "queue_depth"), "spool": ("queued", "dropped")}
 
 
 def _no_constant(name: str) -> Any:
@@ -32,56 +35,38 @@ def _finite(text: str) -> float:
     return value
 
 
-def _number(value: Any) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+SCHEMA = Path(__file__).with_name("telemetry.schema.json")  # docs/telemetry.schema.json
+
+
+@functools.lru_cache(maxsize=None)
+def validator(kind: str) -> Callable[[Any], Any]:
+    """The compiled check of one topic's payload against ``telemetry.schema.json`` (``kind`` is a
+    ``$defs`` name: status, telemetry, events, update). About 20 µs a telemetry message."""
+    need("fastjsonschema", extra="sdk", purpose="to check telemetry against its schema")
+    import fastjsonschema
+
+    defs = json.loads(SCHEMA.read_text(encoding="utf-8"))["$defs"]
+    # The schema's keywords are all draft-07's; fastjsonschema compiles draft-07 (not 2020-12's URI).
+    return fastjsonschema.compile({"$schema": "http://json-schema.org/draft-07/schema#", "$ref": f"#/$defs/{kind}",
+                                   "$defs": defs})
 
 
 def problem(kind: str, message: dict[str, Any]) -> str | None:
-    """What is wrong with a message the view would show (wrong types where it reads numbers, text or
-    tables), or ``None``. Non-finite numbers never get this far: they are not JSON."""
-    def table(value: Any, where: str, fields: tuple[str, ...]) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, dict):
-            return f"{where} is not an object"
-        bad = [f for f in fields if not _number(value.get(f))]
-        return f"{where}.{bad[0]} is not a number" if bad else None
+    """What makes ``message`` (on a ``kind`` topic) invalid against the schema, or ``None``."""
+    import fastjsonschema
 
-    if kind == "status" and not isinstance(message.get("state", ""), str):
-        return "state is not text"
-    if kind == "event" and not isinstance(message.get("message", ""), str):
-        return "message is not text"
-    if kind == "update" and not isinstance(message.get("state", ""), str):
-        return "state is not text"
-    if kind != "telemetry":
-        return None
-    found = table(message.get("process"), "process", NUMBER_FIELDS["process"]) or table(
-        message.get("spool"), "spool", NUMBER_FIELDS["spool"])
-    if found:
-        return found
-    if not _number(message.get("time")):
-        return "time is not a number"
-    models = message.get("models")
-    if models is None:
-        return None
-    if not isinstance(models, dict):
-        return "models is not an object"
-    for name, m in models.items():
-        found = table(m, f"models.{name}", NUMBER_FIELDS["model"])
-        if found:
-            return found
-        latency = m.get("latency_ms")
-        if latency is not None and (not isinstance(latency, dict) or not all(_number(v) for v in latency.values())):
-            return f"models.{name}.latency_ms is not a table of numbers"
-        if not isinstance(m.get("version", ""), (str, type(None))):
-            return f"models.{name}.version is not text"
+    try:
+        validator(kind)(message)
+    except fastjsonschema.JsonSchemaException as exc:
+        return str(exc.message)[:160]
     return None
 
 
 class FleetView:
     """What a dashboard knows: the latest status, telemetry, event and update state of every device seen.
 
-    Feed it every message under the topics above; malformed ones are counted and skipped.
+    Feed it every message under the topics above; one that is not JSON, has a non-finite number or
+    does not match its topic's definition in ``telemetry.schema.json`` is counted and skipped.
     ``version`` goes up with every message taken, so a watcher can tell when to redraw.
     """
 
@@ -106,8 +91,7 @@ class FleetView:
             return self._refuse(topic_name, f"not JSON ({str(exc)[:80]})")
         if not isinstance(message, dict):
             return self._refuse(topic_name, "not a JSON object")
-        kind = "update" if len(parts) == 5 else KINDS[parts[3]]
-        found = problem(kind, message)
+        found = problem("update" if len(parts) == 5 else parts[3], message)
         if found:
             return self._refuse(topic_name, found)
         self._prune()

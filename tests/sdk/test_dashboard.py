@@ -17,6 +17,7 @@ from fleet import Board  # noqa: E402  (benchmarks/fleet.py)
 from mosquitto_broker import Mosquitto  # noqa: E402  (tests/runtime, put on the path by fleet.py)
 
 from chromium import Chromium  # noqa: E402
+from messages import model, status, telemetry, update  # noqa: E402
 from edgec.sdk.fleet.dashboard import AlertRules, snapshot  # noqa: E402
 from edgec.sdk.fleet.view import FleetView  # noqa: E402
 
@@ -84,7 +85,7 @@ def test_chromium_shows_two_boards_live_and_one_going_offline(tmp_path, system_t
         import paho.mqtt.publish as publish
 
         hostile = "cache is full <img src=x onerror=\"document.title='owned'\">"
-        publish.single("edgec/test/board-b/events", json.dumps({"schema": 1, "time": time.time(),
+        publish.single("edgec/test/board-b/events", json.dumps({"seq": 1, "schema": 1, "time": time.time(), "versions": {},
                        "kind": "memory_pressure", "message": hostile}), hostname="127.0.0.1", port=broker.port)
         text = browser.wait_for("[...document.querySelectorAll('#alerts li')].map(li => li.textContent)"
                                 ".find(t => t.includes('cache is full'))")
@@ -124,13 +125,14 @@ def _feed(view: FleetView, topic: str, message: dict) -> None:
 def test_alerts_from_what_the_boards_report():
     view = FleetView()
     now = time.time()
-    _feed(view, "edgec/f/full/status", {"state": "online"})
-    _feed(view, "edgec/f/full/telemetry", {"time": now, "interval_s": 1, "cache": {"used_bytes": 95, "budget_bytes": 100},
-                                            "models": {"m": {"latency_ms": {"p50": 1, "p95": 2}, "errors_per_s": 0.5}}})
-    _feed(view, "edgec/f/full/update/m", {"model": "m", "state": "rolled_back", "error": "parity failed"})
-    _feed(view, "edgec/f/gone/status", {"state": "offline"})
-    _feed(view, "edgec/f/quiet/status", {"state": "online"})
-    _feed(view, "edgec/f/quiet/telemetry", {"time": now, "interval_s": 1, "models": {}})
+    _feed(view, "edgec/f/full/status", status())
+    _feed(view, "edgec/f/full/telemetry", telemetry("full", "f", time=now, interval_s=1,
+                                                    cache={"used_bytes": 95, "budget_bytes": 100},
+                                                    models={"m": model(p50=1, p95=2, errors_per_s=0.5)}))
+    _feed(view, "edgec/f/full/update/m", update("m", "full", "rolled_back", error="parity failed"))
+    _feed(view, "edgec/f/gone/status", status("offline"))
+    _feed(view, "edgec/f/quiet/status", status())
+    _feed(view, "edgec/f/quiet/telemetry", telemetry("quiet", "f", time=now, interval_s=1, models={}))
     view.devices[("f", "quiet")]["seen"] = now - 60
     state = snapshot(view, AlertRules(memory_fraction=0.9))
     kinds = sorted((a["board"], a["kind"]) for a in state["alerts"])

@@ -8,19 +8,24 @@ import time
 
 import pytest
 
+from messages import model, status, telemetry
+
 from edgec.sdk.fleet.dashboard import snapshot
 from edgec.sdk.fleet.view import FleetView
 
-GOOD = {"time": 1.0, "process": {"rss_bytes": 2**20}, "models": {"digits": {"version": "abc", "latency_ms": {"p50": 1.5}}}}
+GOOD = telemetry()
 
 
 @pytest.mark.parametrize("payload", [
-    b'{"time": 1, "process": {"rss_bytes": Infinity}}',
-    b'{"time": 1, "process": {"cpu_percent": NaN}}',
-    b'{"time": 1e999}',
-    b'{"time": 1, "models": {"digits": {"latency_ms": {"p50": "fast"}}}}',
-    b'{"time": 1, "models": ["digits"]}',
-    b'{"time": 1, "process": "big"}',
+    json.dumps(GOOD).replace('"rss_bytes": 1048576', '"rss_bytes": Infinity').encode(),
+    json.dumps(GOOD).replace('"cpu_percent": 3.0', '"cpu_percent": NaN').encode(),
+    json.dumps({**GOOD, "time": "1e999"}).replace('"1e999"', "1e999").encode(),
+    json.dumps({**GOOD, "models": {"digits": model(p50="fast")}}).encode(),
+    json.dumps({**GOOD, "models": ["digits"]}).encode(),
+    json.dumps({**GOOD, "process": "big"}).encode(),
+    json.dumps({**GOOD, "seq": 0}).encode(),  # valid JSON, valid types: outside the schema's range
+    json.dumps({k: v for k, v in GOOD.items() if k != "spool"}).encode(),  # a required field missing
+    json.dumps({**GOOD, "models": {"digits": model(version="../../etc")}}).encode(),  # not a bundle version
     b'[1, 2]',
     b'\xff\xfe',
     b'[' * 100_000,
@@ -38,11 +43,11 @@ def test_a_bad_retained_message_is_refused_and_the_snapshot_stays_strict_json(pa
 def test_devices_not_heard_from_leave_the_view():
     view = FleetView(forget_after_s=3600)
     for i in range(50):
-        view.update(f"edgec/shop/fake-{i}/status", b'{"state": "online"}')
+        view.update(f"edgec/shop/fake-{i}/status", json.dumps(status()).encode())
     for d in view.devices.values():
         d["seen"] = time.time() - 7200
     view._pruned = time.monotonic() - 120  # the once-a-minute sweep is due
-    view.update("edgec/shop/real/status", b'{"state": "online"}')
+    view.update("edgec/shop/real/status", json.dumps(status()).encode())
     assert list(view.devices) == [("shop", "real")]
 
 
