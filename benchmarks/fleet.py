@@ -1,9 +1,11 @@
 """A bundle rolled out to a fleet of boards over a real mosquitto on loopback: the numbers that matter.
 
-Run by hand: ``.venv/bin/python benchmarks/fleet.py [--boards 20] [--mb 10]``. Each board is
-its own ``edgec serve`` process with a ``[fleet]`` table (the committed ONNX digits bundle
-to start with); the bundle pushed is the int8 one padded with a file of random bytes to the
-size asked (so it is as big as a real model's bundle while its model stays quick to load).
+Run by hand: ``.venv/bin/python benchmarks/fleet.py [--boards 20] [--mb 10] [--unsigned]``. Each
+board is its own ``edgec serve`` process with a ``[fleet]`` table (the committed ONNX digits
+bundle to start with); the bundle pushed is the int8 one padded with a file of random bytes to
+the size asked (so it is as big as a real model's bundle while its model stays quick to load).
+By default it runs as a secured fleet does: every bundle signed, the desired states signed with
+the same key (edgec.runtime.control), and boards with ``trusted_keys`` that check both.
 A client sends requests to every board throughout. Measured:
 
 - time from ``edgec fleet push`` until every board is live (chunks published, downloaded,
@@ -124,9 +126,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--boards", type=int, default=20)
     parser.add_argument("--mb", type=float, default=10.0, help="bundle size to push (MB)")
+    parser.add_argument("--unsigned", action="store_true", help="no keys: unsigned bundles and control messages")
     args = parser.parse_args()
     import paho.mqtt.client as paho
 
+    from edgec.sdk.bundle.sign import control_signer, new_keys, sign_bundle
     from edgec.sdk.fleet.link import FleetLink
     from edgec.sdk.fleet.rollout import push
 
@@ -137,10 +141,19 @@ def main() -> None:
         boards: list[Board] = []
         try:
             started = time.monotonic()
-            for i in range(args.boards):
-                boards.append(Board(work, f"pi-{i + 1:02d}", broker, BUNDLES / "onnx-fp32", watch_s=2.0).start())
-            print(f"{args.boards} boards up in {time.monotonic() - started:.1f} s", flush=True)
+            initial = shutil.copytree(BUNDLES / "onnx-fp32", work / "initial")
             bundle = padded(BUNDLES / "onnx-int8", work / "update", args.mb)
+            # a version no board ran (anti-rollback would refuse one it replaced), made for rpi4: pushed --any-device
+            bad = drifted(BUNDLES / "tflite-int8", work / "drifted")
+            signer, public = None, None
+            if not args.unsigned:
+                private, public, _ = new_keys(work / "keys" / "fleet")
+                for folder in (initial, bundle, bad):
+                    sign_bundle(folder, private)
+                signer = control_signer(private)
+            for i in range(args.boards):
+                boards.append(Board(work, f"pi-{i + 1:02d}", broker, initial, watch_s=2.0, trusted=public).start())
+            print(f"{args.boards} boards up in {time.monotonic() - started:.1f} s", flush=True)
             size = sum(p.stat().st_size for p in bundle.iterdir())
             failures, served, stop = [], [0], threading.Event()
 
@@ -174,7 +187,7 @@ def main() -> None:
             watcher.on_message = lambda c, u, m: reports.append(json.loads(m.payload)) if m.payload else None
             watcher.connect("127.0.0.1", broker.port)
             watcher.loop_start()
-            with FleetLink("127.0.0.1", broker.port, fleet="test") as link:
+            with FleetLink("127.0.0.1", broker.port, fleet="test", signer=signer) as link:
                 link.wait_for(lambda: len(link.members) >= args.boards, 60)
                 result = push(link, bundle, "digits", "group/lab", timeout_s=600)
                 stop.set()
@@ -184,9 +197,8 @@ def main() -> None:
                          if r.get("state") == "verifying" and r.get("rollout") == result.rollout}
                 chunks = -(-result.blob_bytes // (256 * 1024))
                 topic = len(f"edgec/test/blobs/{'0' * 64}/{chunks}") + 2 + 5  # topic, its length, fixed header
-                bad = drifted(BUNDLES / "onnx-fp32", work / "drifted")
                 began = time.monotonic()
-                halted = push(link, bad, "digits", "group/lab", canary=1, timeout_s=120)
+                halted = push(link, bad, "digits", "group/lab", canary=1, timeout_s=120, any_device=True)
                 rollback_s = time.monotonic() - began
                 old = boards[0].version()
             live = sum(state == "live" for state in result.states.values())
@@ -194,6 +206,7 @@ def main() -> None:
             wire = [(b + chunks * topic) / size for b in per_board]
             print("\n| measure | value | goal |")
             print("|---|---|---|")
+            print(f"| control messages and bundles | {'unsigned' if args.unsigned else 'signed (ed25519), checked by boards with trusted_keys'} | signed |")
             print(f"| bundle size | {size / 2**20:.1f} MB ({chunks} chunks of 256 kB) | |")
             print(f"| boards live | {live}/{args.boards} | all |")
             print(f"| push until all live | {result.seconds:.1f} s | |")
