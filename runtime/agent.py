@@ -28,11 +28,13 @@ import queue
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from .._version import __version__
 from ..errors import EdgecError, ValidationError
 from .config import TelemetryConfig
+from .files import write_atomic
 from .control import check as check_control
 from .homeassistant import discovery
 from .mqtt import SCHEMA, Publisher
@@ -47,6 +49,14 @@ COMMAND_RATE, COMMAND_BURST = 5.0, 20
 REFUSAL_EVERY_S = 1.0
 # Telemetry interval bounds, in seconds.
 INTERVAL_RANGE = (0.1, 86_400.0)
+
+
+def _read_seq(path: Path) -> int:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
 
 
 class Telemetry:
@@ -76,7 +86,9 @@ class Telemetry:
         self._commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=64)
         # Boards that trust keys take only signed commands (edgec.runtime.control), each newer than the last.
         self.trusted = getattr(getattr(runtime, "cache", None), "trusted", None)
-        self._command_seq = 0
+        # The newest signed command taken, kept beside the spool: a command replayed after a restart is refused.
+        self._seq_file = Path(f"{config.spool}.commands")
+        self._command_seq = _read_seq(self._seq_file)
         self._tokens, self._refill = float(COMMAND_BURST), time.monotonic()
         self._last_refusal = 0.0
         self.commands_dropped = 0
@@ -230,6 +242,7 @@ class Telemetry:
                 if self.trusted is not None:
                     try:
                         self._command_seq = check_control(body, topic_name, self.trusted, newest_seq=self._command_seq + 1)
+                        write_atomic(self._seq_file, b"%d\n" % self._command_seq)
                     except EdgecError as exc:
                         self._drop(topic_name, f"refused: {exc}")
                         continue

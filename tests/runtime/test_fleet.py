@@ -506,6 +506,14 @@ def test_commands_to_a_signed_board_must_be_signed_once_and_a_flood_is_not_answe
             attacker.publish(topic, json.dumps({"seconds": 1, "id": i}), qos=0)
         time.sleep(4)
         assert len(results.messages) - before <= 10, len(results.messages) - before
+        # After a restart the board still knows the newest command it took: the replay is refused again.
+        board.stop()
+        board.start()
+        time.sleep(1.2)  # (refusals are answered at most once a second)
+        attacker.publish(topic, json.dumps(message), qos=1).wait_for_publish(10)
+        assert Subscriber.wait(lambda: any("older than" in (m.get("error") or "") or "replay" in (m.get("error") or "")
+                                           for m in results.messages[before:]), 15), results.messages[-3:]
+        assert sum(1 for m in results.messages if m.get("id") == "replay" and m.get("ok")) == 1
     finally:
         attacker.loop_stop()
         attacker.disconnect()
