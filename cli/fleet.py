@@ -263,6 +263,7 @@ def dashboard(
                                        help="Flag a board whose model cache uses this share of its budget."),
     token: Optional[str] = typer.Option(None, "--token", envvar="EDGEC_DASHBOARD_TOKEN",
                                         help="Asked of visitors (open /?token=TOKEN once); required with a --host beyond loopback."),
+    forget_after: float = typer.Option(24.0, "--forget-after", min=0.01, help="Hours without a message after which a board leaves the page."),
 ) -> None:
     """Serve a live web page of the fleet: every board, its models, latency, alerts and rollouts.
 
@@ -284,6 +285,7 @@ def dashboard(
     try:
         serve(mqtt_host, mqtt_port, fleet=fleet, host=host, http_port=port, username=username, password=password,
               tls=tls, ca_file=ca_file, rules=AlertRules(memory_fraction=memory_alert), token=token,
+              forget_after_s=forget_after * 3600,
               on_ready=lambda bound: out.print(f"dashboard on http://{shown}:{bound}/{'?token=…' if token else ''} "
                                                f"(edgec/{fleet}/ on {broker}); Ctrl-C stops it"))
     except KeyboardInterrupt:

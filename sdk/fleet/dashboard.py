@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from .view import FleetView
+from .view import FORGET_AFTER_S, FleetView
 
 WEB = Path(__file__).with_name("web")
 COOKIE = "edgec_dashboard"
@@ -234,11 +234,13 @@ async def _reply(send: Any, status: int, body: bytes, content_type: str, *, extr
 
 def serve(broker: str, port: int = 1883, *, fleet: str = "+", host: str = "127.0.0.1", http_port: int = 8080,
           username: str | None = None, password: str | None = None, tls: bool = False, ca_file: Path | None = None,
-          rules: AlertRules = AlertRules(), token: str | None = None, on_ready: Any = None) -> None:
+          rules: AlertRules = AlertRules(), token: str | None = None, forget_after_s: float = FORGET_AFTER_S,
+          on_ready: Any = None) -> None:
     """Subscribe to the broker and serve the page until interrupted.
 
     Args:
         token: Asked of every visitor (see the module's doc); required unless ``host`` is loopback.
+        forget_after_s: A board not heard from for this long leaves the page.
         on_ready: Called with the page's port (useful with ``http_port=0``) once it answers.
 
     Raises:
@@ -261,7 +263,7 @@ def serve(broker: str, port: int = 1883, *, fleet: str = "+", host: str = "127.0
     except OSError as exc:
         raise ValidationError(f"cannot serve the dashboard on {host}:{http_port}: {exc.strerror or exc}; "
                               "pick another --port or --host") from None
-    view = FleetView()
+    view = FleetView(forget_after_s)
     try:
         client, lock = subscribe(broker, port, view, fleet=fleet, username=username, password=password, tls=tls,
                                  ca_file=ca_file)
