@@ -48,6 +48,9 @@ class DeviceProfile:
         storage_mb: Storage one bundle may take.
         accelerator: ``none``, ``cuda`` or ``edgetpu``.
         format: Preferred target format (``--format auto``).
+        formats: Every format the board runs, preferred first (default: ``format`` alone).
+            ``--format auto`` takes the first one the model can be converted to: an ONNX
+            model for a Raspberry Pi goes to ONNX on onnxruntime, which runs there too.
         precision: Preferred precision (``--precision auto``).
         allowed_precisions: Precisions the board can run at all.
         int8_speedup: Whether int8 kernels beat float ones on this board.
@@ -80,15 +83,20 @@ class DeviceProfile:
     int8_io: bool
     execution_providers: tuple[str, ...]
     int8_reduce_range: bool = False
+    formats: tuple[str, ...] = ()
     compute_capability: str | None = None
     source: str = ""
 
     def __post_init__(self) -> None:
         where = f"device profile {self.name!r} ({self.source or 'in memory'})"
-        if self.format not in FORMATS:
-            raise ValidationError(
-                f"{where}: format {self.format!r} is not one of {', '.join(FORMATS)}"
-            )
+        if not self.formats:
+            object.__setattr__(self, "formats", (self.format,))
+        for fmt in (self.format, *self.formats):
+            if fmt not in FORMATS:
+                raise ValidationError(f"{where}: format {fmt!r} is not one of {', '.join(FORMATS)}")
+        if self.formats[0] != self.format:
+            raise ValidationError(f"{where}: formats {list(self.formats)} must start with the preferred format "
+                                  f"{self.format!r}")
         for p in (self.precision, *self.allowed_precisions):
             if p not in PRECISIONS:
                 raise ValidationError(
@@ -165,8 +173,8 @@ class DeviceProfile:
             raise ValidationError(
                 f"device profile {name!r} ({source}): missing fields {', '.join(missing)}"
             )
-        for key in ("aliases", "allowed_precisions", "execution_providers"):
-            flat[key] = tuple(flat[key])
+        for key in ("aliases", "allowed_precisions", "execution_providers", "formats"):
+            flat[key] = tuple(flat.get(key, ()))
         return cls(**flat, source=source)
 
     def fit_problems(self, size_bytes: int, ram_bytes: int | None) -> list[str]:
@@ -187,7 +195,7 @@ class DeviceProfile:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field (for manifests and reports)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in ("aliases", "allowed_precisions", "execution_providers"):
+        for key in ("aliases", "allowed_precisions", "execution_providers", "formats"):
             out[key] = list(out[key])
         out.pop("source")
         return out

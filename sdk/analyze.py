@@ -21,8 +21,8 @@ from ..errors import CalibrationError, ValidationError
 from ..formats import get_format
 from .bundle.writer import publish, staging
 from .load.data import example_inputs, split_samples
-from .load.models import load_model, precheck
-from .plan import ConvertConfig, plan
+from .load.models import load_model, model_kind, precheck
+from .plan import ConvertConfig, pick_format, plan
 from .progress import Step, silent_step
 from .quantize.results import LayerSensitivity
 from .quantize.sensitivity import sensitivity
@@ -86,14 +86,15 @@ def analyze(
         raise CalibrationError("analyze measures each layer on real inputs: pass --calib data.npz (and --eval)")
     cfg = ConvertConfig(device=device, format=format).with_options(options)
     profile = get_profile(cfg.device)
-    fmt = get_format(profile.format if cfg.format == "auto" else cfg.format)
+    fmt = get_format(pick_format(profile, cfg.format, model_kind(model))[0])
     recipe = recipe or Recipe("int8", "static" if calib is not None else "dynamic")
     if recipe.mode not in fmt.modes or recipe.calibration not in fmt.calibrations:
         raise ValidationError(f"{fmt.name} cannot make {recipe.label()}: modes {', '.join(fmt.modes)}, "
                               f"calibrations {', '.join(fmt.calibrations)}")
     if recipe.needs_calibration and calib is None:
         raise CalibrationError(f"{recipe.label()} needs calibration data: pass --calib")
-    target = plan(cfg.with_options({"out": out or Path("build") / f"analyze-{profile.name}", "force": force}), profile)
+    target = plan(cfg.with_options({"out": out or Path("build") / f"analyze-{profile.name}", "force": force}), profile,
+                  model_kind(model))
     converter = target.converter
     with step("Loading model"):
         source = load_model(model, weights=cfg.weights,

@@ -34,7 +34,7 @@ from ..runtime.system import rss_bytes
 from .bundle.writer import publish, staging, versions
 from .load.data import Split, example_inputs, split_samples
 from .load.doctor import diagnose, raise_errors
-from .load.models import load_model, precheck
+from .load.models import load_model, model_kind, precheck
 from .plan import ConvertConfig, Target, plan
 from .progress import Step, silent_step
 from .quantize.budget import Budget
@@ -127,7 +127,9 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
     started = time.perf_counter()
     timings: dict[str, float] = {}
     precheck(model)
-    target = plan(cfg, profile)
+    target = plan(cfg, profile, model_kind(model))
+    with step(f"Building {target.format.name} for {target.profile.name}: {target.format_reason}"):
+        pass  # said before any slow step
     with _timed(timings, "load"), step("Loading model"):
         source = load_model(model, weights=cfg.weights, example=example_inputs(calib, cfg.input_shapes))
     if target.precision == "int8" and calib is None:
@@ -160,7 +162,8 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
             data.warnings.extend(target.profile.fit_problems(measured.size, measured.ram_delta))
             timings["total"] = time.perf_counter() - started
             report = build_report(
-                source=source, profile=target.profile, fmt=target.format.name, precision=choice.precision,
+                source=source, profile=target.profile, fmt=target.format.name, format_reason=target.format_reason,
+                precision=choice.precision,
                 reason=choice.reason, recipe=choice.recipe, data=data.info, warnings=data.warnings,
                 fp32=verified.fp32 if choice.precision != "fp32" else None, final=verified.final,
                 reference_accuracy=ref_acc, checks=verified.checks,

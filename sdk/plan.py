@@ -110,6 +110,7 @@ class Target:
     precision: str  # "auto" or the precision asked for
     reason: str
     out: Path
+    format_reason: str = "asked for with --format"
 
     @property
     def converter(self) -> Converter:
@@ -126,8 +127,40 @@ class Target:
                 if p in self.profile.allowed_precisions and p in self.format.precisions]
 
 
+# Which model kinds reach each format: TFLite through litert-torch (PyTorch) or TFLiteConverter
+# (Keras, TensorFlow); ONNX through torch.onnx, tf2onnx, or as it is.
+REACHES = {"tflite": ("torch", "keras"), "onnx": ("torch", "onnx", "keras")}
+KIND_NAMES = {"torch": "a PyTorch model", "onnx": "an ONNX model", "keras": "a Keras/TensorFlow model"}
+
+
+def pick_format(profile: DeviceProfile, fmt: str, kind: str | None) -> tuple[str, str]:
+    """The format to build for ``profile`` from a model of ``kind``, and why.
+
+    Raises:
+        ValidationError: The format asked for, or every format the board runs, is out of the model's reach.
+    """
+    what = KIND_NAMES.get(kind or "", "this model")
+    if fmt != "auto":
+        fmt = get_format(fmt).name
+        if kind is not None and kind not in REACHES[fmt]:
+            runs = [f for f in profile.formats if kind in REACHES[f]]
+            raise ValidationError(f"--format {fmt}: {what} cannot be converted to {fmt}"
+                                  + (f"; use --format {runs[0]} ({profile.name} runs it)" if runs else
+                                     " (export the original to .pt2 or .keras)"))
+        return fmt, "asked for with --format"
+    reachable = [f for f in profile.formats if kind is None or kind in REACHES[f]]
+    if not reachable:
+        raise ValidationError(f"{profile.name} runs only {' or '.join(profile.formats)} models, and {what} cannot be "
+                              f"converted to {profile.formats[0]}: convert the original PyTorch (.pt2) or Keras model")
+    if reachable[0] == profile.format:
+        return profile.format, f"{profile.name}'s preferred format"
+    return reachable[0], (f"{profile.name} prefers {profile.format}, which {what} cannot be converted to; "
+                          f"{reachable[0]} runs there too")
+
+
 def resolve_target(profile: DeviceProfile, fmt: str, precision: str) -> tuple[str, str, str]:
-    """Pick format and precision for ``profile``; return them with the reason for the precision.
+    """Pick the precision for ``profile`` in format ``fmt`` (``auto``: the profile's); return the format,
+    the precision and the reason for the precision.
 
     Raises:
         ValidationError: The device cannot run that precision, or the format cannot make it.
@@ -147,15 +180,18 @@ def resolve_target(profile: DeviceProfile, fmt: str, precision: str) -> tuple[st
     return fmt, precision, "asked for with --precision"
 
 
-def plan(cfg: ConvertConfig, profile: DeviceProfile | None = None) -> Target:
-    """The board, format and precision to build, and a free output folder.
+def plan(cfg: ConvertConfig, profile: DeviceProfile | None = None, kind: str | None = None) -> Target:
+    """The board, format and precision to build for a model of ``kind`` (``torch``, ``onnx``, ``keras``;
+    ``None``: any), and a free output folder.
 
     Raises:
-        DeviceNotFoundError, ValidationError: An unknown device, or a precision it cannot run.
+        DeviceNotFoundError, ValidationError: An unknown device, a format the model cannot reach, or a
+            precision the device cannot run.
         BundleError: ``out`` is in the way.
     """
     profile = profile or get_profile(cfg.device)
-    fmt, precision, reason = resolve_target(profile, cfg.format, cfg.precision)
+    fmt, format_reason = pick_format(profile, cfg.format, kind)
+    fmt, precision, reason = resolve_target(profile, fmt, cfg.precision)
     out = Path(cfg.out or Path("build") / profile.name)
     check_out_dir(out, force=cfg.force)
-    return Target(profile, FORMATS[fmt], precision, reason, out)
+    return Target(profile, FORMATS[fmt], precision, reason, out, format_reason)

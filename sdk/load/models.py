@@ -86,6 +86,20 @@ def precheck(model: Any) -> None:
         )
 
 
+def model_kind(model: Any) -> str:
+    """What :func:`load_model` will make of ``model``, without loading it: ``torch``, ``onnx`` or ``keras``
+    (the :attr:`Source.kind`), so the target format is chosen before any slow step."""
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if path.suffix.lower() == ".onnx":
+            return "onnx"
+        if path.suffix.lower() in KERAS_SUFFIXES or (path.is_dir() and is_saved_model(path)):
+            return "keras"
+        return "torch"  # .pt2, pkg.module:factory
+    keras = sys.modules.get("keras")
+    return "keras" if keras is not None and isinstance(model, keras.Model) else "torch"
+
+
 def load_model(
     model: Any,
     *,

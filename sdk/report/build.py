@@ -45,6 +45,7 @@ class Measurements:
 
 
 def build_report(*, source: Source, profile: DeviceProfile, fmt: str, precision: str, reason: str,
+                 format_reason: str = "asked for with --format",
                  recipe: dict[str, Any], data: dict[str, Any], warnings: list[str], fp32: Fidelity | None,
                  final: Fidelity, reference_accuracy: float | None, checks: list[str], budget: str,
                  search: dict[str, Any] | None, measured: Measurements, timings: dict[str, float],
@@ -67,7 +68,8 @@ def build_report(*, source: Source, profile: DeviceProfile, fmt: str, precision:
                   "outputs": [t.to_dict() for t in source.outputs],
                   **({"prepared": data["graph"]} if "graph" in data else {})},
         "device": {"name": profile.name, "description": profile.description, "threads": profile.threads},
-        "target": {"format": fmt, "precision": precision, "precision_reason": reason, "recipe": recipe},
+        "target": {"format": fmt, "format_reason": format_reason, "precision": precision, "precision_reason": reason,
+                   "recipe": recipe},
         "data": {**{k: v for k, v in data.items() if k != "graph"},
                  "warnings": [w for w in warnings if w not in fit_problems]},
         "results": rows,

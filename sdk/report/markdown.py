@@ -31,7 +31,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"# edgec report: {report['model']['source']} → {device['name']} "
         f"({target['format']} {target['precision']})",
         "",
-        f"{device['description']}. Precision {target['precision']}: {target['precision_reason']}.",
+        f"{device['description']}. Format {target['format']}: {target.get('format_reason', 'asked for')}. "
+        f"Precision {target['precision']}: {target['precision_reason']}.",
         "",
         *([f"Graph prepared for quantization: {report['model']['prepared']['summary']}.", ""]
           if report["model"].get("prepared") else []),

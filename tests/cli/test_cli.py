@@ -30,6 +30,17 @@ def test_devices_table_and_show():
     assert 'name = "rpi4"' in invoke("devices", "show", "rpi", "--toml").stdout
 
 
+def test_an_onnx_model_for_a_pi_goes_to_onnx_and_says_why_first(assets, tmp_path):
+    result = invoke("convert", assets / "model.onnx", "--device", "rpi4", "--precision", "fp32", "--out",
+                    tmp_path / "pi", "--json")
+    assert result.exit_code == 0, result.output
+    target = json.loads(result.stdout)["target"]
+    assert target["format"] == "onnx" and "rpi4 prefers tflite" in target["format_reason"]
+    said = " ".join(result.stderr.split())  # (wrapped at the runner's 80 columns)
+    assert 0 <= said.find("Building onnx for rpi4: rpi4 prefers tflite") < said.find("Loading model"), said[:300]
+    assert (tmp_path / "pi" / "model.onnx").is_file()
+
+
 def test_convert_then_run(assets, tmp_path, digits):
     out = tmp_path / "rpi4"
     result = invoke("convert", assets / "model.pt2", "--device", "rpi4", "--calib", assets / "calib.npz",
@@ -99,7 +110,9 @@ BAD = {
     "analyze bad mode": (lambda a, t: ["analyze", a / "model.pt2", "--calib", a / "calib.npz", "--mode", "fancy"],
                          "unknown int8 mode 'fancy'"),
     "onnx to tflite": (lambda a, t: ["convert", a / "model.onnx", "--format", "tflite", "--precision", "fp32"],
-                       "TFLite export takes PyTorch, Keras and TensorFlow models"),
+                       "an ONNX model cannot be converted to tflite; use --format onnx"),
+    "onnx for coral": (lambda a, t: ["convert", a / "model.onnx", "--device", "coral", "--calib", a / "calib.npz"],
+                       "coral-edgetpu runs only tflite models, and an ONNX model cannot be converted to tflite"),
 }
 
 
