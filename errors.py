@@ -7,8 +7,9 @@ how to fix it; the CLI prints ``str(error)`` as one line and exits with code 1.
 from __future__ import annotations
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (libraries' messages run to pages)."""
+def first_line(exc: BaseException, limit: int = 2000) -> str:
+    """The first line of an exception's message, whole (libraries' messages run to pages; their first line
+    says what failed, often at its end: onnxruntime's name the node and the reason last)."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
 

@@ -156,6 +156,7 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
             choice = choose_precision(target, source, data, budget, reference, ref_acc, fp32_path, final_path, cfg, step)
         with _timed(timings, "verify"), step("Verifying against the original"):
             verified = verify(target, source, data, budget, reference, ref_acc, choice, fp32_path, final_path, cfg)
+        data.warnings.extend(getattr(verified.model.backend, "notes", ()))  # runtime options dropped for this model
         with step("Measuring latency"):
             measured = measure(target, source, data, verified, fp32_path, final_path, cfg)
         with step("Writing bundle"):

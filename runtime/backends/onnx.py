@@ -88,18 +88,19 @@ _ACCELERATED_HINT = ("On a Jetson, install NVIDIA's onnxruntime-gpu wheel for yo
                      "in place of onnxruntime.")
 
 
-def _exact_or_plain(path: Path, providers: tuple[str, ...], settings: dict[str, Any]) -> Any:
-    """A session with ``settings``; if the exact-int8 option is what makes the model fail to load
-    (onnxruntime rejects it for some QDQ graphs), the session without it, and a warning."""
+def _exact_or_plain(path: Path, providers: tuple[str, ...], settings: dict[str, Any]) -> tuple[Any, str | None]:
+    """A session with ``settings``, and ``None``; if the exact-int8 option is what makes the model fail to
+    load (onnxruntime rejects it for some QDQ graphs), the session without it, and why (also logged)."""
     if not settings.get("exact_int8"):
-        return session(path, providers=providers, **settings)
+        return session(path, providers=providers, **settings), None
     try:
-        return session(path, providers=providers, log_level=4, **settings)
+        return session(path, providers=providers, log_level=4, **settings), None
     except Exception as exc:
         plain = session(path, providers=providers, **{**settings, "exact_int8": False})
-        log.warning("onnxruntime cannot load %s with session.x64quantprecision (%s); running it without that "
-                    "option: on x86 CPUs without VNNI its int8 products may saturate", path.name, _first_line(exc))
-        return plain
+        note = (f"onnxruntime cannot load {path.name} with session.x64quantprecision ({_first_line(exc)}); it runs "
+                "without that option: on x86 CPUs without VNNI its int8 products may saturate")
+        log.warning("%s", note)
+        return plain, note
 
 
 class OnnxRuntimeBackend:
@@ -121,7 +122,7 @@ class OnnxRuntimeBackend:
             chosen.append(CPU)
         settings = {"threads": options.threads, "lean": options.lean, "exact_int8": options.exact_int8}
         try:
-            self.session = _exact_or_plain(path, tuple(chosen), settings)
+            self.session, note = _exact_or_plain(path, tuple(chosen), settings)
         except Exception as exc:  # onnxruntime raises its own non-exported exception types
             if chosen == [CPU]:
                 raise BundleError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}") from None
@@ -130,9 +131,10 @@ class OnnxRuntimeBackend:
             log.warning("execution providers %s failed for %s (%s); falling back to CPU",
                         ", ".join(chosen[:-1]), path.name, _first_line(exc))
             try:
-                self.session = _exact_or_plain(path, (CPU,), settings)
+                self.session, note = _exact_or_plain(path, (CPU,), settings)
             except Exception as exc2:
                 raise BundleError(f"onnxruntime cannot load {path.name}: {_first_line(exc2)}") from None
+        self.notes = [note] if note else []  # session options dropped because the model failed with them
         self.providers = tuple(self.session.get_providers())
         for p in chosen:
             if p not in self.providers:

@@ -38,7 +38,7 @@ def load_onnx(path: Path) -> OnnxSource:
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(model)
     except Exception as exc:
-        detail = first_line(exc, 200)
+        detail = first_line(exc)
         raise ModelLoadError(
             f"{path.name} is not a valid ONNX model ({detail}); it may be truncated or corrupt: export it again"
         ) from None
@@ -50,7 +50,7 @@ def load_onnx(path: Path) -> OnnxSource:
     try:
         reference = session(path)
     except Exception as exc:
-        raise ModelLoadError(f"onnxruntime cannot load {path.name}: {first_line(exc, 200)}") from None
+        raise ModelLoadError(f"onnxruntime cannot load {path.name}: {first_line(exc)}") from None
     specs = []
     for arg in [*reference.get_inputs(), *reference.get_outputs()]:
         spec = tensor_spec(arg)

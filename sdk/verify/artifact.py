@@ -45,6 +45,7 @@ class Measured:
     run_one: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
     latency: Latency | None = None
     speedup: float | None = None
+    notes: tuple[str, ...] = ()  # what the runtime changed to run it (an onnxruntime option dropped)
 
 
 MeasureFn = Callable[..., Measured]
@@ -95,7 +96,8 @@ def make_measure(fmt: str, source: Source, profile: DeviceProfile, threads: int,
         part = holdout if limit is None else holdout.take(slice(0, limit))
         ref = reference if limit is None else reference.head(len(part))
         fid = ref.compare(run_batched(outputs_of(model), part.batches(batch_size(part, most=64))))
-        return Measured(fid, path.stat().st_size, run_one=lambda: model.predict(one))
+        return Measured(fid, path.stat().st_size, run_one=lambda: model.predict(one),
+                        notes=tuple(getattr(model.backend, "notes", ())))
 
     return measure
 
