@@ -84,7 +84,7 @@ def verify(
     """Check a bundle before serving it: manifest, file hashes, a test run, signature.
 
     \b
-    The model is loaded and run once on zeros in a child process, so a damaged model that
+    The model is loaded and run on its golden inputs in a child process, so a damaged model that
     would crash its backend fails this check instead. Exit code 1 when a check fails.
     \b
     Example:

@@ -53,6 +53,19 @@ class Source(Protocol):
         ...
 
 
+def example_feeds(source: Source, batch: int) -> list[np.ndarray]:
+    """Zeros for each input to trace or export with: a dynamic batch of ``batch``, other dynamic sizes as
+    the model was exported with (``source.examples``, from torch.export's hints), else 2."""
+    shapes = getattr(source, "examples", None) or {}
+    out = []
+    for t in source.inputs:
+        known = shapes.get(t.name, ())
+        shape = [d if d is not None else (batch if i == 0 else (known[i] if i < len(known) else 2))
+                 for i, d in enumerate(t.shape)]
+        out.append(np.zeros(tuple(shape), dtype=t.dtype))
+    return out
+
+
 class Samples(Protocol):
     """Named arrays sharing a first (sample) axis (``edgec.sdk.load.data.SampleSet``)."""
 

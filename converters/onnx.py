@@ -16,7 +16,8 @@ from ..errors import ConversionError
 from ..formats import FORMATS
 from ..runtime.backends.onnx import session, tensor_spec
 from ..runtime.tensors import TensorSpec
-from .base import MAX_CALIBRATION_SAMPLES, Layer, Recipe, Samples, Source, Target, batch_size, converting
+from .base import (MAX_CALIBRATION_SAMPLES, Layer, Recipe, Samples, Source, Target, batch_size, converting,
+                   example_feeds)
 from .onnx_graph import float_blocks, normalize
 from .onnx_ranges import PROBE_SAMPLES, faithful_fp16, mixed_range_concats
 
@@ -41,10 +42,7 @@ class OnnxConverter:
 
             return export_onnx(source, path)
         torch = need("torch", extra="sdk", purpose="to export PyTorch models")
-        args = tuple(
-            torch.from_numpy(np.zeros(tuple(2 if d is None else d for d in t.shape), dtype=t.dtype))
-            for t in source.inputs
-        )
+        args = tuple(torch.from_numpy(a) for a in example_feeds(source, batch=2))
         with converting("torch.onnx.export"):
             torch.onnx.export(
                 source.program,

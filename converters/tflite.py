@@ -24,7 +24,8 @@ from ..errors import ConversionError
 from ..formats import FORMATS
 from ..runtime.backends.tflite import interpreter_class
 from ..runtime.tensors import Quantization, TensorSpec
-from .base import MAX_CALIBRATION_SAMPLES, RANGE_RATIO, Layer, Recipe, Samples, Source, Target, converting
+from .base import (MAX_CALIBRATION_SAMPLES, RANGE_RATIO, Layer, Recipe, Samples, Source, Target, converting,
+                   example_feeds)
 
 # Ops whose constant weights int8 quantizes.
 WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE", "BATCH_MATMUL",
@@ -84,10 +85,7 @@ class TFLiteConverter:
             litert_torch = need("litert_torch", extra="sdk", purpose="to export TFLite models")
             torch = need("torch", extra="sdk", purpose="to export TFLite models")
 
-        args = tuple(
-            torch.from_numpy(np.zeros(tuple(1 if d is None else d for d in t.shape), dtype=t.dtype))
-            for t in source.inputs
-        )
+        args = tuple(torch.from_numpy(a) for a in example_feeds(source, batch=1))
         with converting("litert-torch conversion"):
             edge_model = litert_torch.convert(source.module(), args)
             edge_model.export(str(path))

@@ -105,15 +105,19 @@ class LoadedModel:
         return self.manifest.version
 
     def warm_up(self) -> None:
-        """One prediction on zeros (batch 1), so the first real request does not pay for it.
+        """One prediction, so the first real request does not pay for it: on the bundle's golden inputs
+        (sizes the model was verified with: a model with dynamic height and width may take no other),
+        else on zeros with every dynamic size 1.
 
         Raises:
             InferenceError: The model fails to run.
         """
-        feeds = {}
-        for spec in self.inputs:
-            shape = tuple(1 if d is None else d for d in spec.shape)
-            feeds[spec.name] = np.zeros(shape, dtype=np.float32 if spec.takes_floats else spec.dtype)
+        from .parity import golden_feeds
+
+        feeds = golden_feeds(self)
+        if feeds is None:
+            feeds = {spec.name: np.zeros(tuple(1 if d is None else d for d in spec.shape),
+                                         dtype=np.float32 if spec.takes_floats else spec.dtype) for spec in self.inputs}
         self.predict(feeds)
 
     def _exact_feeds(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray] | None:

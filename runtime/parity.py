@@ -58,6 +58,18 @@ def write_golden(bundle: Path, inputs: Mapping[str, np.ndarray], outputs: Mappin
     return write_npz(bundle / GOLDEN_NAME, arrays)
 
 
+def golden_feeds(model: LoadedModel) -> dict[str, np.ndarray] | None:
+    """The bundle's golden inputs as feeds (inputs the model was verified with on the host), or ``None``
+    when it has none or they cannot be read (the parity check then says why)."""
+    if GOLDEN_NAME not in model.manifest.files:
+        return None
+    try:
+        golden = read_npz(Path(model.path) / GOLDEN_NAME, what=GOLDEN_NAME, error=BundleError, max_bytes=64 * 2**20)
+        return {spec.name: golden[f"input_{i}"] for i, spec in enumerate(model.manifest.inputs)}
+    except (BundleError, KeyError):
+        return None
+
+
 def check_parity(model: LoadedModel) -> Parity | None:
     """Run the bundle's golden inputs through ``model``; None when the bundle has none.
 

@@ -2,7 +2,7 @@
 
 A model file is native code's input: a damaged or hostile one can crash its backend (a
 TFLite flatbuffer with two bytes zeroed can segfault the interpreter at load) or hang it.
-Before a serving process loads a bundle, :func:`probe` loads it and runs it once on zeros in
+Before a serving process loads a bundle, :func:`probe` loads it and runs it once (on its golden inputs, else on zeros) in
 a child process; only a bundle that loaded and ran there reaches the serving process, and
 one that did not is refused with the reason: the signal that killed the child, or its error.
 
@@ -37,7 +37,7 @@ _ids = itertools.count(1)
 
 def probe(bundle: str | Path, *, threads: int | None = None, lean: bool = False,
           timeout_s: float = TIMEOUT_S) -> str | None:
-    """Load ``bundle`` and run it once on zeros, and on its golden samples, in a child process.
+    """Load ``bundle`` and run it on its golden samples (the parity check; zeros when it has none), in a child process.
 
     Returns:
         What the golden parity check found (None for a bundle without golden samples).
@@ -128,7 +128,7 @@ def _signal_name(number: int) -> str:
 
 
 def _load_and_run(bundle: str, threads: int | None, lean: bool) -> dict[str, Any]:
-    """(in the probe's child) Load the bundle, run it once on zeros, and on its golden samples."""
+    """(in the probe's child) Load the bundle, warm it up and run the parity check on its golden samples."""
     from .model import load
     from .parity import require_parity
 

@@ -31,7 +31,7 @@ def verify_bundle(bundle: str | Path, *, run: bool = True, trusted: TrustedKeys 
 
     Args:
         bundle: The bundle folder.
-        run: Also load the model and run it once on zeros (in a child process).
+        run: Also load the model and run it on its golden inputs (in a child process).
         trusted: Public keys the signature must come from (without them it is reported, not checked).
     """
     bundle = Path(bundle)

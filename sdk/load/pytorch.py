@@ -14,7 +14,7 @@ import inspect
 import threading
 import types
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class TorchSource:
     outputs: tuple[TensorSpec, ...]
     size_bytes: int
     kind: str = "torch"
+    examples: dict[str, tuple[int, ...]] = field(default_factory=dict)  # sizes the program was exported with
 
     _module: Any = None
 
@@ -168,7 +169,8 @@ def from_program(program: Any, *, label: str, size_bytes: int) -> TorchSource:
         if dtype is None:
             raise ModelLoadError(f"{label}: input {name} has dtype {val.dtype}, which edgec cannot feed")
         inputs.append(TensorSpec(name=name, shape=shape, dtype=dtype))
-        concrete = tuple(2 if d is None else d for d in shape)
+        # Dynamic sizes as the program was exported with (a height the model's guards accept), not made up.
+        concrete = tuple(_example_size(v) if d is None else d for d, v in zip(shape, val.shape))
         example[name] = np.zeros(concrete, dtype=dtype)
     with torch.no_grad():
         out = program.module()(*(torch.from_numpy(example[n]) for n in names))
@@ -181,7 +183,14 @@ def from_program(program: Any, *, label: str, size_bytes: int) -> TorchSource:
         if batch_dynamic and shape:
             shape = (None, *shape[1:])
         outputs.append(TensorSpec(name=name, shape=shape, dtype=_TORCH_DTYPES.get(str(o.dtype), "float32")))
-    return TorchSource(program, label, tuple(inputs), tuple(outputs), size_bytes)
+    return TorchSource(program, label, tuple(inputs), tuple(outputs), size_bytes,
+                       examples={n: a.shape for n, a in example.items()})
+
+
+def _example_size(dim: Any) -> int:
+    """A dynamic size's example value from export time (its hint), else 2."""
+    hint = getattr(getattr(dim, "node", None), "hint", None)
+    return hint if isinstance(hint, int) and hint > 0 else 2
 
 
 def call_factory(spec: str) -> Any:
