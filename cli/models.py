@@ -268,7 +268,7 @@ def compress(
 @handles_errors
 def run(
     bundle: Path = typer.Argument(..., help="Bundle folder written by `edgec convert`."),
-    input_path: Path = typer.Option(..., "--input", "-i", help=".npz with arrays keyed by input name (or one array)."),
+    input_path: Path = typer.Option(..., "--input", "-i", help=".npz with arrays keyed by input name (or one array): the input's rank (first axis the batch) or one axis more (first axis listing whole inputs, e.g. RNN states)."),
     output_path: Optional[Path] = typer.Option(None, "--output", "-o", help="Write outputs to this .npz, keyed by output name."),
     force: bool = typer.Option(False, "--force", help="Replace --output if it exists."),
 ) -> None:
@@ -290,11 +290,10 @@ def run(
     if len(model.inputs) == 1 and len(arrays) == 1:
         arrays = {model.inputs[0].name: next(iter(arrays.values()))}
     start = time.perf_counter()
-    outputs = model.predict(arrays)
+    outputs, batch = model.predict_listed(arrays)  # a batch, or whole inputs listed along a first axis
     elapsed = time.perf_counter() - start
     if output_path is not None:
         write_npz(output_path, outputs)
-    batch = next(iter(arrays.values())).shape[0]
     out.print(f"{model}: {batch} samples in {1e3 * elapsed:.1f} ms")
     for name, value in outputs.items():
         line = f"  {name}: {value.dtype}{list(value.shape)}"

@@ -47,8 +47,9 @@ class LoadedModel:
         self._plain_outputs = tuple(spec.name for spec in manifest.outputs) if all(
             spec.quantization is None and spec.dtype != "float16" for spec in manifest.outputs
         ) else None
-        first = manifest.inputs[0].shape if manifest.inputs else ()
-        self._batch_of_one = bool(first) and first[0] == 1  # a fixed batch of 1: larger ones run row by row
+        # A fixed batch of 1 on every input: larger ones run row by row. (A model whose inputs disagree on
+        # their first axis, a state [2, batch, 128] beside [batch, T, F], takes each input whole.)
+        self._batch_of_one = bool(manifest.inputs) and all(spec.shape[:1] == (1,) for spec in manifest.inputs)
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -98,6 +99,31 @@ class LoadedModel:
         if self._plain_outputs is not None:
             return dict(zip(self._plain_outputs, raw))
         return {spec.name: self._finish(value, spec) for spec, value in zip(self.outputs, raw)}
+
+    def predict_listed(self, arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """Run samples laid out as in an ``.npz`` of sample data; return the outputs and the sample count.
+
+        An array of the input's own rank is a batch (first axis). An array of one axis more lists
+        whole inputs along its first axis (an RNN state ``[N, 2, 1, 128]`` for an input
+        ``[2, batch, 128]``, ``[N]`` for a 0-d input): each sample runs on its own, and every
+        output gets a first axis of N.
+
+        Raises:
+            InputError: As :meth:`predict`, or arrays listing different numbers of samples.
+        """
+        specs = {t.name: t for t in self.inputs}
+        whole = {k for k, v in arrays.items() if k in specs and np.ndim(v) == len(specs[k].shape) + 1}
+        if not whole:
+            outputs = self.predict(dict(arrays))
+            first = next(iter(arrays.values()), np.zeros(0))
+            return outputs, (len(first) if np.ndim(first) else 1)
+        counts = {len(arrays[k]) for k in whole}
+        if len(counts) > 1:
+            raise InputError(f"arrays listing whole inputs hold different numbers of samples {sorted(counts)}")
+        n = counts.pop()
+        runs = [self.predict({k: np.asarray(v[i]) if k in whole else v[i:i + 1] for k, v in arrays.items()})
+                for i in range(n)]
+        return {name: np.stack([r[name] for r in runs]) for name in runs[0]} if runs else {}, n
 
     @property
     def version(self) -> str:
@@ -192,7 +218,7 @@ class LoadedModel:
             problem = check_array(array, spec)
             if problem:
                 raise InputError(problem)
-            if array.ndim:
+            if array.ndim and spec.shape[0] in (None, 1):  # (a fixed first axis of 2 or more is not a batch)
                 batches.add(array.shape[0])
             arrays.append(array)
         if len(batches) > 1:

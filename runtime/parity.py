@@ -103,7 +103,8 @@ def check_parity(model: LoadedModel) -> Parity | None:
         scale = max(float(np.max(np.abs(want[finite]))) if finite.any() else 0.0, 1e-6)
         if finite.any():
             worst = max(worst, float(np.max(np.abs(have[finite] - want[finite]))) / scale)
-    n = len(next(iter(feeds.values()))) if feeds else 0
+    first = next(iter(feeds.values()), None)
+    n = 0 if first is None else len(first) if np.ndim(first) else 1  # (a 0-d input: one sample)
     return Parity(n, worst, TOLERANCE.get(manifest.precision, DEFAULT_TOLERANCE))
 
 

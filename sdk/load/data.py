@@ -52,18 +52,25 @@ class ImageOptions:
 
 @dataclass
 class SampleSet:
-    """Named arrays sharing a first (sample) axis, with optional labels."""
+    """Named arrays sharing a first (sample) axis, with optional labels.
+
+    An input's array is one of two layouts: of the input's own rank, its first axis is the model's
+    batch axis and samples are batched along it; of one axis more (``whole``), its first axis lists
+    whole inputs, each fed as it is: an RNN state ``[N, 2, 1, 128]`` for an input ``[2, batch, 128]``,
+    ``[N]`` for a 0-d input. Those cannot be batched, so their samples go one at a time.
+    """
 
     arrays: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     source: str = ""
+    whole: frozenset[str] = frozenset()  # inputs whose arrays list whole inputs along the first axis
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values()))) if self.arrays else 0
 
     def take(self, index: np.ndarray | slice) -> SampleSet:
         labels = None if self.labels is None else self.labels[index]
-        return SampleSet({k: v[index] for k, v in self.arrays.items()}, labels, self.source)
+        return SampleSet({k: v[index] for k, v in self.arrays.items()}, labels, self.source, self.whole)
 
     def split(self, holdout: float = 0.2, *, seed: int = 0, max_holdout: int = 500) -> tuple[SampleSet, SampleSet]:
         """Split into (calibration, held-out) at random, deterministically."""
@@ -73,11 +80,15 @@ class SampleSet:
         return self.take(np.sort(order[n_hold:])), self.take(np.sort(order[:n_hold]))
 
     def samples(self) -> Iterator[dict[str, np.ndarray]]:
-        """One dict per sample, each array keeping a batch axis of 1."""
+        """One dict per sample, each array keeping a batch axis of 1 (a whole input: as listed)."""
         for i in range(len(self)):
-            yield {k: v[i : i + 1] for k, v in self.arrays.items()}
+            yield {k: np.asarray(v[i]) if k in self.whole else v[i : i + 1] for k, v in self.arrays.items()}
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds of up to ``size`` samples (one each when an input is listed whole)."""
+        if self.whole:
+            yield from self.samples()
+            return
         for start in range(0, len(self), size):
             yield {k: v[start : start + size] for k, v in self.arrays.items()}
 
@@ -149,7 +160,15 @@ def _match_names(arrays: dict[str, Any], inputs: Sequence[TensorSpec], what: str
                 f"{', '.join(names)}"
             )
         chosen = {n: arrays[n] for n in names}
-    return SampleSet(chosen, labels, source)
+    whole = set()
+    for spec in inputs:
+        array = chosen[spec.name]
+        if array.ndim == len(spec.shape) + 1:
+            whole.add(spec.name)
+        elif array.ndim == 0 and not spec.shape:  # one value for a 0-d input: one sample
+            chosen[spec.name] = array.reshape(1)
+            whole.add(spec.name)
+    return SampleSet(chosen, labels, source, frozenset(whole))
 
 
 def _stack_items(
@@ -236,9 +255,15 @@ def check_samples(samples: SampleSet, inputs: Sequence[TensorSpec], what: str = 
         raise CalibrationError(f"{what} ({samples.source}) has no samples")
     for spec in inputs:
         array = samples.arrays[spec.name]
-        problem = check_array(array, spec, what=f"{what} array", samples=True)
+        whole = spec.name in samples.whole
+        problem = check_array(array[0] if whole else array, spec, what=f"{what} array", samples=not whole)
+        if not problem and not whole and spec.shape and spec.shape[0] not in (None, 1):
+            problem = (f"{what} array {spec.name} has shape {list(array.shape)}, but the input's first axis is "
+                       f"{spec.shape[0]}, not a batch ({spec.describe()}): list whole inputs along one more axis, "
+                       f"[N, {', '.join('?' if d is None else str(d) for d in spec.shape)}]")
         if problem:
-            raise CalibrationError(problem)
+            raise CalibrationError(problem + ("" if whole else f" (or {len(spec.shape) + 1}, the first listing whole "
+                                                             "inputs)" if "dimensions" in problem else ""))
         if len(array) != n:
             raise CalibrationError(f"{what}: arrays have different sample counts ({n} and {len(array)})")
         if spec.dtype.startswith("float"):
@@ -355,11 +380,11 @@ def example_inputs(data: Any, input_shapes: Sequence[str] = ()) -> dict[str, np.
             arrays = read_npz(data, what=str(data), error=CalibrationError)
         except CalibrationError:
             return None  # load_samples reports the problem with the file precisely
-        return {k: v[:1] for k, v in arrays.items() if k != LABELS_KEY}
+        return {k: v[:1] if v.ndim else v for k, v in arrays.items() if k != LABELS_KEY}
     if isinstance(data, np.ndarray):
-        return {"input": data[:1]}
+        return {"input": data[:1] if data.ndim else data}
     if isinstance(data, Mapping):
-        return {k: np.asarray(v)[:1] for k, v in data.items() if k != LABELS_KEY}
+        return {k: np.asarray(v)[:1] if np.ndim(v) else np.asarray(v) for k, v in data.items() if k != LABELS_KEY}
     return None
 
 

@@ -30,8 +30,8 @@ from ...converters.base import Source
 from ...errors import ModelLoadError
 from .keras import KERAS_SUFFIXES, from_keras, is_saved_model, load_keras, load_saved_model, precheck_keras
 from .onnx import load_onnx
-from .pytorch import (call_factory, from_module, from_program, load_pt2, load_weights, require_torch, state_bytes,
-                      trainable)
+from .pytorch import (call_factory, fixed_batch, from_module, from_program, in_chunks, load_pt2, load_weights,
+                      require_torch, state_bytes, trainable)
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar")
 FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -162,7 +162,8 @@ def load_module(model: Any, *, weights: str | Path | None = None, what: str = "m
                                  "pkg.module:factory (with --weights)")
         if weights is not None:
             raise ModelLoadError("--weights applies to pkg.module:factory models, not to .pt2 files")
-        return trainable(load_pt2(path).module())
+        program = load_pt2(path)
+        return in_chunks(trainable(program.module()), fixed_batch(program.inputs))
     if isinstance(model, (str, Path)):
         module = call_factory(str(model))
         if not isinstance(module, torch.nn.Module):

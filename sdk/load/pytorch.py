@@ -13,7 +13,7 @@ import importlib
 import inspect
 import threading
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import numpy as np
 
 from ..._optional import need
 from ..._quiet import quiet
-from ...errors import ModelLoadError, first_line
+from ...errors import InferenceError, ModelLoadError, first_line
 from ...runtime.tensors import TensorSpec
 
 _TORCH_DTYPES = {
@@ -85,11 +85,76 @@ class TorchSource:
         return self._module
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs for ``feeds``. A program exported with a fixed batch (``torch.export.export(model,
+        (x[:1],))``) runs a larger batch in chunks of its own.
+
+        Raises:
+            InferenceError: The program refuses the inputs (one line, with what to do).
+        """
+        chunk = static_batch(self.inputs, feeds)
+        if chunk:
+            n = len(feeds[self.inputs[0].name])
+            parts = [self._run({k: v[i:i + chunk] for k, v in feeds.items()}) for i in range(0, n, chunk)]
+            return [np.concatenate(p) for p in zip(*parts)]
+        return self._run(feeds)
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         torch = require_torch()
         args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.inputs)
-        with torch.no_grad():
-            out = self.module()(*args)
+        try:
+            with torch.no_grad():
+                out = self.module()(*args)
+        except Exception as exc:  # torch's guards raise AssertionError, kernels RuntimeError
+            shapes = ", ".join(f"{t.name} {list(np.shape(feeds[t.name]))}" for t in self.inputs)
+            raise InferenceError(f"{self.label} does not run on inputs {shapes} ({first_line(exc, 300)}): it takes "
+                                 f"{'; '.join(t.describe() for t in self.inputs)}") from None
         return [o.detach().cpu().numpy() for o in _flatten(out)]
+
+
+def fixed_batch(inputs: Sequence[TensorSpec]) -> int:
+    """The batch a program was exported with when every input has the same fixed first size, else 0."""
+    firsts = {t.shape[0] if t.shape else None for t in inputs}
+    return firsts.pop() or 0 if len(firsts) == 1 else 0
+
+
+def _chunk(b: int, rows: set[Any]) -> int:
+    n = rows.pop() if len(rows) == 1 else None
+    return b if b and isinstance(n, int) and n > b and n % b == 0 else 0
+
+
+def static_batch(inputs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> int:
+    """The fixed batch to run ``feeds`` in chunks of, or 0: every input has the same fixed first size ``b``,
+    and the feeds hold a multiple of ``b`` rows (more than ``b``) on every input."""
+    return _chunk(fixed_batch(inputs), {np.shape(feeds[t.name])[0] if np.ndim(feeds[t.name]) else None for t in inputs})
+
+
+def in_chunks(graph: Any, batch: int) -> Any:
+    """``graph`` (an exported program's module) taking batches of any multiple of the fixed ``batch`` it
+    was exported with, in chunks of it: a teacher or student saved the plain way (``torch.export.export(
+    model, (x[:1],))``) trains and distils on batches of 32. Gradients flow through every chunk."""
+    if not batch:
+        return graph
+    torch = require_torch()
+    whole = graph.forward
+
+    def forward(*args: Any) -> Any:
+        chunk = _chunk(batch, {a.shape[0] if isinstance(a, torch.Tensor) and a.ndim else None for a in args})
+        if not chunk:
+            return whole(*args)
+        parts = [whole(*(a[i:i + chunk] for a in args)) for i in range(0, args[0].shape[0], chunk)]
+        return _concat(torch, parts)
+
+    graph.forward = forward
+    return graph
+
+
+def _concat(torch: Any, parts: list[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, (list, tuple)):
+        return type(first)(_concat(torch, [p[i] for p in parts]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: _concat(torch, [p[k] for p in parts]) for k in first}
+    return torch.cat(parts)
 
 
 def _flatten(out: Any) -> list[Any]:

@@ -46,3 +46,91 @@ def test_a_model_with_dynamic_height_and_width_loads_and_runs_on_the_sizes_it_ta
     np.savez(tmp_path / "big.npz", x=np.pad(x[:3], ((0, 0), (0, 0), (4, 4), (4, 4))))  # 16x16: another size it takes
     ran = invoke("run", tmp_path / "b", "--input", tmp_path / "big.npz")
     assert ran.exit_code == 0 and "float32[3, 2, 12, 12]" in ran.output, ran.output
+
+
+class Stateful(torch.nn.Module):
+    """A streaming GRU: a chunk [1, T, 8], its state [2, 1, 16] (batch not on the first axis) and a 0-d gain in;
+    features and the new state out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = torch.nn.GRU(8, 16, num_layers=2, batch_first=True)
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x, state, gain):
+        y, h = self.gru(x * gain, state)
+        return self.head(y), h
+
+
+@pytest.fixture(scope="module")
+def stateful(tmp_path_factory, digits):
+    """The model, and real sample data for it: each digit's rows as 8 time steps, the state the model
+    reaches on a digit's first half, then the second half with that state."""
+    root = tmp_path_factory.mktemp("stateful")
+    torch.manual_seed(0)
+    model = Stateful().eval()
+    rows = digits.x_calib.reshape(-1, 8, 8)
+    x, state, gain = [], [], []
+    with torch.no_grad():
+        for i in range(120):
+            g = np.float32(0.5 + (i % 5) * 0.25)
+            _, h = model(torch.from_numpy(rows[i, None, :4]), torch.zeros(2, 1, 16), torch.tensor(g))
+            x.append(rows[i, None, 4:])
+            state.append(h.numpy())
+            gain.append(g)
+    x, state, gain = np.stack(x), np.stack(state), np.array(gain)
+    np.savez(root / "calib.npz", x=x, state=state, gain=gain)  # [N, 1, 4, 8], [N, 2, 1, 16], [N]: N whole inputs
+    program = torch.export.export(model, (torch.from_numpy(x[0]), torch.from_numpy(state[0]), torch.tensor(gain[0])))
+    torch.export.save(program, root / "stateful.pt2")
+    return root
+
+
+def test_a_stateful_model_with_a_scalar_input_converts_verifies_and_runs_from_an_npz(stateful, tmp_path):
+    done = invoke("convert", stateful / "stateful.pt2", "--device", "x86-64", "--calib", stateful / "calib.npz",
+                  "--out", tmp_path / "b")  # the defaults: the precision search included
+    assert done.exit_code == 0, done.output
+    checked = invoke("verify", tmp_path / "b")
+    assert checked.exit_code == 0 and "✓ parity" in checked.output, checked.output
+    ran = invoke("run", tmp_path / "b", "--input", stateful / "calib.npz", "--output", tmp_path / "out.npz")
+    assert ran.exit_code == 0 and "120 samples" in ran.output, ran.output
+    with np.load(tmp_path / "out.npz") as out:
+        assert out["output_0"].shape == (120, 1, 4, 4) and out["output_1"].shape == (120, 2, 1, 16)
+        with np.load(stateful / "calib.npz") as data, torch.no_grad():  # sample 7, by the original
+            program = torch.export.load(stateful / "stateful.pt2").module()
+            _, state = program(torch.from_numpy(data["x"][7]), torch.from_numpy(data["state"][7]),
+                               torch.tensor(data["gain"][7]))
+            assert np.allclose(out["output_1"][7], state.numpy(), atol=1e-2)
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    (lambda d: {**d, "state": d["state"][:, 0]}, "first axis is 2, not a batch (state: float32[2, 1, 16]): list "
+                                                  "whole inputs along one more axis, [N, 2, 1, 16]"),
+    (lambda d: {**d, "gain": np.float32(1.0)}, "different sample counts"),
+    (lambda d: {**d, "gain": d["gain"][:, None, None]}, "gain has 3 dimensions [120, 1, 1], expected 0: gain: "
+                                                        "float32[] (or 1, the first listing whole inputs)"),
+])
+def test_npz_layouts_a_model_cannot_take_are_one_line(stateful, tmp_path, arrays, message):
+    with np.load(stateful / "calib.npz") as data:
+        np.savez(tmp_path / "bad.npz", **arrays(dict(data)))
+    done = invoke("convert", stateful / "stateful.pt2", "--device", "x86-64", "--precision", "fp32", "--calib",
+                  tmp_path / "bad.npz", "--out", tmp_path / "b")
+    assert done.exit_code == 1 and message in done.output, done.output
+    assert "Traceback" not in done.output and not (tmp_path / "b").exists()
+
+
+def test_a_program_saved_with_a_batch_of_one_teaches_and_converts(digits_model, digits, tmp_path):
+    """``torch.export.export(model, (x[:1],))``, the plain way: a static batch of 1, run in chunks of it."""
+    from safetensors.torch import save_file
+
+    program = torch.export.export(digits_model.eval(), (torch.from_numpy(digits.x_calib[:1]),))
+    torch.export.save(program, tmp_path / "static.pt2")
+    save_file({k: v.contiguous() for k, v in digits_model.state_dict().items()}, str(tmp_path / "cnn.safetensors"))
+    np.savez(tmp_path / "calib.npz", x=digits.x_calib, labels=digits.y_calib)
+    np.savez(tmp_path / "eval.npz", x=digits.x_test, labels=digits.y_test)
+    taught = invoke("compress", "edgec.sdk.examples.zoo:digits_cnn", "--weights", tmp_path / "cnn.safetensors",
+                    "--data", tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz", "--prune", "0.25", "--epochs",
+                    "1", "--threads", "1", "--distill-from", tmp_path / "static.pt2", "--out", tmp_path / "small.pt2")
+    assert taught.exit_code == 0, taught.output
+    converted = invoke("convert", tmp_path / "static.pt2", "--device", "x86-64", "--precision", "fp32", "--calib",
+                       tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz", "--out", tmp_path / "b", "--json")
+    assert converted.exit_code == 0, converted.output
