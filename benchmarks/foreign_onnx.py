@@ -27,8 +27,9 @@ import numpy as np
 
 
 def conv_model(path: Path, *, channels: tuple[int, ...] = (16, 32, 32), in_channels: int = 3, classes: int = 10,
-               opset: int = 12, seed: int = 0) -> Path:
-    """A dynamic-shape CNN (N, C, H, W) -> (N, classes) with every weight a Constant node."""
+               opset: int = 12, seed: int = 0, downsample: tuple[int, ...] | None = None) -> Path:
+    """A dynamic-shape CNN (N, C, H, W) -> (N, classes) with every weight a Constant node; the layers in
+    ``downsample`` have stride 2 (default: every layer but the first)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -43,7 +44,8 @@ def conv_model(path: Path, *, channels: tuple[int, ...] = (16, 32, 32), in_chann
         w = const(f"w{i}", rng.normal(0, np.sqrt(2 / (width * 9)), (out_ch, width, 3, 3)))
         b = const(f"b{i}", rng.normal(0, 0.05, out_ch))
         nodes.append(helper.make_node("Conv", [previous, w, b], [f"conv{i}"], pads=[1, 1, 1, 1],
-                                      strides=[2, 2] if i else [1, 1], name=f"conv{i}"))
+                                      strides=[2, 2] if (i in downsample if downsample is not None else i) else [1, 1],
+                                      name=f"conv{i}"))
         nodes.append(helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"], name=f"relu{i}"))
         previous, width = f"relu{i}", out_ch
     nodes.append(helper.make_node("GlobalAveragePool", [previous], ["pooled"], name="pool"))
@@ -91,6 +93,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class Stages:
+    """``edgec convert``'s progress hook that records each step's seconds and the peak RSS at its end."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, float, float]] = []
+        self.started = self.last = time.perf_counter()
+
+    def __call__(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def timed():
+            yield
+            now = time.perf_counter()
+            self.rows.append((name, now - self.last, peak_rss_mb()))
+            self.last = now
+        return timed()
+
+    def print(self) -> None:
+        print(f"{'step':<52} {'seconds':>8} {'peak RSS MB':>12}")
+        for name, seconds, rss in self.rows:
+            print(f"{name[:52]:<52} {seconds:>8.1f} {rss:>12.0f}")
+        print(f"{'total':<52} {time.perf_counter() - self.started:>8.1f} {peak_rss_mb():>12.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=736, help="image height and width")
@@ -100,37 +127,19 @@ def main() -> None:
     args = parser.parse_args()
     from edgec.sdk.pipeline import convert
 
-    rows: list[tuple[str, float, float]] = []
-    last = [time.perf_counter()]
-
-    def step(name: str):
-        import contextlib
-
-        @contextlib.contextmanager
-        def timed():
-            yield
-            now = time.perf_counter()
-            rows.append((name, now - last[0], peak_rss_mb()))
-            last[0] = now
-        return timed()
-
+    stages = Stages()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         layout = (0, 2, 3, 1) if args.keras else (0, 1, 2, 3)
         model = keras_model(work / "detector.keras") if args.keras else conv_model(work / "detector.onnx")
         np.savez(work / "calib.npz", image=digits_images(args.size, args.samples).transpose(layout))
         np.savez(work / "eval.npz", image=digits_images(args.size, args.samples, offset=1000).transpose(layout))
-        started = time.perf_counter()
-        last[0] = started
+        stages.started = stages.last = time.perf_counter()
         result = convert(model, device=args.device, precision="auto", calib=work / "calib.npz",
-                         eval_data=work / "eval.npz", min_cosine=0.99, out=work / "bundle", step=step)
-        total = time.perf_counter() - started
+                         eval_data=work / "eval.npz", min_cosine=0.99, out=work / "bundle", step=stages)
     kind = "Keras CNN (.keras, NHWC)" if args.keras else "opset-12 CNN, Constant-node weights"
     print(f"{args.size}x{args.size} dynamic-shape {kind}, {args.samples} calibration images, {args.device}")
-    print(f"{'step':<44} {'seconds':>8} {'peak RSS MB':>12}")
-    for name, seconds, rss in rows:
-        print(f"{name:<44} {seconds:>8.1f} {rss:>12.0f}")
-    print(f"{'total':<44} {total:>8.1f} {peak_rss_mb():>12.0f}")
+    stages.print()
     print(f"\nreport stages (s): {result.report['timings_s']}")
     print(f"graph: {result.report['model'].get('prepared', {}).get('summary')}")
     print(f"shipped: {result.manifest.precision}")

@@ -87,6 +87,7 @@ def convert(
     min_task: Optional[float] = typer.Option(None, "--min-task", help="Floor of the task metric, 0-1 [default: detect recall 0.95, segment pixel agreement 0.95; classify and embed: none, their budget is accuracy or cosine]."),
     score_threshold: float = typer.Option(0.25, "--score-threshold", help="detect: detections below this score are dropped before matching."),
     nms_iou: float = typer.Option(0.45, "--nms-iou", help="detect: IoU above which NMS drops the lower-scored box."),
+    time_budget: float = typer.Option(600, "--time-budget", min=0, help="Seconds --precision auto may search; past them no new candidate is built (fp32 stays) and the report says what was left untried. 0: no limit."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout (progress stays on stderr)."),
 ) -> None:
     """Convert a model for one device and write a verified bundle.
@@ -134,6 +135,7 @@ def convert(
         min_top1=min_top1,
         task=TaskOptions(task=task, output=task_output, channel_axes=tuple(channel_axis or ()), min_task=min_task,
                          score_threshold=score_threshold, iou=nms_iou),
+        time_budget_s=time_budget,
     )
     err = err_console()
     result = run_convert(model, config, calib=calib, eval_data=eval_data, step=stepper(err))

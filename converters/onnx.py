@@ -142,6 +142,16 @@ class OnnxConverter:
             found.append(Layer(node.name, display, node.op_type, int(numpy_helper.to_array(w).size)))
         return found
 
+    def layer_errors(self, fp32: Path, quantized: Path, layers: list[Layer], samples: Samples, *,
+                     threads: int = 1) -> dict[str, float]:
+        """Per layer, the noise int8 puts on its weights and input activations over their signal power, from
+        one run of the QDQ model ``quantized`` on ``samples`` (see :mod:`.onnx_debug`); empty for a model
+        without quantize/dequantize pairs (dynamic int8)."""
+        from .onnx_debug import layer_errors
+
+        with converting("per-layer quantization noise"):
+            return layer_errors(fp32, quantized, layers, samples.samples(), threads=threads)
+
     def io_specs(self, path: Path, source: Source) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         with converting(f"opening {path.name} with onnxruntime"):
             probe = session(path, exact_int8=False)  # only its inputs and outputs are read

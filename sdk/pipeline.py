@@ -221,7 +221,10 @@ def choose_precision(target: Target, source: Source, data: Split, budget: Budget
     measure_fn = make_measure(target.format.name, source, profile, target.threads, data.holdout, reference)
     outcome = search(target.converter, fp32_path, fp32_path.parent, profile=profile, precisions=precisions,
                      source=source, calib=data.calib, measure=measure_fn, budget=budget, reference_accuracy=ref_acc,
-                     threads=target.threads, latency_budget_s=cfg.latency_budget_s, step=step)
+                     threads=target.threads, latency_budget_s=cfg.latency_budget_s, step=step,
+                     time_budget_s=cfg.time_budget_s or None)
+    if outcome.cut_short:
+        data.warnings.append(f"the precision search was cut short: {outcome.cut_short} (raise --time-budget to try them)")
     precision = outcome.recipe.precision
     tried_int8 = [c for c in outcome.candidates if c.recipe.precision == "int8" and c.measured is not None]
     fitting = [c for c in tried_int8 if c.status in ("slower", "too large")]

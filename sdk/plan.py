@@ -41,6 +41,8 @@ class ConvertConfig:
         task: The model's task and how to judge it on that task (see :class:`TaskOptions`).
         seed: Seed of the calibration/held-out split and synthetic inputs.
         latency_budget_s: Time spent timing each model.
+        time_budget_s: How long ``--precision auto`` may search: past it no new candidate is built
+            (fp32 is always there) and the report says what was left untried; 0 for no limit.
 
     Example:
         >>> ConvertConfig(device="rpi4", precision="int8", out=Path("build/rpi4"))
@@ -61,6 +63,7 @@ class ConvertConfig:
     task: TaskOptions = field(default_factory=TaskOptions)
     seed: int = 0
     latency_budget_s: float = 1.0
+    time_budget_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.format != "auto":
@@ -76,6 +79,8 @@ class ConvertConfig:
             raise ValidationError(f"min_top1 must be between 0 and 1, got {self.min_top1}")
         if self.latency_budget_s <= 0:
             raise ValidationError("latency_budget_s must be positive")
+        if not self.time_budget_s >= 0:
+            raise ValidationError(f"--time-budget {self.time_budget_s} must be seconds, 0 or more (0: no limit)")
 
     def with_options(self, options: dict[str, Any]) -> ConvertConfig:
         """A copy with ``options`` (any field) replaced; paths and shapes take their Python forms.

@@ -48,8 +48,10 @@ class LayerSensitivity:
     """The output error when one layer alone is quantized."""
 
     layer: Layer
-    error: float  # the worst of 1 - mean cosine (worst output), 1 - worst channel cosine, 1 - task metric
-    cosine_min: float
+    # Measured alone: the worst of 1 - mean cosine (worst output), 1 - worst channel cosine, 1 - task metric.
+    # From one run (cosine_min None): noise over signal power of the layer's quantized inputs.
+    error: float
+    cosine_min: float | None
     accuracy: float | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +73,7 @@ class SearchResult:
     sensitivity: list[LayerSensitivity] = field(default_factory=list)
     sensitivity_of: str | None = None
     speed_rule: str = ""
+    cut_short: str | None = None  # what the time budget left untried
 
     def report(self, reference_accuracy: float | None) -> dict[str, Any]:
         return {
@@ -79,4 +82,5 @@ class SearchResult:
             "speed_rule": self.speed_rule,
             "candidates": [c.to_dict(self.fp32, reference_accuracy) for c in self.candidates],
             "sensitivity": {"recipe": self.sensitivity_of, "layers": [s.to_dict() for s in self.sensitivity]},
+            "cut_short": self.cut_short,
         }

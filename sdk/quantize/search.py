@@ -32,7 +32,7 @@ from ..verify.artifact import Measured, MeasureFn
 from ..verify.timing import measure_latency, paired_speedup
 from .budget import Budget
 from .results import Candidate, LayerSensitivity, SearchResult
-from .sensitivity import sensitivity
+from .sensitivity import one_run, sensitivity
 
 # A candidate measured more than this much slower than fp32 does not ship (timed-here boards only).
 SLOWER_TOLERANCE = 1.05
@@ -93,7 +93,7 @@ class Search:
     def __init__(self, converter: Converter, fp32: Path, work: Path, *, profile: DeviceProfile,
                  precisions: Sequence[str], source: Source, calib: Samples | None, measure: MeasureFn,
                  budget: Budget, reference_accuracy: float | None, threads: int, latency_budget_s: float,
-                 step: Step) -> None:
+                 step: Step, time_budget_s: float | None = None) -> None:
         self.converter, self.fp32, self.work = converter, fp32, work
         self.format = get_format(converter.format)
         self.profile, self.precisions, self.source, self.calib = profile, precisions, source, calib
@@ -108,6 +108,9 @@ class Search:
         self.layers: list[Layer] = []
         self.sensitivity: list[LayerSensitivity] = []
         self.sensitivity_of: str | None = None
+        self.time_budget_s = time_budget_s
+        self.deadline = time.monotonic() + time_budget_s if time_budget_s else None
+        self.untried: list[str] = []  # what the time budget cut
 
     def run(self) -> SearchResult:
         """Measure fp32, walk the ladder, fall back to mixed precision and floats; ship the first fit."""
@@ -160,20 +163,46 @@ class Search:
                                              reason="not tried: static int8 already ran slower than fp32 on this "
                                              "host, and mixed precision only adds float layers to it"))
             return None
+        if self._out_of_time():
+            self.untried.append("mixed precision")
+            return None
         self.sensitivity_of = basis.recipe.label()
-        with self.step(f"Per-layer sensitivity of {self.sensitivity_of}"):
-            self.sensitivity = sensitivity(self.converter, self.fp32, self.work, basis.recipe, self.layers,
-                                           source=self.source, calib=self.calib, profile=self.profile,
-                                           measure=self.measure)
+        with self.step(f"Per-layer sensitivity of {self.sensitivity_of} ({len(self.layers)} layers, one run)"):
+            ranked_once = one_run(self.converter, self.fp32, self.work, basis.recipe, self.layers, source=self.source,
+                                  calib=self.calib, profile=self.profile, threads=self.threads)
+        if ranked_once is not None:
+            self.sensitivity = ranked_once
+        else:  # each layer alone, for as long as the time budget lasts
+            n, shown = len(self.layers), [0]
+
+            def progress(done: int, total: int) -> None:
+                if done * 10 // total > shown[0]:  # a line every tenth of the layers
+                    shown[0] = done * 10 // total
+                    with self.step(f"  {done}/{total} layers measured"):
+                        pass
+
+            with self.step(f"Per-layer sensitivity of {self.sensitivity_of}, each of {n} layers alone"):
+                self.sensitivity = sensitivity(self.converter, self.fp32, self.work, basis.recipe, self.layers,
+                                               source=self.source, calib=self.calib, profile=self.profile,
+                                               measure=self.measure, progress=progress, deadline=self.deadline)
+            if len(self.sensitivity) < n:
+                self.untried.append(f"the sensitivity of {n - len(self.sensitivity)} of {n} layers")
         ranked = [s.layer.name for s in self.sensitivity]
         steps = [k for k in MIXED_STEPS if k < len(self.layers)]
         return self._first_within(replace(basis.recipe, keep_float=tuple(ranked[:k])) for k in steps)
+
+    def _out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
 
     def _try(self, recipe: Recipe) -> Candidate:
         """Build one candidate, measure it on the held-out samples, and judge it."""
         names = {layer.name: layer.display for layer in self.layers}
         cand = Candidate(recipe, float_layers=tuple(names.get(n, n) for n in recipe.keep_float))
         self.candidates.append(cand)
+        if recipe.precision != "fp32" and self._out_of_time():  # fp32 is measured already: always there
+            cand.reason = f"not tried: the search's time budget ({self.time_budget_s:g} s, --time-budget) ran out"
+            self.untried.append(recipe.label())
+            return cand
         static_int8 = recipe.precision == "int8" and recipe.mode == "static"
         if static_int8 and recipe.layout in self.slow_layouts and self.timed_here:
             cand.reason = "static int8 already ran slower than fp32 on this host; other calibrations run just as slow"
@@ -252,8 +281,10 @@ class Search:
         for recipe, other in self.kept.items():
             if recipe != chosen.recipe and other != self.fp32:
                 other.unlink(missing_ok=True)
+        cut = (f"the time budget ({self.time_budget_s:g} s, --time-budget) ran out before "
+               f"{', '.join(self.untried)}" if self.untried else None)
         return SearchResult(chosen.recipe, self.kept[chosen.recipe], chosen.done, self.candidates, self.budget,
-                            self.base, self.sensitivity, self.sensitivity_of, speed_rule(self.profile))
+                            self.base, self.sensitivity, self.sensitivity_of, speed_rule(self.profile), cut)
 
 
 def speed_rule(profile: DeviceProfile) -> str:
@@ -271,7 +302,7 @@ def speed_rule(profile: DeviceProfile) -> str:
 def search(converter: Converter, fp32: Path, work: Path, *, profile: DeviceProfile, precisions: Sequence[str],
            source: Source, calib: Samples | None, measure: MeasureFn, budget: Budget,
            reference_accuracy: float | None, threads: int = 1, latency_budget_s: float = 1.0,
-           step: Step | None = None) -> SearchResult:
+           step: Step | None = None, time_budget_s: float | None = None) -> SearchResult:
     """Find the fastest recipe within ``budget``; return it, its artifact in ``work`` and every candidate.
 
     Args:
@@ -288,10 +319,12 @@ def search(converter: Converter, fp32: Path, work: Path, *, profile: DeviceProfi
         threads: Threads the models run with while timed.
         latency_budget_s: Time spent timing each candidate against fp32.
         step: Progress hook.
+        time_budget_s: Past this many seconds no new candidate is built (fp32 stays); the result's
+            ``cut_short`` says what was left untried. ``None``: no limit.
 
     Raises:
         VerificationError: No candidate fits the budget; the message lists every one tried.
     """
     return Search(converter, fp32, work, profile=profile, precisions=precisions, source=source, calib=calib,
                   measure=measure, budget=budget, reference_accuracy=reference_accuracy, threads=threads,
-                  latency_budget_s=latency_budget_s, step=step or silent_step).run()
+                  latency_budget_s=latency_budget_s, step=step or silent_step, time_budget_s=time_budget_s).run()

@@ -155,7 +155,8 @@ def search_markdown(search: dict[str, Any]) -> list[str]:
     """The candidates table and the sensitivity ranking of a ``--precision auto`` search."""
     lines = ["", "## Candidates tried", "",
              f"Budget: {search['budget']}. Speed-ups are against fp32, timed in alternating rounds on this host.",
-             *([f"Speed rule: {search['speed_rule']}."] if search.get("speed_rule") else []), "",
+             *([f"Speed rule: {search['speed_rule']}."] if search.get("speed_rule") else []),
+             *([f"**Cut short:** {search['cut_short']}."] if search.get("cut_short") else []), "",
              "| candidate | float layers | size | vs fp32 | speed-up | cosine min | worst channel | task | Δ top-1 "
              "| result |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -178,13 +179,16 @@ def search_markdown(search: dict[str, Any]) -> list[str]:
 
 def sensitivity_markdown(layers: list[dict[str, Any]], recipe: str | None, top: int = 15) -> list[str]:
     """The most sensitive layers: output error when each alone is quantized."""
-    lines = ["", "## Per-layer sensitivity", "",
-             f"Each layer quantized alone ({recipe}); error = the worst of 1 − mean cosine (worst output), "
-             "1 − worst channel cosine and 1 − the task metric.", "",
+    alone = any(layer.get("cosine_min") is not None for layer in layers)
+    how = (f"Each layer quantized alone ({recipe}); error = the worst of 1 − mean cosine (worst output), "
+           "1 − worst channel cosine and 1 − the task metric." if alone else
+           f"From one calibrated run of {recipe}: error = the noise int8 puts on each layer's weights and input "
+           "activations, over their signal power.")
+    lines = ["", "## Per-layer sensitivity", "", how, "",
              "| # | layer | op | weights | error | cosine min |", "|---|---|---|---|---|---|"]
     for i, layer in enumerate(layers[:top], start=1):
         lines.append(f"| {i} | {layer['display']} | {layer['op']} | {layer['params']:,} | "
-                     f"{layer['error']:.2e} | {layer['cosine_min']:.4f} |")
+                     f"{layer['error']:.2e} | {_num(layer['cosine_min'])} |")
     if len(layers) > top:
         lines.append(f"| | … {len(layers) - top} more in report.json | | | | |")
     return lines
