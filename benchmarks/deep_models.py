@@ -7,9 +7,8 @@ Run by hand: ``.venv/bin/python benchmarks/deep_models.py [--model deep|stateful
   dynamic batch, height and width), seeded random weights; real digits upscaled to 64x64,
   three channels, as calibration (64) and held-out (64) images. What is measured is time and
   memory, and fidelity against the model itself, not accuracy.
-- ``stateful``: a streaming two-layer GRU (chunk ``[1, 4, 8]``, state ``[2, 1, 16]``, a 0-d gain),
-  exported with ``torch.export`` (seeded weights); each sample a digit's second half with the
-  state the model reached on its first half (200 of them, in the ``[N, ...]`` whole-input layout).
+- ``stateful``: the streaming GRU of :mod:`edgec.sdk.examples.stateful` (chunk ``[1, 4, 8]``, state
+  ``[2, 1, 16]``, a 0-d gain), 200 samples made from real digits in the ``[N, ...]`` layout.
 
 Each prints the steps of ``edgec convert --precision auto`` with seconds and the process's peak
 RSS at the end of each, then the search's candidates.
@@ -28,36 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from foreign_onnx import Stages, conv_model, digits_images  # noqa: E402
 
-
-def stateful_model(work: Path, samples: int = 200) -> tuple[Path, Path]:
-    import torch
-    from sklearn.datasets import load_digits
-
-    class Stateful(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gru = torch.nn.GRU(8, 16, num_layers=2, batch_first=True)
-            self.head = torch.nn.Linear(16, 4)
-
-        def forward(self, x, state, gain):
-            y, h = self.gru(x * gain, state)
-            return self.head(y), h
-
-    torch.manual_seed(0)
-    model = Stateful().eval()
-    rows = (load_digits().data / 16).astype(np.float32).reshape(-1, 8, 8)
-    x, state, gain = [], [], []
-    with torch.no_grad():
-        for i in range(samples):
-            g = np.float32(0.5 + (i % 5) * 0.25)
-            _, h = model(torch.from_numpy(rows[i, None, :4]), torch.zeros(2, 1, 16), torch.tensor(g))
-            x.append(rows[i, None, 4:])
-            state.append(h.numpy())
-            gain.append(g)
-    np.savez(work / "calib.npz", x=np.stack(x), state=np.stack(state), gain=np.array(gain))
-    program = torch.export.export(model, (torch.from_numpy(x[0]), torch.from_numpy(state[0]), torch.tensor(gain[0])))
-    torch.export.save(program, work / "stateful.pt2")
-    return work / "stateful.pt2", work / "calib.npz"
+from edgec.sdk.examples.stateful import write_stateful  # noqa: E402
 
 
 def run(name: str, model: Path, calib: Path, eval_data: Path | None, device: str) -> None:
@@ -95,7 +65,7 @@ def main() -> None:
             print(f"wall: {time.perf_counter() - started:.0f} s")
         if args.model in ("stateful", "both"):
             (work / "s").mkdir()
-            model, calib = stateful_model(work / "s")
+            model, calib = write_stateful(work / "s")
             run("stateful GRU (state [2, 1, 16], 0-d gain)", model, calib, None, args.device)
 
 

@@ -48,40 +48,13 @@ def test_a_model_with_dynamic_height_and_width_loads_and_runs_on_the_sizes_it_ta
     assert ran.exit_code == 0 and "float32[3, 2, 12, 12]" in ran.output, ran.output
 
 
-class Stateful(torch.nn.Module):
-    """A streaming GRU: a chunk [1, T, 8], its state [2, 1, 16] (batch not on the first axis) and a 0-d gain in;
-    features and the new state out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gru = torch.nn.GRU(8, 16, num_layers=2, batch_first=True)
-        self.head = torch.nn.Linear(16, 4)
-
-    def forward(self, x, state, gain):
-        y, h = self.gru(x * gain, state)
-        return self.head(y), h
-
-
 @pytest.fixture(scope="module")
-def stateful(tmp_path_factory, digits):
-    """The model, and real sample data for it: each digit's rows as 8 time steps, the state the model
-    reaches on a digit's first half, then the second half with that state."""
+def stateful(tmp_path_factory):
+    """A streaming GRU (state [2, 1, 16], batch not first; a 0-d gain) and 120 samples of real digits for it."""
+    from edgec.sdk.examples.stateful import write_stateful
+
     root = tmp_path_factory.mktemp("stateful")
-    torch.manual_seed(0)
-    model = Stateful().eval()
-    rows = digits.x_calib.reshape(-1, 8, 8)
-    x, state, gain = [], [], []
-    with torch.no_grad():
-        for i in range(120):
-            g = np.float32(0.5 + (i % 5) * 0.25)
-            _, h = model(torch.from_numpy(rows[i, None, :4]), torch.zeros(2, 1, 16), torch.tensor(g))
-            x.append(rows[i, None, 4:])
-            state.append(h.numpy())
-            gain.append(g)
-    x, state, gain = np.stack(x), np.stack(state), np.array(gain)
-    np.savez(root / "calib.npz", x=x, state=state, gain=gain)  # [N, 1, 4, 8], [N, 2, 1, 16], [N]: N whole inputs
-    program = torch.export.export(model, (torch.from_numpy(x[0]), torch.from_numpy(state[0]), torch.tensor(gain[0])))
-    torch.export.save(program, root / "stateful.pt2")
+    write_stateful(root, samples=120)
     return root
 
 
