@@ -16,12 +16,25 @@ from collections.abc import Callable, Iterator
 from typing import Any, Optional, TypeVar
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 
 from .._version import __version__
 from ..errors import EdgecError, InputError, first_line
 
+# `edgec --help` lists commands in the order people use them, not the order modules register them.
+WORK_ORDER = ("quickstart", "convert", "analyze", "compress", "run", "verify", "serve", "devices", "keys", "sign",
+              "fleet", "dashboard", "telemetry", "deploy")
+
+
+class InWorkOrder(TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: WORK_ORDER.index(n) if n in WORK_ORDER else len(WORK_ORDER))
+
+
 app = typer.Typer(
+    cls=InWorkOrder,
     name="edgec",
     help="Compress, convert and verify models for edge boards, and serve them there.",
     no_args_is_help=True,

@@ -77,7 +77,7 @@ def _link(broker: str, fleet: str, username: Optional[str], password: Optional[s
 
 
 BROKER = typer.Option(..., "--broker", "-b", help="The fleet's MQTT broker: mqtt://host:1883 or mqtts://host:8883.")
-FLEET = typer.Option("default", "--fleet", help="Fleet name (the boards' [telemetry] fleet).", envvar="EDGEC_FLEET")
+FLEET = typer.Option("default", "--fleet", help="Fleet name (the boards' \\[telemetry] fleet).", envvar="EDGEC_FLEET")
 USER = typer.Option(None, "--username", help="Broker user.")
 PASSWORD = typer.Option(None, "--password", help="Broker password (or EDGEC_MQTT_PASSWORD).", envvar="EDGEC_MQTT_PASSWORD")
 CA = typer.Option(None, "--ca-file", help="CA certificate that verifies an mqtts:// broker with its own CA.")
@@ -88,7 +88,7 @@ KEY = typer.Option(None, "--key", help="The fleet's private key (edgec keys new)
 @handles_errors
 def fleet_push(
     bundle: Path = typer.Argument(..., help="Bundle folder (signed with `edgec sign` if the boards trust keys)."),
-    model: str = typer.Option(..., "--model", "-m", help="Model name on the boards ([[models]] name)."),
+    model: str = typer.Option(..., "--model", "-m", help="Model name on the boards (\\[\\[models]] name)."),
     to: str = typer.Option(..., "--to", help="group:NAME, device:ID or all."),
     canary: int = typer.Option(0, "--canary", help="Update this many boards of the group first; go on only if they are live."),
     broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
@@ -216,7 +216,7 @@ def fleet_unpin(
 @fleet_app.command("command")
 @handles_errors
 def fleet_command(
-    device: str = typer.Argument(..., help="The board's name ([telemetry] device)."),
+    device: str = typer.Argument(..., help="The board's name (\\[telemetry] device)."),
     verb: str = typer.Argument(..., help="reload, stats or interval."),
     args: Optional[list[str]] = typer.Option(None, "--arg", help="KEY=VALUE for the command (a JSON value or a string), e.g. --arg seconds=5, --arg model=digits."),
     broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,

@@ -22,6 +22,7 @@ from ..formats import FORMATS, PRECISIONS
 from .tensors import DTYPES, QUANTIZED, TensorSpec
 
 MANIFEST_NAME = "manifest.json"
+GOLDEN_NAME = "golden.npz"  # held-out inputs and the host's answers (edgec.runtime.parity)
 SCHEMA_VERSION = 1
 
 

@@ -21,11 +21,11 @@ import numpy as np
 
 from ..errors import BundleError, EdgecError
 from .arrays import read_npz, write_npz
+from .manifest import GOLDEN_NAME
 
 if TYPE_CHECKING:
     from .model import LoadedModel
 
-GOLDEN_NAME = "golden.npz"
 GOLDEN_SAMPLES = 8
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # anything quantized (int8, dynamic, mixed): DEFAULT
 DEFAULT_TOLERANCE = 0.05  # a few output quantization steps: kernels may round differently, not disagree
@@ -56,18 +56,6 @@ def write_golden(bundle: Path, inputs: Mapping[str, np.ndarray], outputs: Mappin
     arrays = {f"input_{i}": np.asarray(inputs[name]) for i, name in enumerate(input_names)}
     arrays.update({f"output_{i}": np.asarray(outputs[name]) for i, name in enumerate(output_names)})
     return write_npz(bundle / GOLDEN_NAME, arrays)
-
-
-def golden_feeds(model: LoadedModel) -> dict[str, np.ndarray] | None:
-    """The bundle's golden inputs as feeds (inputs the model was verified with on the host), or ``None``
-    when it has none or they cannot be read (the parity check then says why)."""
-    if GOLDEN_NAME not in model.manifest.files:
-        return None
-    try:
-        golden = read_npz(Path(model.path) / GOLDEN_NAME, what=GOLDEN_NAME, error=BundleError, max_bytes=64 * 2**20)
-        return {spec.name: golden[f"input_{i}"] for i, spec in enumerate(model.manifest.inputs)}
-    except (BundleError, KeyError):
-        return None
 
 
 def check_parity(model: LoadedModel) -> Parity | None:

@@ -1,6 +1,6 @@
 """The package's shape, checked from its source with ``ast``: no import circles, no upward imports.
 
-Layers, top to bottom (DESIGN.md, docs/architecture.md): the package face, cli, sdk, devices,
+Layers, top to bottom (docs/architecture.md): the package face, cli, sdk, devices,
 converters, runtime, and the ground (errors, formats, _optional, _quiet, _version). A module
 imports only from its own part or from a part below it. Inside every folder, the rooms (its
 files and sub-folders) import each other without circles. Every import counts, including

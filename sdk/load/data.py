@@ -52,13 +52,9 @@ class ImageOptions:
 
 @dataclass
 class SampleSet:
-    """Named arrays sharing a first (sample) axis, with optional labels.
-
-    An input's array is one of two layouts: of the input's own rank, its first axis is the model's
-    batch axis and samples are batched along it; of one axis more (``whole``), its first axis lists
-    whole inputs, each fed as it is: an RNN state ``[N, 2, 1, 128]`` for an input ``[2, batch, 128]``,
-    ``[N]`` for a 0-d input. Those cannot be batched, so their samples go one at a time.
-    """
+    """Named arrays sharing a first (sample) axis, with optional labels. An array of its input's rank has
+    the model's batch on that axis; one of an axis more (``whole``) lists whole inputs, fed one at a time
+    as they are: an RNN state ``[N, 2, 1, 128]`` for ``[2, batch, 128]``, ``[N]`` for a 0-d input."""
 
     arrays: dict[str, np.ndarray]
     labels: np.ndarray | None = None

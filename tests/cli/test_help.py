@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from edgec.cli import app
 
-COMMANDS = [[], ["convert"], ["analyze"], ["compress"], ["run"], ["serve"], ["quickstart"], ["devices"],
-            ["devices", "show"], ["telemetry", "watch"]]
+
+def _every(command, path=()):
+    yield list(path)
+    for name, child in (getattr(command, "commands", None) or {}).items():
+        yield from _every(child, (*path, name))
+
+
+COMMANDS = list(_every(typer.main.get_command(app)))  # the root, every group and every command
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "edgec")
@@ -21,3 +30,16 @@ def test_help_renders(command):
 def test_serve_help_shows_its_example_config_whole():
     output = CliRunner().invoke(app, ["serve", "--help"], terminal_width=120).output
     assert "[batcher]" in output and "[[models]]" in output and "[]" not in output
+
+
+def test_commands_are_listed_in_the_order_people_use_them():
+    output = CliRunner().invoke(app, ["--help"], terminal_width=100).output
+    listed = re.findall(r"^│ ([a-z]+) ", output, flags=re.M)
+    assert listed[:7] == ["quickstart", "convert", "analyze", "compress", "run", "verify", "serve"], listed
+
+
+def test_bracketed_text_in_option_help_is_shown():
+    output = CliRunner().invoke(app, ["convert", "--help"], env={"COLUMNS": "200"}).output
+    assert "[default: build/<device>]" in output and "scaled to [0,1]" in output
+    output = CliRunner().invoke(app, ["fleet", "push", "--help"], env={"COLUMNS": "200"}).output
+    assert "([[models]] name)" in output
