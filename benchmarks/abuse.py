@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import socket
 import statistics
 import subprocess
@@ -31,27 +30,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "tests" / "fixtures" / "bundles" / "onnx-fp32"
-
-
-def npz_bomb(nbytes: int, level: int = 9) -> bytes:
-    """An .npz of ~nbytes/1000 on the wire whose one float32 array inflates to ``nbytes`` of zeros."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as archive:
-        with archive.open("input.npy", "w", force_zip64=True) as member:
-            header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, 1, 8, 8), }" % (nbytes // 256)
-            header += " " * (-(10 + len(header) + 1) % 64) + "\n"
-            member.write(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
-            zeros = bytes(2**22)
-            for _ in range(nbytes // len(zeros)):
-                member.write(zeros)
-    return buf.getvalue()
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers.bombs import npz_bomb  # noqa: E402
 
 
 class Watch:

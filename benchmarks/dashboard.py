@@ -25,10 +25,9 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "runtime"))
-sys.path.insert(0, str(ROOT / "tests" / "sdk"))
-from messages import model, status, telemetry  # noqa: E402  (whole, valid board messages)
-from mosquitto_broker import Mosquitto  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers.messages import model, status, telemetry  # noqa: E402  (whole, valid board messages)
+from helpers.broker import Mosquitto  # noqa: E402
 
 from edgec.runtime.mqtt import paho_client  # noqa: E402
 

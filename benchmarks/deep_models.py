@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from foreign_onnx import Stages, conv_model, digits_images  # noqa: E402
+from foreign_onnx import Stages  # noqa: E402  (this folder)
+from helpers.models import conv_model, digits_images  # noqa: E402
 
 from edgec.sdk.examples.stateful import write_stateful  # noqa: E402
 

@@ -25,68 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def conv_model(path: Path, *, channels: tuple[int, ...] = (16, 32, 32), in_channels: int = 3, classes: int = 10,
-               opset: int = 12, seed: int = 0, downsample: tuple[int, ...] | None = None) -> Path:
-    """A dynamic-shape CNN (N, C, H, W) -> (N, classes) with every weight a Constant node; the layers in
-    ``downsample`` have stride 2 (default: every layer but the first)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    nodes, previous, width = [], "image", in_channels
-
-    def const(name: str, value: np.ndarray) -> str:
-        nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value.astype(np.float32), name)))
-        return name
-
-    for i, out_ch in enumerate(channels):
-        w = const(f"w{i}", rng.normal(0, np.sqrt(2 / (width * 9)), (out_ch, width, 3, 3)))
-        b = const(f"b{i}", rng.normal(0, 0.05, out_ch))
-        nodes.append(helper.make_node("Conv", [previous, w, b], [f"conv{i}"], pads=[1, 1, 1, 1],
-                                      strides=[2, 2] if (i in downsample if downsample is not None else i) else [1, 1],
-                                      name=f"conv{i}"))
-        nodes.append(helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"], name=f"relu{i}"))
-        previous, width = f"relu{i}", out_ch
-    nodes.append(helper.make_node("GlobalAveragePool", [previous], ["pooled"], name="pool"))
-    nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"], axis=1, name="flatten"))
-    fc = const("fc_w", rng.normal(0, np.sqrt(1 / width), (width, classes)))
-    fc_b = const("fc_b", rng.normal(0, 0.05, classes))
-    nodes.append(helper.make_node("MatMul", ["flat", fc], ["logits_mm"], name="fc"))
-    nodes.append(helper.make_node("Add", ["logits_mm", fc_b], ["logits"], name="fc_bias"))
-    graph = helper.make_graph(
-        nodes, "foreign_cnn",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", in_channels, "height", "width"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="another-exporter")
-    model.ir_version = 7
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-def keras_model(path: Path, *, channels: tuple[int, ...] = (16, 32, 32), classes: int = 10, seed: int = 0) -> Path:
-    """The same CNN as :func:`conv_model` in Keras: (N, H, W, 3) -> (N, classes), H and W dynamic."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    image = keras.Input((None, None, 3), name="image")
-    h = image
-    for i, out_ch in enumerate(channels):
-        h = keras.layers.Conv2D(out_ch, 3, strides=2 if i else 1, padding="same", activation="relu")(h)
-    logits = keras.layers.Dense(classes, name="logits")(keras.layers.GlobalAveragePooling2D()(h))
-    keras.Model(image, logits).save(path)
-    return path
-
-
-def digits_images(size: int, count: int, *, seed: int = 0, offset: int = 0) -> np.ndarray:
-    """``count`` real digits upscaled to ``size`` x ``size``, three channels, in [0, 1]."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits().images[offset:offset + count].astype(np.float32) / 16.0
-    repeat = max(1, size // 8)
-    big = np.kron(digits, np.ones((repeat, repeat), dtype=np.float32))[:, :size, :size]
-    return np.repeat(big[:, None], 3, axis=1).astype(np.float32)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.models import conv_model, digits_images, keras_model  # noqa: E402
 
 
 def peak_rss_mb() -> float:

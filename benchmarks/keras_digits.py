@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,25 +28,10 @@ from edgec.sdk.examples.quickstart import compare_rows, measure_bundle  # noqa: 
 from edgec.sdk.examples.zoo import digits_splits  # noqa: E402
 from edgec.sdk.report.terminal import bundles_table  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.models import train_keras  # noqa: E402
+
 BOARDS = (("rpi4", ("fp32", "auto")), ("rpi5", ("fp32", "auto")), ("coral", ("auto",)), ("x86-64", ("fp32", "auto")))
-
-
-def train_keras(x: np.ndarray, y: np.ndarray, *, epochs: int, seed: int = 0):
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1), name="image"),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10),
-    ])
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"],
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
-    return model
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "runtime"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from mosquitto_broker import Mosquitto  # noqa: E402
+from helpers.broker import Mosquitto  # noqa: E402
 
 from edgec.runtime.config import TelemetryConfig
 from edgec.runtime.mqtt import Publisher, paho_client  # noqa: E402

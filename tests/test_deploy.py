@@ -93,10 +93,8 @@ def test_the_compose_broker_takes_no_anonymous_client_and_its_board_and_dashboar
     import urllib.request
 
     import yaml
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from fleet import Board  # noqa: E402  (benchmarks/fleet.py)
-    from mosquitto_broker import Mosquitto, free_port  # noqa: E402
+    from helpers.boards import Board  # noqa: E402
+    from helpers.broker import Mosquitto, free_port  # noqa: E402
 
     system_tool("mosquitto", "mosquitto")
     secrets = tmp_path / "secrets"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -45,3 +46,18 @@ def test_the_built_wheel_holds_every_module_and_data_file(tmp_path):
     wanted |= {"edgec/sdk/fleet/telemetry.schema.json", "edgec/sdk/fleet/web/index.html",
                "edgec/devices/profiles/rpi4.toml"}
     assert not wanted - names, sorted(wanted - names)[:20]
+
+
+def test_tests_import_the_package_and_their_helpers_never_each_other_or_the_benchmarks():
+    import ast
+
+    others = {p.stem for p in (ROOT / "tests").rglob("test_*.py")} | {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+    wrong = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            wrong += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in others]
+        if re.search(r'sys\.path\.insert\([^\n]*"benchmarks"', path.read_text(encoding="utf-8")):
+            wrong.append(f"{path.relative_to(ROOT)}: puts benchmarks/ on the path")
+    assert not wrong, wrong

@@ -6,7 +6,6 @@ import hashlib
 import json
 import shutil
 import signal
-import sys
 import threading
 import time
 import urllib.error
@@ -15,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mosquitto_broker import Mosquitto
-from test_telemetry import Subscriber
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from fleet import Board  # noqa: E402  (benchmarks/fleet.py)
+from helpers.broker import Mosquitto
+from helpers.mqtt import Subscriber
+from helpers.boards import Board  # noqa: E402
 
 from edgec.sdk.bundle.sign import control_signer, new_keys, sign_bundle
 from typer.testing import CliRunner

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import socket
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from edgec.runtime.config import ServeConfig
 from edgec.runtime.server import Server
 from edgec.errors import ValidationError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from abuse import npz_bomb  # noqa: E402  (benchmarks/abuse.py)
+from helpers.bombs import npz_bomb  # noqa: E402
 
 
 @pytest.fixture

@@ -18,8 +18,7 @@ from edgec.runtime.config import ServeConfig
 from edgec.runtime.probe import probe
 from edgec.runtime.serving import Runtime
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import fuzz  # noqa: E402  (benchmarks/fuzz.py)
+from helpers import fuzz
 
 
 def edited(bundle: Path, out: Path, edit) -> Path:

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from mosquitto_broker import free_port
+from helpers.broker import free_port
 
 from edgec.runtime.config import ServeConfig
 from edgec.runtime.server import Server

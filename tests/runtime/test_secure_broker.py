@@ -7,16 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from mosquitto_broker import Mosquitto, free_port
+from helpers.broker import Mosquitto, free_port
 from typer.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from fleet import Board  # noqa: E402  (benchmarks/fleet.py)
+from helpers.boards import Board  # noqa: E402
 
 from edgec.cli import app  # noqa: E402
 from edgec.runtime.admission import bundle_version  # noqa: E402

@@ -130,8 +130,8 @@ def test_after_a_clean_close_numbering_resumes_exactly(tmp_path):
 
 @pytest.mark.parametrize("damage", ["database", "write-ahead log"])
 def test_a_damaged_spool_at_start_is_reported_and_telemetry_flows(tmp_path, damage):
-    from mosquitto_broker import Mosquitto
-    from test_telemetry import Subscriber, config
+    from helpers.broker import Mosquitto
+    from helpers.mqtt import Subscriber, config
 
     from edgec.runtime.agent import Telemetry
 
@@ -167,8 +167,8 @@ def test_a_damaged_spool_at_start_is_reported_and_telemetry_flows(tmp_path, dama
 
 def test_the_sender_survives_an_error_and_health_says_so(tmp_path):
     """Supervision, with one failure injected into a real spool (beside the real-damage test above)."""
-    from mosquitto_broker import Mosquitto
-    from test_telemetry import Subscriber, config
+    from helpers.broker import Mosquitto
+    from helpers.mqtt import Subscriber, config
 
     from edgec.errors import SpoolError
     from edgec.runtime.mqtt import Publisher
@@ -201,7 +201,7 @@ def test_the_sender_survives_an_error_and_health_says_so(tmp_path):
 
 def test_a_publisher_whose_sender_thread_is_gone_restarts_it(tmp_path):
     from edgec.runtime.mqtt import Publisher
-    from test_telemetry import config
+    from helpers.mqtt import config
 
     problems = []
     pub = Publisher(config(tmp_path, None))

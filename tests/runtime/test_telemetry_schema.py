@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from mosquitto_broker import Mosquitto
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from fleet import Board, drifted  # noqa: E402  (benchmarks/fleet.py)
+from helpers.broker import Mosquitto
+from helpers.boards import Board, drifted  # noqa: E402
 
 jsonschema = pytest.importorskip("jsonschema")
 mqtt = pytest.importorskip("paho.mqtt.client")

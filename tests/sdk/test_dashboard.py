@@ -12,12 +12,11 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from fleet import Board  # noqa: E402  (benchmarks/fleet.py)
-from mosquitto_broker import Mosquitto  # noqa: E402  (tests/runtime, put on the path by fleet.py)
+from helpers.boards import Board  # noqa: E402
+from helpers.broker import Mosquitto  # noqa: E402
 
-from chromium import Chromium  # noqa: E402
-from messages import model, status, telemetry, update  # noqa: E402
+from helpers.chromium import Chromium  # noqa: E402
+from helpers.messages import model, status, telemetry, update  # noqa: E402
 from edgec.sdk.fleet.dashboard import AlertRules, snapshot  # noqa: E402
 from edgec.sdk.fleet.view import FleetView  # noqa: E402
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from messages import model, status, telemetry
+from helpers.messages import model, status, telemetry
 
 from edgec.sdk.fleet.dashboard import snapshot
 from edgec.sdk.fleet.view import FleetView

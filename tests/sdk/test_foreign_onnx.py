@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from foreign_onnx import conv_model, digits_images  # noqa: E402  (benchmarks/foreign_onnx.py)
+from helpers.models import conv_model, digits_images  # noqa: E402
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

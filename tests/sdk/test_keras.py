@@ -15,10 +15,7 @@ keras = pytest.importorskip("keras")
 from typer.testing import CliRunner  # noqa: E402
 
 from edgec.cli import app  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from foreign_onnx import digits_images  # noqa: E402  (real digits, upscaled)
-from keras_digits import train_keras  # noqa: E402  (the Keras CNN benchmarks/keras_digits.py measures)
+from helpers.models import digits_images, train_keras  # noqa: E402
 
 from edgec.converters import converter_for  # noqa: E402
 from edgec.converters.base import Recipe  # noqa: E402

@@ -4,16 +4,13 @@ whose cut is reported, through the CLI."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 pytest.importorskip("onnx")
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from foreign_onnx import conv_model, digits_images  # noqa: E402
+from helpers.models import conv_model, digits_images  # noqa: E402
 
 from edgec.cli import app  # noqa: E402
 

@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .processes import terminate
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -65,11 +67,6 @@ class Mosquitto:
 
     def stop(self) -> None:
         """SIGTERM, as a service manager stops it (it saves its persistence file first)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process)
         self.process = None

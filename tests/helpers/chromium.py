@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .processes import terminate
+
 
 def chromium_binary() -> str | None:
     return next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
@@ -106,11 +108,5 @@ class Chromium:
             self._ws = None
         if getattr(self, "loop", None) is not None and not self.loop.is_closed():
             self.loop.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.log.close()
