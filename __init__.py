@@ -18,7 +18,7 @@ from ._version import __version__ as __version__
 from .errors import EdgecError as EdgecError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .runtime.model import load as load
+    from .runtime.bundle.model import load as load
     from .sdk.compress import compress as compress
     from .sdk.pipeline import convert as convert
     from .sdk.analyze import analyze as analyze
@@ -41,7 +41,7 @@ def __getattr__(name: str) -> Any:
 
         return compress
     if name == "load":
-        from .runtime.model import load
+        from .runtime.bundle.model import load
 
         return load
     raise AttributeError(f"module 'edgec' has no attribute {name!r}")

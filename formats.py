@@ -65,13 +65,13 @@ class Format:
 
 FORMATS: dict[str, Format] = {
     "onnx": Format(
-        "onnx", ".onnx", PRECISIONS, "edgec.converters.onnx", "edgec.runtime.backends.onnx",
+        "onnx", ".onnx", PRECISIONS, "edgec.converters.onnx", "edgec.runtime.bundle.backends.onnx",
         modes=("static", "dynamic"), calibrations=CALIBRATIONS, smoothing=True, layouts=LAYOUTS,
         # onnxruntime has integer kernels at run time for these only (MatMulInteger, int8 Gather).
         dynamic_ops=("MatMul", "Gather", "Attention", "LSTM"), platform="onnxruntime_onnx",
     ),
     "tflite": Format(
-        "tflite", ".tflite", PRECISIONS, "edgec.converters.tflite", "edgec.runtime.backends.tflite",
+        "tflite", ".tflite", PRECISIONS, "edgec.converters.tflite", "edgec.runtime.bundle.backends.tflite",
         # ai-edge-quantizer calibrates by min/max; histogram methods are onnxruntime's.
         modes=MODES, calibrations=("minmax",), batch_of_one=True, platform="tensorflow_lite",
     ),

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers.messages import model, status, telemetry  # noqa: E402  (whole, valid board messages)
 from helpers.broker import Mosquitto  # noqa: E402
 
-from edgec.runtime.mqtt import paho_client  # noqa: E402
+from edgec.runtime.agent.publisher import paho_client  # noqa: E402
 
 
 def publish_fleet(port: int, boards: int, invalid: int) -> None:

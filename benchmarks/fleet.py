@@ -5,7 +5,7 @@ board is its own ``edgec serve`` process with a ``[fleet]`` table (the committed
 bundle to start with); the bundle pushed is the int8 one padded with a file of random bytes to
 the size asked (so it is as big as a real model's bundle while its model stays quick to load).
 By default it runs as a secured fleet does: every bundle signed, the desired states signed with
-the same key (edgec.runtime.control), and boards with ``trusted_keys`` that check both.
+the same key (edgec.runtime.agent.control), and boards with ``trusted_keys`` that check both.
 A client sends requests to every board throughout. Measured:
 
 - time from ``edgec fleet push`` until every board is live (chunks published, downloaded,

@@ -63,7 +63,7 @@ def build(root: Path) -> None:
 
 def overhead(root: Path, x: np.ndarray) -> list[dict]:
     from edgec.runtime import load
-    from edgec.runtime.batcher import Batcher
+    from edgec.runtime.serve.batcher import Batcher
     from edgec.runtime.config import BatcherConfig
     from edgec.sdk.verify.timing import paired_speedup
 
@@ -212,10 +212,10 @@ def stages(root: Path, x: np.ndarray, bundle: str) -> list[tuple[str, float, str
     import io
 
     from edgec.runtime import load, oip
-    from edgec.runtime.bodies import decode_inputs, encode_outputs
-    from edgec.runtime.batcher import Batcher
+    from edgec.runtime.serve.bodies import decode_inputs, encode_outputs
+    from edgec.runtime.serve.batcher import Batcher
     from edgec.runtime.config import BatcherConfig
-    from edgec.runtime.handoff import Waiter
+    from edgec.runtime.serve.waiter import Waiter
 
     def timed(fn: Any, n: int = 2000) -> float:
         for _ in range(50):
@@ -311,7 +311,7 @@ def footprint(root: Path) -> dict[str, dict[str, float]]:
 def throughput_in_process(root: Path, x: np.ndarray, bundle: str, clients: int = 16, seconds: float = 3.0) -> list[dict]:
     """The same comparison without HTTP: ``clients`` threads calling ``Runtime.predict``."""
     from edgec.runtime.config import ServeConfig
-    from edgec.runtime.serving import Runtime
+    from edgec.runtime.serve.runtime import Runtime
 
     rows = []
     for label, batch in (("unbatched (max_batch_size 1)", 1), ("batched (max_batch_size 16)", 16)):
@@ -339,7 +339,7 @@ def throughput_in_process(root: Path, x: np.ndarray, bundle: str, clients: int =
 
 
 def memory(root: Path, budget_mb: float = 128.0, rounds: int = 3) -> dict:
-    from edgec.runtime.cache import ModelCache
+    from edgec.runtime.serve.cache import ModelCache
     from edgec.runtime.system import rss_bytes
 
     cache = ModelCache(int(budget_mb * 2**20))

@@ -35,7 +35,7 @@ def deploy_install(
       sudo edgec deploy install --config /etc/edgec/runtime.toml
       edgec deploy install --config runtime.toml --dry-run
     """
-    from ..runtime.service import build_unit, install_unit
+    from ..runtime.install import build_unit, install_unit
 
     unit = build_unit(config, name=name, user=user, unit_dir=unit_dir, memory_mb=memory_mb)
     err = err_console()

@@ -56,7 +56,7 @@ def sign(
       edgec sign build/rpi4 --key fleet-key --release 42     # your CI's build number
     """
     from ..sdk.bundle.sign import sign_bundle
-    from ..runtime.manifest import read_manifest
+    from ..runtime.bundle.manifest import read_manifest
 
     kid = sign_bundle(bundle, key, release=release)
     out.print(f"signed {escape(str(bundle))} (release {read_manifest(bundle).release}) with key {kid}")

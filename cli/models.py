@@ -280,9 +280,9 @@ def run(
     Example:
       edgec run build/rpi4 --input sample.npz --output out.npz
     """
-    from ..runtime.arrays import read_npz, write_npz
-    from ..runtime.model import load
-    from ..runtime.probe import probe
+    from ..runtime.bundle.arrays import read_npz, write_npz
+    from ..runtime.bundle.model import load
+    from ..runtime.bundle.probe import probe
 
     if output_path is not None and output_path.exists() and not force:
         raise InputError(f"{output_path} already exists: pass --force to replace it")

@@ -91,8 +91,8 @@ def verify(
       edgec verify build/rpi4
       edgec verify build/rpi4 --key fleet-key.pub
     """
-    from ..runtime.signing import TrustedKeys
-    from ..runtime.verify import verify_bundle
+    from ..runtime.bundle.signing import TrustedKeys
+    from ..runtime.bundle.checks import verify_bundle
 
     checks = verify_bundle(bundle, run=not no_run, trusted=TrustedKeys.from_files(key) if key else None)
     marks = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]-[/]"}

@@ -18,7 +18,7 @@ import numpy as np
 from .._quiet import quiet
 from ..errors import ConversionError, EdgecError, ValidationError, first_line
 from ..formats import CALIBRATIONS, LAYOUTS, MODES
-from ..runtime.tensors import TensorSpec
+from ..runtime.bundle.tensors import TensorSpec
 
 # Calibration past this many samples costs time and rarely moves int8 ranges.
 MAX_CALIBRATION_SAMPLES = 512

@@ -14,8 +14,8 @@ import numpy as np
 from .._optional import need
 from ..errors import ConversionError
 from ..formats import FORMATS
-from ..runtime.backends.onnx import session, tensor_spec
-from ..runtime.tensors import TensorSpec
+from ..runtime.bundle.backends.onnx import session, tensor_spec
+from ..runtime.bundle.tensors import TensorSpec
 from .base import (MAX_CALIBRATION_SAMPLES, Layer, Recipe, Samples, Source, Target, batch_size, converting,
                    example_feeds)
 from .onnx_graph import float_blocks, normalize

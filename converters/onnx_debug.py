@@ -20,7 +20,7 @@ import numpy as np
 
 from .._optional import need
 from .base import Layer
-from ..runtime.backends.onnx import session
+from ..runtime.bundle.backends.onnx import session
 
 
 def layer_errors(fp32: Path, quantized: Path, layers: Sequence[Layer], batches: Iterable[dict[str, np.ndarray]], *,

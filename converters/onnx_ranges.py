@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.backends.onnx import session
+from ..runtime.bundle.backends.onnx import session
 from .base import RANGE_RATIO
 
 # Nodes after a mixed Concat that hold no weights (reshapes, activations, arithmetic) stay

@@ -22,8 +22,8 @@ from .._optional import need
 from .._quiet import quiet
 from ..errors import ConversionError
 from ..formats import FORMATS
-from ..runtime.backends.tflite import interpreter_class
-from ..runtime.tensors import Quantization, TensorSpec
+from ..runtime.bundle.backends.tflite import interpreter_class
+from ..runtime.bundle.tensors import Quantization, TensorSpec
 from .base import (MAX_CALIBRATION_SAMPLES, RANGE_RATIO, Layer, Recipe, Samples, Source, Target, converting,
                    example_feeds)
 

@@ -6,10 +6,10 @@ onnx or ``edgec.sdk`` (a test enforces it).
 
 from __future__ import annotations
 
-from .manifest import Manifest as Manifest
-from .tensors import TensorSpec as TensorSpec
-from .manifest import read_manifest as read_manifest
-from .model import LoadedModel as LoadedModel
-from .model import load as load
+from .bundle.manifest import Manifest as Manifest
+from .bundle.tensors import TensorSpec as TensorSpec
+from .bundle.manifest import read_manifest as read_manifest
+from .bundle.model import LoadedModel as LoadedModel
+from .bundle.model import load as load
 
 __all__ = ["LoadedModel", "Manifest", "TensorSpec", "load", "read_manifest"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from .agent import Telemetry
-from .api import Api
+from .agent.telemetry import Telemetry
+from .serve.api import Api
 from .config import ServeConfig
-from .http import HttpServer
-from .serving import Runtime
-from .updater import Updater
+from .serve.http import HttpServer
+from .serve.runtime import Runtime
+from .agent.updates import Updater
 
 
 class Server:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CalibrationError, ValidationError
-from ..runtime.arrays import read_npz
+from ..runtime.bundle.arrays import read_npz
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 

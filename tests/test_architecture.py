@@ -134,7 +134,7 @@ def _components(edges: dict[str, set[str]]) -> list[set[str]]:
 
 def test_the_package_imports_only_downward():
     graph = import_graph()
-    assert len(graph) > 40 and "edgec.runtime.model" in graph["edgec.sdk.pipeline"]
+    assert len(graph) > 40 and "edgec.runtime.bundle.model" in graph["edgec.sdk.pipeline"]
     assert upward_arrows(graph) == []
 
 

@@ -1,4 +1,4 @@
-"""Fleet keys and bundle signing (host side); boards check with :mod:`edgec.runtime.signing`."""
+"""Fleet keys and bundle signing (host side); boards check with :mod:`edgec.runtime.bundle.signing`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 from ..._optional import need
 from ...errors import BundleError, ValidationError
 from ...runtime.files import write_atomic
-from ...runtime.manifest import MANIFEST_NAME, read_manifest, verify_files
-from ...runtime.signing import SIGNATURE_NAME, key_id, public_raw
+from ...runtime.bundle.manifest import MANIFEST_NAME, read_manifest, verify_files
+from ...runtime.bundle.signing import SIGNATURE_NAME, key_id, public_raw
 
 
 def _crypto():
@@ -102,7 +102,7 @@ def sign_bundle(bundle: str | Path, key: str | Path, *, release: int | None = No
 
 class ControlSigner:
     """Signs control messages with the fleet's private key, and recognises its own (see
-    :mod:`edgec.runtime.control`).
+    :mod:`edgec.runtime.agent.control`).
 
     Args:
         key: The private key file (``edgec keys new``).
@@ -112,21 +112,21 @@ class ControlSigner:
     """
 
     def __init__(self, key: str | Path) -> None:
-        from ...runtime.signing import TrustedKeys
+        from ...runtime.bundle.signing import TrustedKeys
 
         self._private = load_private_key(key)
         self.key_id = key_id(public_raw(self._private.public_key()))
         self._own = TrustedKeys({self.key_id: self._private.public_key()})
 
     def __call__(self, message: dict, topic: str, **kw) -> dict:
-        from ...runtime.control import seal
+        from ...runtime.agent.control import seal
 
         return seal(message, topic, self._private, self.key_id, **kw)
 
     def signed_by_me(self, message: dict, topic: str) -> bool:
         """Whether ``message`` (as found on ``topic``) carries this key's valid signature, expired or not."""
         from ...errors import IntegrityError
-        from ...runtime.control import check
+        from ...runtime.agent.control import check
 
         try:
             check(message, topic, self._own, newest_seq=None, now=0.0)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ...converters import converter_for
-from ...runtime.backends.onnx import session
+from ...runtime.bundle.backends.onnx import session
 from ..load.models import load_model
 from ..verify.timing import measure_latency, paired_speedup
 from .prune import count, weight_sparsity

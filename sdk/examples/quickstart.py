@@ -17,7 +17,7 @@ import numpy as np
 from ..._optional import need
 from ..._quiet import quiet
 from ...errors import BundleError
-from ...runtime.model import load
+from ...runtime.bundle.model import load
 from ..pipeline import convert
 from ..progress import Step, silent_step
 from ..verify.timing import measure_latency

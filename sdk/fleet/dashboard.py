@@ -251,7 +251,7 @@ def serve(broker: str, port: int = 1883, *, fleet: str = "+", host: str = "127.0
     """
     from ..._optional import need
     from ...errors import ValidationError
-    from ...runtime.http import bind
+    from ...runtime.serve.http import bind
     from .watch import subscribe
 
     uvicorn = need("uvicorn", extra="runtime", purpose="to serve the dashboard")

@@ -1,7 +1,7 @@
 """``edgec fleet push / status / rollback``: desired model versions for boards, over their MQTT broker.
 
 The host publishes the bundle's chunks and the desired state as retained messages (the
-topics are described in :mod:`edgec.runtime.updater`); boards that are offline converge when
+topics are described in :mod:`edgec.runtime.agent.updates`); boards that are offline converge when
 they come back, with nothing of the host's running. A push with ``canary`` updates that many
 boards of the group first, by device-level desired states, waits for each to be live (or to
 fail), and only then sets the group's; a failed canary halts the rollout, and the canaries
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ValidationError
-from ...runtime.delivery import CHUNK_BYTES, describe_blob, pack
-from ...runtime.manifest import read_manifest, verify_files
-from ...runtime.signing import read_signature
+from ...runtime.agent.delivery import CHUNK_BYTES, describe_blob, pack
+from ...runtime.bundle.manifest import read_manifest, verify_files
+from ...runtime.bundle.signing import read_signature
 from .link import FleetLink, groups_of
 
 DONE = {"live"}

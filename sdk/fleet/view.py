@@ -1,7 +1,7 @@
 """What a dashboard knows about a fleet: the latest status, telemetry, event and update of every device.
 
 Fed with every message under ``edgec/<fleet>/+/+`` and ``edgec/<fleet>/+/update/+`` (see
-:mod:`edgec.runtime.agent` and :mod:`edgec.runtime.updater` for the topics);
+:mod:`edgec.runtime.agent.telemetry` and :mod:`edgec.runtime.agent.updates` for the topics);
 ``edgec telemetry watch`` draws it as a live table, ``edgec dashboard`` as a web page.
 """
 

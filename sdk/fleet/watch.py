@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ...errors import BrokerError
-from ...runtime.mqtt import paho_client
+from ...runtime.agent.publisher import paho_client
 from .view import FleetView
 
 

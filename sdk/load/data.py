@@ -17,8 +17,8 @@ import numpy as np
 
 from ..._optional import need
 from ...errors import CalibrationError, ModelLoadError
-from ...runtime.arrays import read_npz
-from ...runtime.tensors import TensorSpec, check_array
+from ...runtime.bundle.arrays import read_npz
+from ...runtime.bundle.tensors import TensorSpec, check_array
 
 LABELS_KEY = "labels"
 MIN_SAMPLES = 32

@@ -20,7 +20,7 @@ from ..._optional import need
 from ..._quiet import quiet
 from ...converters.keras import tensorflow
 from ...errors import ModelLoadError, first_line
-from ...runtime.tensors import TensorSpec
+from ...runtime.bundle.tensors import TensorSpec
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 SAVED_MODEL_FILE = "saved_model.pb"

@@ -11,8 +11,8 @@ import numpy as np
 
 from ..._optional import need
 from ...errors import ModelLoadError, first_line
-from ...runtime.backends.onnx import session, tensor_spec
-from ...runtime.tensors import TensorSpec
+from ...runtime.bundle.backends.onnx import session, tensor_spec
+from ...runtime.bundle.tensors import TensorSpec
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 from ..._optional import need
 from ..._quiet import quiet
 from ...errors import InferenceError, ModelLoadError, first_line
-from ...runtime.tensors import TensorSpec
+from ...runtime.bundle.tensors import TensorSpec
 
 _TORCH_DTYPES = {
     "torch.float32": "float32",

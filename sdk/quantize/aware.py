@@ -21,7 +21,7 @@ from ..._optional import need
 from ..._quiet import quiet
 from ...devices import builtin_profiles
 from ...errors import ConversionError, ValidationError, first_line
-from ...runtime.tensors import TensorSpec
+from ...runtime.bundle.tensors import TensorSpec
 from ..training import History, arrays_from, batches, fit
 from ..verify.artifact import open_artifact
 

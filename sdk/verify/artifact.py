@@ -17,10 +17,10 @@ import numpy as np
 from ...converters import converter_for
 from ...converters.base import Samples, Source, batch_size
 from ...devices import DeviceProfile
-from ...runtime.backends import BackendOptions, open_backend
-from ...runtime.manifest import Manifest
-from ...runtime.model import LoadedModel
-from ...runtime.tensors import TensorSpec
+from ...runtime.bundle.backends import BackendOptions, open_backend
+from ...runtime.bundle.manifest import Manifest
+from ...runtime.bundle.model import LoadedModel
+from ...runtime.bundle.tensors import TensorSpec
 from .fidelity import Fidelity, Reference, run_batched
 from .task import TaskOptions
 from .timing import Latency, measure_latency
@@ -62,7 +62,7 @@ def open_artifact(path: Path, *, fmt: str, precision: str, source: Source, profi
         profile: The target board (execution providers).
         threads: Threads to run it with on this host.
         specs: Its inputs and outputs, when already known.
-        weight_bits: 7 for int8 weights of reduced range (see :class:`~edgec.runtime.manifest.Manifest`).
+        weight_bits: 7 for int8 weights of reduced range (see :class:`~edgec.runtime.bundle.manifest.Manifest`).
     """
     inputs, outputs = specs or converter_for(fmt).io_specs(path, source)
     manifest = Manifest(format=fmt, precision=precision, model_file=path.name, inputs=inputs, outputs=outputs,

@@ -9,8 +9,8 @@ import pytest
 
 import edgec
 import edgec.devices
-from edgec.runtime.manifest import read_manifest, sha256_file
-from edgec.runtime.probe import probe
+from edgec.runtime.bundle.manifest import read_manifest, sha256_file
+from edgec.runtime.bundle.probe import probe
 
 CASES = [(f, p) for f in ("onnx", "tflite") for p in ("fp32", "fp16", "int8")]
 

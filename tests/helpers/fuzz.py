@@ -115,7 +115,7 @@ def worker(isolate: bool = True) -> None:
     import numpy as np
 
     from edgec.errors import EdgecError
-    from edgec.runtime.cache import ModelCache
+    from edgec.runtime.serve.cache import ModelCache
 
     answers = os.fdopen(os.dup(1), "w", buffering=1)  # answers only: native code printing to fd 1 goes to stderr
     os.dup2(2, 1)

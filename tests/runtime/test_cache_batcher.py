@@ -10,11 +10,11 @@ import pytest
 from edgec.errors import BundleError, InputError
 from edgec.runtime import load
 from edgec.errors import DeadlineError, QueueFullError
-from edgec.runtime.batcher import Batcher
+from edgec.runtime.serve.batcher import Batcher
 from edgec.runtime.config import BatcherConfig
-from edgec.runtime.cache import ModelCache
+from edgec.runtime.serve.cache import ModelCache
 from edgec.runtime.config import ServeConfig
-from edgec.runtime.serving import Runtime
+from edgec.runtime.serve.runtime import Runtime
 from edgec.runtime.system import MemoryPressure
 
 

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from edgec.errors import BundleError
-from edgec.runtime.delivery import pack, unpack
+from edgec.runtime.agent.delivery import pack, unpack
 
 
 def test_unpack_works_where_tarfile_has_no_extraction_filter(tmp_path, fixture_bundle, monkeypatch):
@@ -72,7 +72,7 @@ def test_files_adding_up_to_more_than_the_announced_size_are_refused(tmp_path, f
 
 @pytest.mark.parametrize("sha", ["../" * 21 + "x", "A" * 64, "0" * 63 + "/"])
 def test_a_blob_digest_that_is_not_hex_never_becomes_a_file_name(sha):
-    from edgec.runtime.delivery import Blob
+    from edgec.runtime.agent.delivery import Blob
 
     with pytest.raises(BundleError, match="64 lowercase hex"):
         Blob.from_dict({"sha256": sha, "size": 10, "chunk_size": 10, "chunks": ["0" * 64]})
@@ -84,7 +84,7 @@ def test_downloads_keep_only_the_newest_resumable_blob(tmp_path):
     import os
     import time
 
-    from edgec.runtime.delivery import clean_downloads
+    from edgec.runtime.agent.delivery import clean_downloads
 
     folder = tmp_path / ".downloads"
     folder.mkdir()

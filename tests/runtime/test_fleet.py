@@ -22,7 +22,7 @@ from edgec.sdk.bundle.sign import control_signer, new_keys, sign_bundle
 from typer.testing import CliRunner
 
 from edgec.cli import app
-from edgec.runtime.admission import bundle_version
+from edgec.runtime.agent.admission import bundle_version
 from edgec.sdk.fleet.link import FleetLink, status
 from edgec.sdk.fleet.rollout import push
 
@@ -352,7 +352,7 @@ def test_forged_replayed_and_stale_control_messages_change_nothing(broker, fixtu
     another key. The board refuses each and stays; a signed rollback still works."""
     import paho.mqtt.client as mqtt
 
-    from edgec.runtime.control import seal
+    from edgec.runtime.agent.control import seal
     from edgec.sdk.bundle.sign import load_private_key
 
     private, public, _ = new_keys(tmp_path / "keys" / "fleet")

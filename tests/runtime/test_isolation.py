@@ -13,10 +13,10 @@ import pytest
 
 from edgec.errors import BundleError, InputError
 from edgec.runtime import load
-from edgec.runtime.cache import ModelCache
+from edgec.runtime.serve.cache import ModelCache
 from edgec.runtime.config import ServeConfig
-from edgec.runtime.probe import probe
-from edgec.runtime.serving import Runtime
+from edgec.runtime.bundle.probe import probe
+from edgec.runtime.serve.runtime import Runtime
 
 from helpers import fuzz
 

@@ -12,7 +12,7 @@ import pytest
 
 import edgec
 from edgec.errors import BundleError, InputError, IntegrityError
-from edgec.runtime.manifest import sha256_file
+from edgec.runtime.bundle.manifest import sha256_file
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -45,7 +45,7 @@ def test_runtime_serves_bundles_with_host_frameworks_blocked(fixture_bundle, fmt
         out = model.predict(x)["output"]
         assert out.shape == (len(x), 10), out.shape
         from edgec.runtime.config import ServeConfig
-        from edgec.runtime.serving import Runtime
+        from edgec.runtime.serve.runtime import Runtime
         rt = Runtime(ServeConfig.from_dict({{"models": [{{"name": "m", "path": {str(bundle)!r}}}]}}))
         served = rt.predict("m", {{"input": x[:3]}})["output"]
         assert np.allclose(served, out[:3], atol=1e-5), (served, out[:3])

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from helpers.boards import Board  # noqa: E402
 
 from edgec.cli import app  # noqa: E402
-from edgec.runtime.admission import bundle_version  # noqa: E402
+from edgec.runtime.agent.admission import bundle_version  # noqa: E402
 from edgec.sdk.bundle.sign import new_keys, sign_bundle  # noqa: E402
 
 mqtt = pytest.importorskip("paho.mqtt.client")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from edgec.runtime.service import PROCESS_MB, build_unit
+from edgec.runtime.install import PROCESS_MB, build_unit
 
 EDGEC = [sys.executable, "-m", "edgec"]
 

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from edgec.cli import app
 from edgec.errors import BundleError, IntegrityError, ValidationError
 from edgec.runtime.config import ServeConfig
-from edgec.runtime.probe import probe
-from edgec.runtime.serving import Runtime
-from edgec.runtime.signing import TrustedKeys, verify_signature
+from edgec.runtime.bundle.probe import probe
+from edgec.runtime.serve.runtime import Runtime
+from edgec.runtime.bundle.signing import TrustedKeys, verify_signature
 from edgec.sdk.bundle.sign import new_keys, sign_bundle
 
 runner = CliRunner()

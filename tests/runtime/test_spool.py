@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edgec.runtime.spool import Spool
+from edgec.runtime.agent.spool import Spool
 
 TOPIC = "edgec/test/pi-1/events"
 
@@ -80,7 +80,7 @@ def test_a_garbled_row_is_never_handed_out_and_is_counted(tmp_path):
 
 KILLED_WRITER = """
 import os, signal, sys, json
-from edgec.runtime.spool import Spool
+from edgec.runtime.agent.spool import Spool
 spool = Spool(sys.argv[1])
 for i in range(int(sys.argv[2])):
     seq = spool.put("edgec/test/pi-1/events", json.dumps({"i": i, "pad": "x"}).encode())
@@ -133,7 +133,7 @@ def test_a_damaged_spool_at_start_is_reported_and_telemetry_flows(tmp_path, dama
     from helpers.broker import Mosquitto
     from helpers.mqtt import Subscriber, config
 
-    from edgec.runtime.agent import Telemetry
+    from edgec.runtime.agent.telemetry import Telemetry
 
     cfg = config(tmp_path, None)
     if damage == "database":
@@ -171,7 +171,7 @@ def test_the_sender_survives_an_error_and_health_says_so(tmp_path):
     from helpers.mqtt import Subscriber, config
 
     from edgec.errors import SpoolError
-    from edgec.runtime.mqtt import Publisher
+    from edgec.runtime.agent.publisher import Publisher
 
     broker = Mosquitto(tmp_path / "broker").start()
     try:
@@ -200,7 +200,7 @@ def test_the_sender_survives_an_error_and_health_says_so(tmp_path):
 
 
 def test_a_publisher_whose_sender_thread_is_gone_restarts_it(tmp_path):
-    from edgec.runtime.mqtt import Publisher
+    from edgec.runtime.agent.publisher import Publisher
     from helpers.mqtt import config
 
     problems = []
@@ -220,7 +220,7 @@ def test_a_publisher_whose_sender_thread_is_gone_restarts_it(tmp_path):
 
 def test_an_intact_or_torn_write_ahead_log_raises_no_alarm(tmp_path):
     """No false losses: a log that wrapped (an older log's frames after this one's) or whose last frame was cut short."""
-    from edgec.runtime.walcheck import check_wal
+    from edgec.runtime.agent.walcheck import check_wal
 
     path = tmp_path / "spool.sqlite"
     run = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), "3000"], capture_output=True, text=True)

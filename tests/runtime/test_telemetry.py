@@ -17,11 +17,11 @@ from helpers.mqtt import Subscriber, check_delivery, config
 
 from edgec.errors import ValidationError
 from edgec.runtime.config import ServeConfig
-from edgec.runtime.serving import Runtime
-from edgec.runtime.spool import Spool
-from edgec.runtime.agent import Telemetry
+from edgec.runtime.serve.runtime import Runtime
+from edgec.runtime.agent.spool import Spool
+from edgec.runtime.agent.telemetry import Telemetry
 from edgec.runtime.config import TelemetryConfig
-from edgec.runtime.mqtt import Publisher
+from edgec.runtime.agent.publisher import Publisher
 
 mqtt = pytest.importorskip("paho.mqtt.client")
 
@@ -66,7 +66,7 @@ PRODUCER = """
 import sys, time
 from pathlib import Path
 from edgec.runtime.config import TelemetryConfig
-from edgec.runtime.mqtt import Publisher
+from edgec.runtime.agent.publisher import Publisher
 port, spool, count = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 cfg = TelemetryConfig(broker="127.0.0.1", port=port, fleet="test", device="pi-1", spool=spool, reconnect_max_s=1,
                       window=64)

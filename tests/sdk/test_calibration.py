@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgec.errors import CalibrationError
-from edgec.runtime.tensors import TensorSpec
+from edgec.runtime.bundle.tensors import TensorSpec
 from edgec.sdk.load.data import ImageOptions, load_samples
 
 IMAGE = (TensorSpec("input", (None, 1, 8, 8), "float32"),)

@@ -20,8 +20,8 @@ from helpers.models import digits_images, train_keras  # noqa: E402
 from edgec.converters import converter_for  # noqa: E402
 from edgec.converters.base import Recipe  # noqa: E402
 from edgec.devices import get_profile  # noqa: E402
-from edgec.runtime.backends.tflite import interpreter_class  # noqa: E402
-from edgec.runtime.model import load  # noqa: E402
+from edgec.runtime.bundle.backends.tflite import interpreter_class  # noqa: E402
+from edgec.runtime.bundle.model import load  # noqa: E402
 from edgec.sdk.load.data import SampleSet  # noqa: E402
 from edgec.sdk.load.models import load_model  # noqa: E402
 from edgec.sdk.pipeline import convert  # noqa: E402

@@ -49,7 +49,7 @@ def test_onnx_keeps_the_learned_activation_scales(trained):
 
 
 def test_tflite_artifact_is_int8(trained):
-    from edgec.runtime.backends.tflite import interpreter_class
+    from edgec.runtime.bundle.backends.tflite import interpreter_class
 
     interpreter = interpreter_class()(model_path=str(trained.tflite))
     dtypes = {d["dtype"].__name__ for d in interpreter.get_tensor_details()}
