@@ -1,16 +1,22 @@
 """The ``edgec`` command line: thin commands that each call one SDK or runtime verb.
 
+Each module owns its commands: ``commands`` (a Typer whose commands sit at the top level) and/or
+``group`` (a sub-command group). They are put together here, explicitly, not by importing.
+
 Example:
     $ edgec convert model.pt2 --device rpi4 --calib calib.npz --out build/rpi4
 """
 
 from __future__ import annotations
 
-from . import deploy, fleet, models, serving
+from . import dashboard, deploy, devices, fleet, keys, models, serve, telemetry
 from .app import app as app
 
-# Importing a command module registers its commands on ``app``.
-COMMAND_MODULES = (models, serving, fleet, deploy)
+for _module in (models, serve, keys, dashboard):  # quickstart, convert, analyze, compress, run; serve, verify; sign
+    app.registered_commands.extend(_module.commands.registered_commands)
+for _name, _module in (("devices", devices), ("keys", keys), ("fleet", fleet), ("telemetry", telemetry),
+                       ("deploy", deploy)):
+    app.add_typer(_module.group, name=_name)
 
 
 def main() -> None:

@@ -41,20 +41,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-devices_app = typer.Typer(help="List device profiles, or show one with `edgec devices show NAME`.",
-                          invoke_without_command=True)
-telemetry_app = typer.Typer(help="Watch the telemetry edgec devices publish over MQTT.", no_args_is_help=True)
-app.add_typer(devices_app, name="devices")
-keys_app = typer.Typer(help="Make the ed25519 key pair that signs bundles for a fleet.", no_args_is_help=True)
-app.add_typer(telemetry_app, name="telemetry")
-app.add_typer(keys_app, name="keys")
-fleet_app = typer.Typer(help="Roll bundles out to boards over MQTT: push (with canaries), status, rollback.",
-                        no_args_is_help=True)
-app.add_typer(fleet_app, name="fleet")
-deploy_app = typer.Typer(help="Install the runtime on a board as a service: `edgec deploy install --config runtime.toml`.",
-                         no_args_is_help=True)
-app.add_typer(deploy_app, name="deploy")
-
 F = TypeVar("F", bound=Callable[..., Any])
 # Piped output is read by people too: do not squeeze tables into 80 columns there.
 out = Console() if sys.stdout.isatty() else Console(width=120)

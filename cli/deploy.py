@@ -8,10 +8,12 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from .app import deploy_app, err_console, handles_errors, out
+from .app import err_console, handles_errors, out
 
+group = typer.Typer(help="Install the runtime on a board as a service: `edgec deploy install --config runtime.toml`.",
+                    no_args_is_help=True)
 
-@deploy_app.command("install")
+@group.command("install")
 @handles_errors
 def deploy_install(
     config: Path = typer.Option(..., "--config", "-c", help="The board's runtime.toml (checked, bundles included)."),

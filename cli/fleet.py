@@ -1,4 +1,5 @@
-"""Fleet commands: keys and signatures (``edgec keys new``, ``edgec sign``), rollouts (``edgec fleet``)."""
+"""``edgec fleet``: rollouts to boards over MQTT (push, status, rollback, unpin, command), and the broker options
+the fleet tools share."""
 
 from __future__ import annotations
 
@@ -10,56 +11,10 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from .app import app, err_console, fleet_app, handles_errors, keys_app, out
+from .app import err_console, handles_errors, out
 
-
-@keys_app.command("new")
-@handles_errors
-def keys_new(
-    out_path: Path = typer.Option(..., "--out", "-o", help="Private key file; the public key is written beside it as OUT.pub."),
-    force: bool = typer.Option(False, "--force", help="Replace key files that exist."),
-) -> None:
-    """Make an ed25519 key pair for signing bundles.
-
-    \b
-    Keep the private key on the host that builds bundles (it is written mode 0600); copy
-    OUT.pub to the boards and list it in their runtime.toml as trusted_keys = ["..."].
-    \b
-    Example:
-      edgec keys new --out fleet-key
-    """
-    from ..sdk.bundle.sign import new_keys
-
-    private, public, kid = new_keys(out_path, force=force)
-    out.print(f"private key {escape(str(private))} (keep it secret), public key {escape(str(public))} "
-              f"(for the boards), key id {kid}")
-
-
-@app.command()
-@handles_errors
-def sign(
-    bundle: Path = typer.Argument(..., help="Bundle folder written by `edgec convert`."),
-    key: Path = typer.Option(..., "--key", "-k", help="Private key from `edgec keys new`."),
-    release: Optional[int] = typer.Option(None, "--release", min=0, help="Release number signed into the manifest (default: the one it has, else the time in ms). Boards refuse an older release than they run unless rolled back."),
-) -> None:
-    """Sign a bundle's manifest (which lists every file's sha256) with an ed25519 key.
-
-    \b
-    The signature is written as manifest.sig in the bundle. Boards with trusted_keys set
-    serve only bundles signed by one of them; `edgec verify BUNDLE --key KEY.pub` checks one.
-    The manifest gets a release number first (kept when re-signing): a board that trusts
-    keys refuses a bundle older than the newest it accepted, unless `edgec fleet rollback`
-    (or push --rollback) names it.
-    \b
-    Example:
-      edgec sign build/rpi4 --key fleet-key
-      edgec sign build/rpi4 --key fleet-key --release 42     # your CI's build number
-    """
-    from ..sdk.bundle.sign import sign_bundle
-    from ..runtime.bundle.manifest import read_manifest
-
-    kid = sign_bundle(bundle, key, release=release)
-    out.print(f"signed {escape(str(bundle))} (release {read_manifest(bundle).release}) with key {kid}")
+group = typer.Typer(help="Roll bundles out to boards over MQTT: push (with canaries), status, rollback.",
+                    no_args_is_help=True)
 
 
 def _link(broker: str, fleet: str, username: Optional[str], password: Optional[str], ca_file: Optional[Path],
@@ -84,7 +39,7 @@ CA = typer.Option(None, "--ca-file", help="CA certificate that verifies an mqtts
 KEY = typer.Option(None, "--key", help="The fleet's private key (edgec keys new): signs the desired state, which boards with trusted_keys require (or EDGEC_FLEET_KEY).", envvar="EDGEC_FLEET_KEY")
 
 
-@fleet_app.command("push")
+@group.command("push")
 @handles_errors
 def fleet_push(
     bundle: Path = typer.Argument(..., help="Bundle folder (signed with `edgec sign` if the boards trust keys)."),
@@ -133,7 +88,7 @@ def fleet_push(
         raise typer.Exit(1)
 
 
-@fleet_app.command("status")
+@group.command("status")
 @handles_errors
 def fleet_status(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Only this model."),
@@ -167,7 +122,7 @@ def fleet_status(
     out.print(table)
 
 
-@fleet_app.command("rollback")
+@group.command("rollback")
 @handles_errors
 def fleet_rollback(
     model: str = typer.Option(..., "--model", "-m", help="Model name on the boards."),
@@ -190,7 +145,7 @@ def fleet_rollback(
     out.print(f"{model} on {to}: desired version is {back['version']} again; boards switch back as they see it")
 
 
-@fleet_app.command("unpin")
+@group.command("unpin")
 @handles_errors
 def fleet_unpin(
     device: str = typer.Argument(..., help="The board's name."),
@@ -213,7 +168,7 @@ def fleet_unpin(
                                           else "was not pinned (nothing to clear)"))
 
 
-@fleet_app.command("command")
+@group.command("command")
 @handles_errors
 def fleet_command(
     device: str = typer.Argument(..., help="The board's name (\\[telemetry] device)."),
@@ -250,43 +205,3 @@ def fleet_command(
         raise typer.Exit(1)
 
 
-@app.command()
-@handles_errors
-def dashboard(
-    broker: str = BROKER,
-    fleet: str = typer.Option("+", "--fleet", help="Only this fleet (+: every fleet on the broker).", envvar="EDGEC_FLEET"),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve the page on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8080, "--port", "-p", help="Port to serve the page on."),
-    username: Optional[str] = USER, password: Optional[str] = PASSWORD,
-    ca_file: Optional[Path] = CA,
-    memory_alert: float = typer.Option(0.9, "--memory-alert", min=0.01, max=1.0,
-                                       help="Flag a board whose model cache uses this share of its budget."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="EDGEC_DASHBOARD_TOKEN",
-                                        help="Asked of visitors (open /?token=TOKEN once); required with a --host beyond loopback."),
-    forget_after: float = typer.Option(24.0, "--forget-after", min=0.01, help="Hours without a message after which a board leaves the page."),
-) -> None:
-    """Serve a live web page of the fleet: every board, its models, latency, alerts and rollouts.
-
-    \b
-    The page updates itself (server-sent events) from the boards' telemetry on the broker;
-    its script and style ship with edgec, so it works without internet. Open the address it
-    prints in a browser; Ctrl-C stops it. Served beyond this machine (--host 0.0.0.0) it needs
-    --token: open http://HOST:PORT/?token=TOKEN once, scripts send Authorization: Bearer TOKEN.
-    \b
-    Example:
-      edgec dashboard --broker mqtt://localhost:1883 --port 8080
-      edgec dashboard --broker mqtt://localhost:1883 --host 0.0.0.0 --token "$(openssl rand -hex 16)"
-    """
-    from ..sdk.fleet.dashboard import AlertRules, serve
-    from ..sdk.fleet.link import parse_broker
-
-    mqtt_host, mqtt_port, tls = parse_broker(broker)
-    shown = f"[{host}]" if ":" in host else host
-    try:
-        serve(mqtt_host, mqtt_port, fleet=fleet, host=host, http_port=port, username=username, password=password,
-              tls=tls, ca_file=ca_file, rules=AlertRules(memory_fraction=memory_alert), token=token,
-              forget_after_s=forget_after * 3600,
-              on_ready=lambda bound: out.print(f"dashboard on http://{shown}:{bound}/{'?token=…' if token else ''} "
-                                               f"(edgec/{fleet}/ on {broker}); Ctrl-C stops it"))
-    except KeyboardInterrupt:
-        pass

@@ -1,4 +1,4 @@
-"""Commands on models: devices, convert, analyze, compress, run, quickstart. Each calls one SDK or runtime verb."""
+"""Commands on models: quickstart, convert, analyze, compress, run. Each calls one SDK or runtime verb."""
 
 from __future__ import annotations
 
@@ -8,60 +8,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from ..errors import InputError
-from .app import app, devices_app, err_console, floats, handles_errors, out, stepper
+from .app import err_console, floats, handles_errors, out, stepper
+
+commands = typer.Typer()  # quickstart, convert, analyze, compress, run
 
 
-@devices_app.callback()
-@handles_errors
-def devices(ctx: typer.Context) -> None:
-    """Show a table of the built-in device profiles."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from ..devices import builtin_profiles
-
-    table = Table(title="Device profiles (--device takes a name or an alias)")
-    for col in ("name", "also", "format", "precision", "int8 fast", "threads", "model RAM", "accel"):
-        table.add_column(col, no_wrap=col == "name")
-    for p in builtin_profiles().values():
-        table.add_row(
-            p.name, ", ".join(p.aliases[:2]), p.format, p.precision, "yes" if p.int8_speedup else "no",
-            str(p.threads), f"{p.model_ram_mb} MB", p.accelerator,
-        )
-    out.print(table)
-    out.print("Your own board: copy a profile from `edgec devices show NAME --toml` and pass it with --profile board.toml")
-
-
-@devices_app.command("show")
-@handles_errors
-def devices_show(
-    name: str = typer.Argument(..., help="Device name, alias, or path to a .toml profile."),
-    as_json: bool = typer.Option(False, "--json", help="Print the profile as JSON."),
-    as_toml: bool = typer.Option(False, "--toml", help="Print the profile file, to copy and edit for your board."),
-) -> None:
-    """Show every field of one device profile."""
-    from ..devices import get_profile
-
-    profile = get_profile(name)
-    data = profile.to_dict()
-    if as_toml:
-        typer.echo(Path(profile.source).read_text(encoding="utf-8"), nl=False)
-        return
-    if as_json:
-        typer.echo(json.dumps(data, indent=2))
-        return
-    table = Table(title=f"{profile.name}: {profile.description}", show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value")
-    for key, value in data.items():
-        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
-    table.add_row("file", profile.source)
-    out.print(table)
-
-
-@app.command()
+@commands.command()
 @handles_errors
 def convert(
     model: str = typer.Argument(..., help="model.pt2 (torch.export), model.onnx, model.keras / model.h5, a TensorFlow SavedModel folder, or pkg.module:factory."),
@@ -152,7 +106,7 @@ def convert(
     out.print(f"Bundle: {result.bundle}  (report.md has the details)")
 
 
-@app.command()
+@commands.command()
 @handles_errors
 def analyze(
     model: str = typer.Argument(..., help="model.pt2, model.onnx, or pkg.module:factory."),
@@ -204,7 +158,7 @@ def analyze(
               f"Written: {result.out}/sensitivity.md, sensitivity.png, sensitivity.json")
 
 
-@app.command()
+@commands.command()
 @handles_errors
 def compress(
     model: str = typer.Argument(..., help="pkg.module:factory (with --weights), or model.pt2 (unstructured/distillation only)."),
@@ -266,7 +220,7 @@ def compress(
     out.print(f"Wrote {result.model} and {result.model.stem}.report.md / .report.json / .png")
 
 
-@app.command()
+@commands.command()
 @handles_errors
 def run(
     bundle: Path = typer.Argument(..., help="Bundle folder written by `edgec convert`."),
@@ -306,7 +260,7 @@ def run(
         out.print(f"Wrote {output_path}")
 
 
-@app.command()
+@commands.command()
 @handles_errors
 def quickstart(
     workdir: Path = typer.Option(Path("edgec-quickstart"), "--workdir", help="Folder for the model, data and bundles."),

@@ -1,4 +1,4 @@
-"""Commands on the board and the fleet: serve, verify, telemetry watch."""
+"""``edgec serve`` and ``edgec verify``: serving bundles on a board, and checking one before serving it."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import typer
 from rich.markup import escape
 
 from ..errors import InputError
-from .app import app, err_console, handles_errors, out, telemetry_app
+from .app import err_console, handles_errors, out
+
+commands = typer.Typer()  # serve, verify
 
 
-@app.command()
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@commands.command()
 @handles_errors
 def serve(
     config: Path = typer.Option(..., "--config", "-c", help="runtime.toml: models, memory budget, batcher limits, port."),
@@ -73,7 +79,7 @@ def serve(
         server.stop(drain=True)
 
 
-@app.command()
+@commands.command()
 @handles_errors
 def verify(
     bundle: Path = typer.Argument(..., help="Bundle folder written by `edgec convert`."),
@@ -102,36 +108,3 @@ def verify(
         raise typer.Exit(1)
 
 
-def _interrupt(*_: Any) -> None:
-    raise KeyboardInterrupt
-
-
-@telemetry_app.command("watch")
-@handles_errors
-def telemetry_watch(
-    broker: str = typer.Option(..., "--broker", "-b", help="The MQTT broker: mqtt://host:1883 or mqtts://host:8883 (as for edgec fleet and edgec dashboard)."),
-    fleet: str = typer.Option("+", "--fleet", help="Only this fleet (+: every fleet)."),
-    username: Optional[str] = typer.Option(None, "--username", help="Broker user."),
-    password: Optional[str] = typer.Option(None, "--password", help="Broker password (or EDGEC_MQTT_PASSWORD).",
-                                           envvar="EDGEC_MQTT_PASSWORD"),
-    ca_file: Optional[Path] = typer.Option(None, "--ca-file", help="CA certificate: connect with TLS and verify the broker."),
-    duration: float = typer.Option(0, "--duration", help="Stop after this many seconds and print the table (0: run until Ctrl-C)."),
-) -> None:
-    """A live table of every device and model publishing under edgec/<fleet>/<device>/.
-
-    Example: edgec telemetry watch --broker mqtt://localhost:1883
-    """
-    from rich.console import Console
-
-    from ..sdk.fleet.watch import watch
-
-    console = Console()
-    if not console.is_terminal:  # piped or logged: do not squeeze 18 columns into 80
-        console = Console(width=220)
-    from ..sdk.fleet.link import parse_broker
-
-    host, port, tls = parse_broker(broker)
-    view = watch(host, port, fleet=fleet, username=username, password=password, ca_file=ca_file, tls=tls,
-                 duration_s=duration, console=console)
-    if not view.devices:
-        err_console().print(f"no edgec device published on {host}:{port} under edgec/{fleet}/ in that time")
