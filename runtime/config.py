@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgecError, ValidationError
+from .topics import device_topic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -155,7 +156,7 @@ class TelemetryConfig:
 
     def topic(self, kind: str) -> str:
         """This device's topic for ``kind``: ``edgec/<fleet>/<device>/<kind>``."""
-        return f"edgec/{self.fleet}/{self.device}/{kind}"
+        return device_topic(self.fleet, self.device, kind)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The board's update agent: desired model versions from the fleet, downloaded, checked, switched, watched.
 
-Topics, under ``edgec/<fleet>/`` (only standard MQTT features: retained messages, QoS 1):
+Topics (:mod:`edgec.runtime.topics`), under ``edgec/<fleet>/``, retained, QoS 1:
 
 - ``desired/<model>/device/<id>``, ``desired/<model>/group/<g>``, ``desired/<model>/all``
   (retained, from ``edgec fleet push``): the version a board should run, and the blob that
@@ -9,8 +9,7 @@ Topics, under ``edgec/<fleet>/`` (only standard MQTT features: retained messages
 - ``<device>/update/<model>`` (retained, from the board): desired, running, state
   (``downloading``, ``verifying``, ``checking``, ``watching``, ``live``, ``rolled_back``,
   ``refused``, ``failed``), progress, and the reason of a failure.
-- ``<device>/fleet`` (retained, from the board): its groups and running versions, so the
-  host knows who is in a group.
+- ``<device>/fleet`` (retained, from the board): its groups and running versions (who is in a group).
 
 An update is switched in through the runtime's reload (signature, sha256, a child-process
 load and the golden parity check first; in-flight requests are answered by the old version),
@@ -41,6 +40,7 @@ from .delivery import Blob, Download, clean_downloads, inside, is_inside
 from ..files import write_atomic
 from .publisher import connect_settings, paho_client
 from ..serve.runtime import Runtime
+from ..topics import blob_topic, desired_topic, device_topic, fleet_root
 
 log = logging.getLogger("edgec.fleet")
 RESUBSCRIBE_S = 10.0  # ask again for chunks that did not come
@@ -56,7 +56,7 @@ class Updater:
 
     def __init__(self, runtime: Runtime, telemetry: TelemetryConfig, fleet: FleetConfig) -> None:
         self.runtime, self.mqtt_config, self.config = runtime, telemetry, fleet
-        self.base = f"edgec/{telemetry.fleet}"
+        self.fleet, self.base = telemetry.fleet, fleet_root(telemetry.fleet)
         self.device = telemetry.device
         self.targets = (f"device/{self.device}", *(f"group/{g}" for g in fleet.groups), "all")  # most specific first
         self.store = fleet.store
@@ -113,7 +113,7 @@ class Updater:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
         if getattr(reason, "is_failure", False):
             return
-        client.subscribe([(f"{self.base}/desired/+/{target}", 1) for target in self.targets])
+        client.subscribe([(desired_topic(self.fleet, "+", target), 1) for target in self.targets])
         self._publish_membership()
         with self._lock:
             states = list(self.states.values())
@@ -165,14 +165,14 @@ class Updater:
 
     def _publish(self, state: dict[str, Any]) -> None:
         if self.client is not None:
-            self.client.publish(f"{self.base}/{self.device}/update/{state['model']}", json.dumps(state), qos=1,
+            self.client.publish(device_topic(self.fleet, self.device, f"update/{state['model']}"), json.dumps(state), qos=1,
                                 retain=True)
 
     def _publish_membership(self) -> None:
         if self.client is not None:
             body = {"device": self.device, "groups": list(self.config.groups), "models": self._running_versions(),
                     "started": self._started, "time": time.time()}
-            self.client.publish(f"{self.base}/{self.device}/fleet", json.dumps(body), qos=1, retain=True)
+            self.client.publish(device_topic(self.fleet, self.device, "fleet"), json.dumps(body), qos=1, retain=True)
 
     # -- the work (its own thread) -----------------------------------------------------------------
     def _work(self) -> None:
@@ -308,7 +308,7 @@ class Updater:
             for i in wanted:
                 self._asked[i] = now
         if wanted and self.client is not None and self.client.is_connected():
-            self.client.subscribe([(f"{self.base}/blobs/{download.blob.sha256}/{i}", 1) for i in wanted])
+            self.client.subscribe([(blob_topic(self.fleet, download.blob.sha256, i), 1) for i in wanted])
 
     def _watch(self, model: str, want: dict[str, Any]) -> str | None:
         """Watch the new version's first requests; the reason to roll back, or None."""

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ...errors import BrokerError, ValidationError
+from ...runtime.topics import desired_topic, device_topic, fleet_root
 from .watch import connect, host_client
 
 
@@ -63,7 +64,7 @@ class FleetLink:
     signer: Callable[..., dict[str, Any]] | None = None  # signs control messages (edgec.sdk.bundle.sign.control_signer)
 
     def __post_init__(self) -> None:
-        self.base = f"edgec/{self.fleet}"
+        self.base = fleet_root(self.fleet)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.client = host_client(client_id=f"edgec-host-{uuid.uuid4().hex[:8]}", username=self.username,
@@ -71,8 +72,8 @@ class FleetLink:
                                   ca_file=self.ca_file)
         self.client.max_inflight_messages_set(32)
         self.client.on_connect = lambda c, u, f, r, p=None: c.subscribe(
-            [(f"{self.base}/+/fleet", 1), (f"{self.base}/+/update/+", 1), (f"{self.base}/desired/#", 1),
-             (f"{self.base}/+/cmd-result", 1)])
+            [(device_topic(self.fleet, "+", "fleet"), 1), (device_topic(self.fleet, "+", "update/+"), 1),
+             (desired_topic(self.fleet, "#", ""), 1), (device_topic(self.fleet, "+", "cmd-result"), 1)])
         self.results: dict[str, dict[str, Any]] = {}  # command id -> the board's answer
         self.asked: set[str] = set()  # ids of the commands this link sent
         self.client.on_message = self._on_message
@@ -118,7 +119,7 @@ class FleetLink:
 
     def desire(self, model: str, target: str, payload: dict[str, Any]) -> Any:
         """Publish ``payload`` as the retained desired state of ``model`` for ``target``, signed when a key is set."""
-        topic = f"{self.base}/desired/{model}/{target}"
+        topic = desired_topic(self.fleet, model, target)
         body = self.signer(payload, topic) if self.signer is not None else payload
         return self.publish(topic, json.dumps(body))
 
@@ -153,7 +154,7 @@ def command(link: FleetLink, device: str, verb: str, body: dict[str, Any], *, ti
         raise ValidationError(f"--device {device!r} must be a board's name")
     ask = {**body, "id": uuid.uuid4().hex[:12]}
     link.asked.add(ask["id"])
-    topic = f"{link.base}/{device}/cmd/{verb}"
+    topic = device_topic(link.fleet, device, f"cmd/{verb}")
     link.publish(topic, json.dumps(link.signer(ask, topic, ttl_s=300) if link.signer else ask), retain=False)
     answer = link.wait_for(lambda: link.results.get(ask["id"]), timeout_s)
     if answer is None:
@@ -171,7 +172,7 @@ def unpin(link: FleetLink, model: str, device: str) -> str | None:
     if not device or any(c in device for c in "/+#"):
         raise ValidationError(f"--device {device!r} must be a board's name")
     pinned = (link.desired.get((model, f"device/{device}")) or {}).get("version")
-    link.publish(f"{link.base}/desired/{model}/device/{device}", b"").wait_for_publish(30)
+    link.publish(desired_topic(link.fleet, model, f"device/{device}"), b"").wait_for_publish(30)
     return pinned
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ValidationError
+from ...runtime.topics import blob_topic, desired_topic
 from ...runtime.agent.delivery import CHUNK_BYTES, describe_blob, pack
 from ...runtime.bundle.manifest import read_manifest, verify_files
 from ...runtime.bundle.signing import read_signature
@@ -51,7 +52,7 @@ def publish_blob(link: FleetLink, archive: Path, chunk_size: int = CHUNK_BYTES,
     pending: list[Any] = []
     with open(archive, "rb") as fh:
         for index in range(len(blob.chunks)):
-            pending.append(link.publish(f"{link.base}/blobs/{blob.sha256}/{index}", fh.read(chunk_size)))
+            pending.append(link.publish(blob_topic(link.fleet, blob.sha256, index), fh.read(chunk_size)))
             if len(pending) >= 16:
                 pending.pop(0).wait_for_publish(60)
             if progress is not None:
@@ -110,7 +111,7 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
             link.desire(model, f"device/{device}", desired)
         states, errors = _await(link, model, desired, canaries, timeout_s)
         for device in canaries:  # from now on they follow the group's desired state
-            link.publish(f"{link.base}/desired/{model}/device/{device}", b"")
+            link.publish(desired_topic(link.fleet, model, f"device/{device}"), b"")
         if any(states[d] != "live" for d in canaries):
             say("a canary failed: rollout halted, the group keeps its version")
             return Rollout(model, version, desired["rollout"], target, canaries, states, True,
@@ -132,7 +133,7 @@ def _trusted_desired(link: FleetLink, model: str, target: str,
     signed_by_me = getattr(link.signer, "signed_by_me", None)
     if current is None or signed_by_me is None:
         return current
-    if signed_by_me(current, f"{link.base}/desired/{model}/{target}"):
+    if signed_by_me(current, desired_topic(link.fleet, model, target)):
         return current
     if say is not None:
         say(f"the desired state found for {model} on {target.replace('/', ':')} is not signed by this key: "
@@ -233,4 +234,4 @@ def _clear_old_blobs(link: FleetLink, previous: dict[str, Any] | None, keep: set
         return
     blob = older["blob"]
     for index in range(len(blob.get("chunks", []))):
-        link.publish(f"{link.base}/blobs/{blob['sha256']}/{index}", b"")
+        link.publish(blob_topic(link.fleet, blob['sha256'], index), b"")

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ...errors import BrokerError
+from ...runtime.topics import device_topic
 from ...runtime.agent.publisher import paho_client
 from .view import FleetView
 
@@ -76,7 +77,7 @@ def subscribe(broker: str, port: int, view: FleetView, *, fleet: str = "+", user
     client = host_client(username=username, password=password, tls=tls, ca_file=ca_file)
 
     def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        c.subscribe([(f"edgec/{fleet}/+/+", 1), (f"edgec/{fleet}/+/update/+", 1)])
+        c.subscribe([(device_topic(fleet, "+", "+"), 1), (device_topic(fleet, "+", "update/+"), 1)])
 
     def on_message(c: Any, userdata: Any, message: Any) -> None:
         with lock:
