@@ -36,7 +36,8 @@ class Server:
         # Before binding: a spool that cannot be opened fails here with nothing to undo.
         self.telemetry = Telemetry(config.telemetry, self.runtime) if config.telemetry is not None else None
         # Model updates from the fleet ([fleet] needs [telemetry]'s broker; checked by the config).
-        self.updater = Updater(self.runtime, config.telemetry, config.fleet) if config.fleet is not None else None
+        self.updater = (Updater(self.runtime, config.telemetry, config.fleet, self.telemetry.publisher)
+                        if config.fleet is not None and self.telemetry is not None else None)
         # Slow work (reloads, cold loads, decoding large bodies) runs here, off the event loop.
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="edgec-http")
         try:

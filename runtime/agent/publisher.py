@@ -105,6 +105,7 @@ class Publisher:
         self.last_error: str | None = None
         self._beat = time.monotonic()  # the sender's last pass
         self.on_problem: Any = None  # called with a one-line message (the agent publishes it as an event)
+        self.connect_listeners: list[Any] = []  # called with the client after each connect (the update agent)
         self._sender = self._new_sender()
         if config.broker:
             self.client = self._make_client()  # bad TLS files fail here, before the spool is opened
@@ -274,6 +275,11 @@ class Publisher:
                     client.publish(topic_name, json.dumps(payload, separators=(",", ":")), qos=1, retain=True)
             except Exception:  # a description must never stop telemetry
                 log.exception("publishing retained descriptions failed")
+        for listener in self.connect_listeners:
+            try:
+                listener(client)
+            except Exception:  # another user of the connection must not stop telemetry
+                log.exception("a connect listener failed")
         self._connected.set()
         self._wake.set()
 

@@ -38,7 +38,7 @@ from .admission import (bundle_version, downgrade, local_version, manifest_devic
 from .control import check as check_control
 from .delivery import Blob, Download, clean_downloads, inside, is_inside
 from ..files import write_atomic
-from .publisher import connect_settings, paho_client
+from .publisher import Publisher
 from ..serve.runtime import Runtime
 from ..topics import blob_topic, desired_topic, device_topic, fleet_root
 
@@ -54,8 +54,9 @@ MAX_DESIRED_BYTES = 1 << 20
 class Updater:
     """Takes model updates for one board. ``start()`` connects and works on a thread of its own."""
 
-    def __init__(self, runtime: Runtime, telemetry: TelemetryConfig, fleet: FleetConfig) -> None:
+    def __init__(self, runtime: Runtime, telemetry: TelemetryConfig, fleet: FleetConfig, publisher: Publisher) -> None:
         self.runtime, self.mqtt_config, self.config = runtime, telemetry, fleet
+        self.publisher = publisher  # the board's one MQTT connection, shared with telemetry and commands
         self.fleet, self.base = telemetry.fleet, fleet_root(telemetry.fleet)
         self.device = telemetry.device
         self.targets = (f"device/{self.device}", *(f"group/{g}" for g in fleet.groups), "all")  # most specific first
@@ -86,15 +87,12 @@ class Updater:
         clean_downloads(self.store / ".downloads")
         self.record = self._read_record()
         self._restore()
-        mqtt = paho_client()
-        cfg = self.mqtt_config
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgec-{cfg.fleet}-{cfg.device}-update",
-                                  protocol=mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311)
-        connect_settings(self.client, cfg)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.connect_async(cfg.broker, cfg.port, keepalive=cfg.keepalive_s)
-        self.client.loop_start()
+        self.client = self.publisher.client  # desired states and chunks routed here; commands stay the agent's
+        for pattern in (desired_topic(self.fleet, "+", "#"), blob_topic(self.fleet, "+", "+")):
+            self.client.message_callback_add(pattern, self._on_message)
+        self.publisher.connect_listeners.append(lambda client: self._on_connect(client, None, None, None))
+        if self.publisher.connected:  # (started after the connection came up)
+            self._on_connect(self.client, None, None, None)
         self._thread.start()
         return self
 
@@ -103,8 +101,8 @@ class Updater:
         self._events.put("stop")
         self._thread.join(10)
         if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
+            for pattern in (desired_topic(self.fleet, "+", "#"), blob_topic(self.fleet, "+", "+")):
+                self.client.message_callback_remove(pattern)
         with self._lock:
             if self._download is not None:
                 self._download.close()

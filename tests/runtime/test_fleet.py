@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import signal
 import threading
@@ -102,6 +103,10 @@ def test_a_canary_rollout_reaches_every_board_and_requests_never_fail(broker, fl
         client.join()
     assert [b.version() for b in boards] == [result.version] * 3
     assert failures == []
+    # Telemetry, commands and updates share one MQTT connection per board (one client id each, never reconnected).
+    log = (broker.workdir / "mosquitto.log").read_text()
+    boards_connected = [c for c in re.findall(r"New client connected from \S+ as (\S+)", log) if c.startswith("edgec-test-")]
+    assert sorted(boards_connected) == ["edgec-test-pi-1", "edgec-test-pi-2", "edgec-test-pi-3"], boards_connected
 
 
 def test_a_canary_whose_parity_check_fails_halts_the_rollout(broker, fleet, fixture_bundle, tmp_path):
