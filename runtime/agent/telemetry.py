@@ -47,6 +47,8 @@ COMMAND_RATE, COMMAND_BURST = 5.0, 20
 # At most one answer per this many seconds to commands that were refused (bad signature, replay, busy):
 # a flood of forged commands must not fill the spool with their refusals and crowd out telemetry.
 REFUSAL_EVERY_S = 1.0
+# A command is a small JSON object: larger payloads are dropped before they are queued or decoded.
+MAX_COMMAND_BYTES = 64 * 1024
 # Telemetry interval bounds, in seconds.
 INTERVAL_RANGE = (0.1, 86_400.0)
 
@@ -205,6 +207,9 @@ class Telemetry:
 
     # -- commands -----------------------------------------------------------------------------
     def _on_message(self, topic_name: str, payload: bytes) -> None:
+        if len(payload) > MAX_COMMAND_BYTES:
+            self._drop(topic_name, f"a command of {len(payload)} bytes is over {MAX_COMMAND_BYTES}")
+            return
         now = time.monotonic()
         self._tokens = min(float(COMMAND_BURST), self._tokens + (now - self._refill) * COMMAND_RATE)
         self._refill = now

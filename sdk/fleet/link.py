@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 from ...errors import BrokerError, ValidationError
 from ...runtime.topics import desired_topic, device_topic, fleet_root
+from .view import MAX_MESSAGE_BYTES
 from .watch import connect, host_client
 
 
@@ -89,6 +90,8 @@ class FleetLink:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         parts = message.topic[len(self.base) + 1:].split("/")
+        if len(message.payload) > MAX_MESSAGE_BYTES:
+            return  # no board sends that much: not decoded
         try:
             payload = json.loads(message.payload) if message.payload else None
         except (ValueError, RecursionError):

@@ -21,6 +21,7 @@ from ..._optional import need
 KINDS = {"status": "status", "telemetry": "telemetry", "events": "event"}  # topic -> where the view keeps it
 HISTORY = 120  # latency points kept per device and model (20 minutes at the default 10 s)
 FORGET_AFTER_S = 24 * 3600  # a device not heard from for this long leaves the view
+MAX_MESSAGE_BYTES = 1 << 20  # a board's message is a few kB: larger ones are refused before decoding
 MAX_DEVICES = 100_000  # past this, new device ids are refused (a flood of fake ones is bounded)
 
 
@@ -85,6 +86,8 @@ class FleetView:
             return False
         if not payload:  # a retained message cleared
             return False
+        if len(payload) > MAX_MESSAGE_BYTES:
+            return self._refuse(topic_name, f"{len(payload)} bytes, over {MAX_MESSAGE_BYTES}")
         try:
             message = json.loads(payload, parse_constant=_no_constant, parse_float=_finite)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:

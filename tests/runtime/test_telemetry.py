@@ -182,6 +182,10 @@ def test_commands_answer_on_cmd_result_and_never_crash(broker, tmp_path, fixture
     assert not results[8]["ok"] and "manifest" in results[8]["error"]
     assert any(e["kind"] == "model_load_failure" for e in dash.on("/events"))  # the broken reload
     assert not results[9]["ok"] and "outside the model folders" in results[9]["error"]
+    # A command far larger than any command is dropped before it is queued or decoded, and answered so.
+    before = len(dash.on("/cmd-result"))
+    send.publish(base + "stats", b'{"id": 10, "pad": "' + b"x" * 100_000 + b'"}', qos=1).wait_for_publish(5)
+    assert Subscriber.wait(lambda: any("over 65536" in (r.get("error") or "") for r in dash.on("/cmd-result")[before:]), 10)
     # The faster interval took effect, and the device still serves.
     count = len(dash.on("/telemetry"))
     assert Subscriber.wait(lambda: len(dash.on("/telemetry")) >= count + 3, 10)

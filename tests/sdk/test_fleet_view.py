@@ -29,6 +29,7 @@ GOOD = telemetry()
     b'[1, 2]',
     b'\xff\xfe',
     b'[' * 100_000,
+    json.dumps({**GOOD, "pad": "x" * (2 << 20)}).encode(),  # 2 MB: refused before it is decoded
 ])
 def test_a_bad_retained_message_is_refused_and_the_snapshot_stays_strict_json(payload):
     view = FleetView()
@@ -61,6 +62,7 @@ def test_the_hosts_fleet_link_drops_what_boards_cannot_have_sent():
 
     link = FleetLink("127.0.0.1", 1, fleet="shop")
     junk = [("shop/pi-1/fleet", b'{"device": "pi-1", "groups": "lab", "models": [1], "started": 5}'),
+            ("shop/pi-7/fleet", json.dumps({"device": "pi-7", "groups": ["lab"], "pad": "x" * (2 << 20)}).encode()),
             ("shop/pi-2/fleet", b'[1, 2, 3]'), ("shop/pi-3/update/digits", b'"live"'),
             ("shop/pi-4/cmd-result", b'{"id": [1], "ok": true}'), ("shop/pi-4/cmd-result", b'{"id": "nobody-asked"}'),
             ("shop/pi-5/fleet", b'[' * 100_000), ("shop/pi-6/fleet", b'\xff')]
