@@ -29,7 +29,7 @@ from ..devices import DeviceProfile
 from ..errors import CalibrationError, VerificationError
 from ..runtime.bundle.manifest import MANIFEST_NAME, Manifest, sha256_file
 from ..runtime.bundle.model import load
-from ..runtime.bundle.parity import GOLDEN_NAME, GOLDEN_SAMPLES, write_golden
+from ..runtime.bundle.golden import GOLDEN_NAME, GOLDEN_SAMPLES, write_golden
 from ..runtime.system import rss_bytes
 from .bundle.writer import publish, staging, versions
 from .load.data import Split, example_inputs, split_samples

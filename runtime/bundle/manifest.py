@@ -22,7 +22,6 @@ from ...formats import FORMATS, PRECISIONS
 from .tensors import DTYPES, QUANTIZED, TensorSpec
 
 MANIFEST_NAME = "manifest.json"
-GOLDEN_NAME = "golden.npz"  # held-out inputs and the host's answers (edgec.runtime.bundle.parity)
 SCHEMA_VERSION = 1
 
 

@@ -7,6 +7,7 @@ points, and models with a fixed batch of 1 are run sample by sample.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,8 +17,8 @@ import numpy as np
 
 from ...errors import BundleError, InferenceError, InputError, first_line
 from .backends import Backend, BackendOptions, open_backend
-from .arrays import read_npz
-from .manifest import GOLDEN_NAME, Manifest, read_manifest, verify_files
+from .golden import read_golden
+from .manifest import Manifest, read_manifest, verify_files
 from .tensors import QUANTIZED, TensorSpec, check_array, dequantize, quantize
 
 class LoadedModel:
@@ -139,22 +140,24 @@ class LoadedModel:
         Raises:
             InferenceError: The model fails to run.
         """
-        feeds = self._golden_inputs()
+        try:
+            feeds = self.golden[0] if self.golden is not None else None
+        except BundleError:  # the parity check says what is wrong with it
+            feeds = None
         if feeds is None:
             feeds = {spec.name: np.zeros(tuple(1 if d is None else d for d in spec.shape),
                                          dtype=np.float32 if spec.takes_floats else spec.dtype) for spec in self.inputs}
         self.predict(feeds)
 
-    def _golden_inputs(self) -> dict[str, np.ndarray] | None:
-        """The bundle's golden inputs (``golden.npz``), or ``None`` when it has none or they cannot be read
-        (the parity check then says why)."""
-        if GOLDEN_NAME not in self.manifest.files:
-            return None
-        try:
-            golden = read_npz(self.path / GOLDEN_NAME, what=GOLDEN_NAME, error=BundleError, max_bytes=64 * 2**20)
-            return {spec.name: golden[f"input_{i}"] for i, spec in enumerate(self.manifest.inputs)}
-        except (BundleError, KeyError):
-            return None
+    @functools.cached_property
+    def golden(self) -> tuple[dict[str, np.ndarray], list[np.ndarray]] | None:
+        """The bundle's golden inputs and outputs (:func:`.golden.read_golden`), read once for the warm-up and
+        the parity check.
+
+        Raises:
+            BundleError: ``golden.npz`` is unreadable or does not fit the model.
+        """
+        return read_golden(self.path, self.manifest)
 
     def _exact_feeds(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray] | None:
         """The feeds as given when every array is already what the model takes, else None."""

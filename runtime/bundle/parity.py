@@ -12,7 +12,6 @@ divided by the largest magnitude the host saw there, must stay under it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,13 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import BundleError, EdgecError
-from .arrays import read_npz, write_npz
-from .manifest import GOLDEN_NAME
 
 if TYPE_CHECKING:
     from .model import LoadedModel
 
-GOLDEN_SAMPLES = 8
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # anything quantized (int8, dynamic, mixed): DEFAULT
 DEFAULT_TOLERANCE = 0.05  # a few output quantization steps: kernels may round differently, not disagree
 
@@ -50,14 +46,6 @@ class Parity:
                 f"tolerance {self.tolerance:g}): this board's runtime computes this model differently")
 
 
-def write_golden(bundle: Path, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
-                 input_names: Sequence[str], output_names: Sequence[str]) -> Path:
-    """Write ``golden.npz`` into ``bundle`` (the host side of the check)."""
-    arrays = {f"input_{i}": np.asarray(inputs[name]) for i, name in enumerate(input_names)}
-    arrays.update({f"output_{i}": np.asarray(outputs[name]) for i, name in enumerate(output_names)})
-    return write_npz(bundle / GOLDEN_NAME, arrays)
-
-
 def check_parity(model: LoadedModel) -> Parity | None:
     """Run the bundle's golden inputs through ``model``; None when the bundle has none.
 
@@ -65,15 +53,10 @@ def check_parity(model: LoadedModel) -> Parity | None:
         BundleError: ``golden.npz`` is unreadable or does not fit the model.
     """
     manifest = model.manifest
-    if GOLDEN_NAME not in manifest.files:
+    golden = model.golden
+    if golden is None:
         return None
-    golden = read_npz(Path(model.path) / GOLDEN_NAME, what=f"{GOLDEN_NAME} of {Path(model.path).name}",
-                      error=BundleError, max_bytes=64 * 2**20)
-    try:
-        feeds = {spec.name: golden[f"input_{i}"] for i, spec in enumerate(manifest.inputs)}
-        expected = [golden[f"output_{i}"] for i in range(len(manifest.outputs))]
-    except KeyError as exc:
-        raise BundleError(f"{GOLDEN_NAME} lacks {exc.args[0]}: rebuild the bundle") from None
+    feeds, expected = golden
     try:
         got = model.predict(feeds)
     except EdgecError as exc:
