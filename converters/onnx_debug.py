@@ -66,10 +66,11 @@ def layer_errors(fp32: Path, quantized: Path, layers: Sequence[Layer], batches: 
         names = [o.name for o in run.get_outputs()]
         noise: dict[str, float] = dict.fromkeys(wanted, 0.0)
         signal: dict[str, float] = dict.fromkeys(wanted, 0.0)
-        values: dict[str, np.ndarray] = {}
+        weights = {after for layer_pairs in pairs.values() for before, after in layer_pairs if before.startswith("float:")}
+        values: dict[str, np.ndarray] = {}  # the dequantized weights (the same every batch)
         for feeds in batches:
             got = dict(zip(names, run.run(names, feeds)))
-            values.update({k: got[k] for k in wanted})
+            values.update({k: got[k] for k in weights})
             for layer_pairs in pairs.values():
                 for before, after in layer_pairs:
                     if before.startswith("float:"):
@@ -133,8 +134,3 @@ def _float_weights(fp32: Path, quantized: Any, pairs: dict[str, list[tuple[str, 
             if index < len(float_node.input) and float_node.input[index] in weights:
                 out[after] = weights[float_node.input[index]]
     return out
-
-
-def rank(errors: dict[str, float], layers: Sequence[Layer]) -> list[tuple[Layer, float]]:
-    """``layers`` with their error, most harmful first (layers not measured last)."""
-    return sorted(((layer, errors.get(layer.name, 0.0)) for layer in layers), key=lambda x: x[1], reverse=True)
