@@ -73,7 +73,8 @@ class Board:
             self.process.wait(30)
 
 
-def _resum(bundle: Path, name: str) -> None:
+def resum(bundle: Path, name: str) -> None:
+    """Re-compute one file's sha256 in a bundle's manifest after the file was edited (the integrity check passes)."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["files"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
     (bundle / "manifest.json").write_text(json.dumps(manifest))
@@ -82,7 +83,7 @@ def _resum(bundle: Path, name: str) -> None:
 def padded(src: Path, dest: Path, mb: float) -> Path:
     bundle = shutil.copytree(src, dest)
     (bundle / "padding.bin").write_bytes(np.random.default_rng(0).bytes(int(mb * 2**20)))
-    _resum(bundle, "padding.bin")
+    resum(bundle, "padding.bin")
     return bundle
 
 
@@ -93,5 +94,5 @@ def drifted(src: Path, dest: Path) -> Path:
         golden = {k: npz[k] for k in npz.files}
     golden["output_0"] = golden["output_0"] * 1.5 + 1.0
     np.savez(bundle / "golden.npz", **golden)
-    _resum(bundle, "golden.npz")
+    resum(bundle, "golden.npz")
     return bundle

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -11,13 +10,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers.broker import Mosquitto
 from helpers.mqtt import Subscriber
-from helpers.boards import Board  # noqa: E402
+from helpers.boards import Board, resum  # noqa: E402
 
 from edgec.sdk.bundle.sign import control_signer, new_keys, sign_bundle
 from typer.testing import CliRunner
@@ -53,12 +51,6 @@ def fleet(tmp_path, broker, fixture_bundle):
 
 def link(broker, **kw) -> FleetLink:
     return FleetLink("127.0.0.1", broker.port, fleet="test", **kw)
-
-
-def _resum(bundle: Path, name: str) -> None:
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _chunks_done(board: Board) -> float:
@@ -117,7 +109,7 @@ def test_a_canary_whose_parity_check_fails_halts_the_rollout(broker, fleet, fixt
         golden = {k: npz[k] for k in npz.files}
     golden["output_0"] = golden["output_0"] * 1.5 + 1.0  # the host's answers, as a board with other kernels sees them
     np.savez(drifted / "golden.npz", **golden)
-    _resum(drifted, "golden.npz")
+    resum(drifted, "golden.npz")
     with link(broker) as fl:
         _members(fl, 3)
         result = push(fl, drifted, "digits", "group/lab", canary=1, timeout_s=60)
@@ -155,7 +147,7 @@ def test_signed_rollout_refuses_a_wrong_signature(broker, fleet, fixture_bundle,
             tampered = shutil.copytree(fixture_bundle("onnx", "int8"), tmp_path / "tampered")
             sign_bundle(tampered, private)
             np.savez(tampered / "golden.npz", input_0=np.zeros((1, 1, 8, 8), np.float32))
-            _resum(tampered, "golden.npz")
+            resum(tampered, "golden.npz")
             result = push(fl, tampered, "digits", "group/lab", timeout_s=60)
             assert result.states == {"signed-0": "refused", "signed-1": "refused"}
             assert all("manifest was changed after it was signed" in e for e in result.errors.values())
@@ -175,7 +167,7 @@ def test_broker_outage_and_sigkill_mid_transfer_resume_and_offline_boards_conver
     # A bundle big enough to take a while in 16 kB chunks: the int8 one with a large extra file.
     big = shutil.copytree(fixture_bundle("onnx", "int8"), tmp_path / "big")
     (big / "notes.bin").write_bytes(np.random.default_rng(0).bytes(16 * 2**20))
-    _resum(big, "notes.bin")
+    resum(big, "notes.bin")
     offline = Board(tmp_path, "late", broker, fixture_bundle("onnx", "fp32"))
     reports = []  # every update report, in order (FleetLink keeps only the latest)
     import paho.mqtt.client as mqtt

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 
@@ -17,6 +16,7 @@ from edgec.runtime.bundle.probe import probe
 from edgec.runtime.serve.runtime import Runtime
 from edgec.runtime.bundle.signing import TrustedKeys, verify_signature
 from edgec.sdk.bundle.sign import new_keys, sign_bundle
+from helpers.boards import resum
 
 runner = CliRunner()
 
@@ -30,12 +30,6 @@ def keys(tmp_path):
 
 def _copy(fixture_bundle, tmp_path, name, fmt="onnx", precision="fp32"):
     return shutil.copytree(fixture_bundle(fmt, precision), tmp_path / name)
-
-
-def _resum(bundle, name):
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 def test_keys_are_written_private_0600_and_not_overwritten(keys, tmp_path):
@@ -68,7 +62,7 @@ def test_a_signed_bundle_passes_and_every_kind_of_tampering_is_refused(keys, fix
     edited = shutil.copytree(bundle, tmp_path / "edited")
     model = edited / "model.onnx"
     model.write_bytes(model.read_bytes()[:-4] + b"edgc")
-    _resum(edited, "model.onnx")
+    resum(edited, "model.onnx")
     with pytest.raises(IntegrityError, match="manifest was changed after it was signed"):
         verify_signature(edited, trusted)
 
@@ -127,7 +121,7 @@ def test_a_board_whose_answers_differ_from_the_host_refuses_the_bundle(fixture_b
         golden = {k: npz[k] for k in npz.files}
     golden["output_0"] = golden["output_0"] + 0.1 * np.abs(golden["output_0"]).max()
     np.savez(bundle / "golden.npz", **golden)
-    _resum(bundle, "golden.npz")
+    resum(bundle, "golden.npz")
     with pytest.raises(BundleError, match="answers differ from the host's on 8 golden sample"):
         probe(bundle)
 
