@@ -19,7 +19,7 @@ from ...errors import BundleError, InferenceError, InputError, first_line
 from .backends import Backend, BackendOptions, open_backend
 from .golden import read_golden
 from .manifest import Manifest, read_manifest, verify_files
-from .tensors import QUANTIZED, TensorSpec, check_array, dequantize, quantize
+from .tensors import QUANTIZED, TensorSpec, check_array, dequantize, lists_whole, quantize
 
 class LoadedModel:
     """A bundle ready to serve.
@@ -114,7 +114,7 @@ class LoadedModel:
             InputError: As :meth:`predict`, or arrays listing different numbers of samples.
         """
         specs = {t.name: t for t in self.inputs}
-        whole = {k for k, v in arrays.items() if k in specs and np.ndim(v) == len(specs[k].shape) + 1}
+        whole = {k for k, v in arrays.items() if k in specs and lists_whole(v, specs[k])}
         if not whole:
             outputs = self.predict(dict(arrays))
             first = next(iter(arrays.values()), np.zeros(0))

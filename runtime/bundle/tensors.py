@@ -75,6 +75,12 @@ class TensorSpec:
         return f"{self.name}: {self.dtype}[{dims}]"
 
 
+def lists_whole(array: np.ndarray, spec: TensorSpec) -> bool:
+    """Whether ``array`` lists whole inputs for ``spec`` along its first axis: it has one axis more than
+    the input (an RNN state ``[N, 2, 1, 128]`` for ``[2, batch, 128]``, ``[N]`` for a 0-d input)."""
+    return np.ndim(array) == len(spec.shape) + 1
+
+
 def check_array(array: np.ndarray, spec: TensorSpec, *, what: str = "input", samples: bool = False) -> str | None:
     """What is wrong with ``array`` as a value for ``spec``, or ``None`` if it fits.
 

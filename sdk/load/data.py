@@ -18,7 +18,7 @@ import numpy as np
 from ..._optional import need
 from ...errors import CalibrationError, ModelLoadError
 from ...runtime.bundle.arrays import read_npz
-from ...runtime.bundle.tensors import TensorSpec, check_array
+from ...runtime.bundle.tensors import TensorSpec, check_array, lists_whole
 
 LABELS_KEY = "labels"
 MIN_SAMPLES = 32
@@ -159,7 +159,7 @@ def _match_names(arrays: dict[str, Any], inputs: Sequence[TensorSpec], what: str
     whole = set()
     for spec in inputs:
         array = chosen[spec.name]
-        if array.ndim == len(spec.shape) + 1:
+        if lists_whole(array, spec):
             whole.add(spec.name)
         elif array.ndim == 0 and not spec.shape:  # one value for a 0-d input: one sample
             chosen[spec.name] = array.reshape(1)
