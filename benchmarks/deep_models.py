@@ -36,7 +36,7 @@ def run(name: str, model: Path, calib: Path, eval_data: Path | None, device: str
 
     stages = Stages()
     result = convert(model, device=device, calib=calib, eval_data=eval_data, out=model.parent / f"{name}-bundle",
-                     step=stages)
+                     progress=stages)
     print(f"\n{name}: {device}, shipped {result.manifest.format} {result.manifest.precision}")
     stages.print()
     search = result.report["search"]

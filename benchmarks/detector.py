@@ -58,7 +58,7 @@ def main() -> int:
         for device in args.devices.split(","):
             profile = get_profile(device)
             fmt = profile.format
-            converter = converter_for(fmt)
+            converter = converter_for(fmt, source.kind)
             fp32 = root / f"{device}.fp32{'.onnx' if fmt == 'onnx' else '.tflite'}"
             converter.export(source, fp32)
             base = open_artifact(fp32, fmt=fmt, precision="fp32", source=source, profile=profile, threads=1)

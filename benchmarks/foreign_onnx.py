@@ -17,6 +17,7 @@ the process's peak RSS at the end of each, plus the search's candidates.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import sys
 import tempfile
@@ -28,28 +29,26 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.models import conv_model, digits_images, keras_model  # noqa: E402
 
+from edgec.sdk.progress import Progress  # noqa: E402
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class Stages:
-    """``edgec convert``'s progress hook that records each step's seconds and the peak RSS at its end."""
+class Stages(Progress):
+    """``edgec convert``'s progress that records each stage's seconds and the peak RSS at its end."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[str, float, float]] = []
         self.started = self.last = time.perf_counter()
 
-    def __call__(self, name: str):
-        import contextlib
-
-        @contextlib.contextmanager
-        def timed():
-            yield
-            now = time.perf_counter()
-            self.rows.append((name, now - self.last, peak_rss_mb()))
-            self.last = now
-        return timed()
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        yield
+        now = time.perf_counter()
+        self.rows.append((name, now - self.last, peak_rss_mb()))
+        self.last = now
 
     def print(self) -> None:
         print(f"{'step':<52} {'seconds':>8} {'peak RSS MB':>12}")
@@ -76,7 +75,7 @@ def main() -> None:
         np.savez(work / "eval.npz", image=digits_images(args.size, args.samples, offset=1000).transpose(layout))
         stages.started = stages.last = time.perf_counter()
         result = convert(model, device=args.device, precision="auto", calib=work / "calib.npz",
-                         eval_data=work / "eval.npz", min_cosine=0.99, out=work / "bundle", step=stages)
+                         eval_data=work / "eval.npz", min_cosine=0.99, out=work / "bundle", progress=stages)
     kind = "Keras CNN (.keras, NHWC)" if args.keras else "opset-12 CNN, Constant-node weights"
     print(f"{args.size}x{args.size} dynamic-shape {kind}, {args.samples} calibration images, {args.device}")
     stages.print()

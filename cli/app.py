@@ -18,12 +18,14 @@ from typing import Any, Optional, TypeVar
 import typer
 from typer.core import TyperGroup
 from rich.console import Console
+from rich.markup import escape
 
 from .._version import __version__
 from ..errors import EdgecError, InputError, first_line
+from ..sdk.progress import Progress
 
 # `edgec --help` lists commands in the order people use them, not the order modules register them.
-WORK_ORDER = ("quickstart", "convert", "analyze", "compress", "run", "verify", "serve", "devices", "keys", "sign",
+WORK_ORDER = ("quickstart", "convert", "analyze", "compress", "qat", "run", "verify", "serve", "devices", "keys", "sign",
               "fleet", "dashboard", "telemetry", "deploy")
 
 
@@ -75,24 +77,40 @@ def handles_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def stepper(console: Console, quiet: bool = False) -> Callable[[str], contextlib.AbstractContextManager[None]]:
-    """The progress hook SDK verbs take: a spinner per step, then ✓ or ✗ with its time."""
+class ConsoleProgress(Progress):
+    """The CLI's :class:`~edgec.sdk.progress.Progress`: a spinner per stage, then ✓ or ✗ with its time;
+    items done counted on the spinner; notes as bullets."""
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console, self.quiet = console, quiet
+        self._open: list[tuple[Any, str]] = []  # the spinners of the stages inside which we are
 
     @contextlib.contextmanager
-    def step(name: str) -> Iterator[None]:
-        if quiet:
+    def stage(self, name: str) -> Iterator[None]:
+        if self.quiet:
             yield
             return
         start = time.perf_counter()
         try:
-            with console.status(f"{name}..."):
-                yield
+            with self.console.status(f"{escape(name)}...") as status:
+                self._open.append((status, name))
+                try:
+                    yield
+                finally:
+                    self._open.pop()
         except BaseException:
-            console.print(f"[red]✗[/] {name}")
+            self.console.print(f"[red]✗[/] {escape(name)}")
             raise
-        console.print(f"[green]✓[/] {name} [dim]({time.perf_counter() - start:.1f}s)[/]")
+        self.console.print(f"[green]✓[/] {escape(name)} [dim]({time.perf_counter() - start:.1f}s)[/]")
 
-    return step
+    def advance(self, done: int, total: int, what: str = "") -> None:
+        if self._open:
+            status, name = self._open[-1]
+            status.update(f"{escape(name)}... {done}/{total} {escape(what)}".rstrip())
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(f"• {escape(text)}")
 
 
 def floats(text: Optional[str], what: str) -> tuple[float, ...] | None:

@@ -1,4 +1,4 @@
-"""Commands on models: quickstart, convert, analyze, compress, run. Each calls one SDK or runtime verb."""
+"""Commands on models: quickstart, convert, analyze, compress, qat, run. Each calls one SDK or runtime verb."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Optional
 import typer
 
 from ..errors import InputError
-from .app import err_console, floats, handles_errors, out, stepper
+from .app import ConsoleProgress, err_console, floats, handles_errors, out
 
-commands = typer.Typer()  # quickstart, convert, analyze, compress, run
+commands = typer.Typer()  # quickstart, convert, analyze, compress, qat, run
 
 
 @commands.command()
@@ -92,7 +92,7 @@ def convert(
         time_budget_s=time_budget,
     )
     err = err_console()
-    result = run_convert(model, config, calib=calib, eval_data=eval_data, step=stepper(err))
+    result = run_convert(model, config, calib=calib, eval_data=eval_data, progress=ConsoleProgress(err))
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
     if as_json:
@@ -134,22 +134,15 @@ def analyze(
       edgec analyze model.pt2 --device rpi4 --calib calib.npz
       edgec analyze encoder.pt2 --device x86 --calib sentences.npz --mode dynamic --out build/sens
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from ..converters.base import Recipe
-    from ..sdk.analyze import analyze as run_analyze
+    from ..sdk.analyze import AnalyzeConfig, analyze as run_analyze
     from ..sdk.verify.task import TaskOptions
     from ..sdk.report.terminal import sensitivity_table
 
-    recipe = Recipe("int8", mode, calibration, smoothing)
+    config = AnalyzeConfig(device=device, format=fmt, recipe=Recipe("int8", mode, calibration, smoothing), force=force,
+                           weights=weights, task=TaskOptions(task=model_task, output=task_output))
     err = err_console()
-    with Progress(TextColumn("Layers"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True) as bar:
-        task = bar.add_task("layers", total=None)
-        result = run_analyze(model, device=device, format=fmt, calib=calib, eval_data=eval_data, recipe=recipe,
-                             out=out_dir, force=force, weights=weights, step=stepper(err),
-                             task=TaskOptions(task=model_task, output=task_output),
-                             progress=lambda done, total: bar.update(task, completed=done, total=total))
+    result = run_analyze(model, config, calib=calib, eval_data=eval_data, out=out_dir, progress=ConsoleProgress(err))
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
     out.print(sensitivity_table(result.layers, result.recipe.label(), top))
@@ -209,15 +202,52 @@ def compress(
     config = CompressConfig(prune=prune, structured=structured, scope=scope, steps=steps, epochs=epochs, lr=lr,
                             optimizer=optimizer, skip=tuple(skip or ()), target_macs=target_macs,
                             target_latency_ms=target_latency, temperature=temperature, alpha=alpha, features=pairs,
-                            progressive_distill=progressive_distill, threads=threads)
+                            progressive_distill=progressive_distill, threads=threads, weights=weights,
+                            teacher_weights=teacher_weights, force=force)
     err = err_console()
-    result = run_compress(model, data=data, out=out_path, eval_data=eval_data, teachers=tuple(distill_from or ()),
-                          config=config, weights=weights, teacher_weights=teacher_weights, force=force,
-                          progress=lambda line: err.print(f"• {line}"))
+    result = run_compress(model, config, data=data, out=out_path, eval_data=eval_data,
+                          teachers=tuple(distill_from or ()), progress=ConsoleProgress(err))
     out.print(compression_table(result.steps, f"{model} → {out_path} (measured on the exported ONNX, this host)"))
     for note in result.report["notes"]:
         err.print(f"[yellow]note:[/] {note}")
     out.print(f"Wrote {result.model} and {result.model.stem}.report.md / .report.json / .png")
+
+
+@commands.command()
+@handles_errors
+def qat(
+    model: str = typer.Argument(..., help="A trained float model: pkg.module:factory (with --weights) or model.pt2."),
+    data: Path = typer.Option(..., "--data", help="Training data: .npz with inputs keyed by input name (or one array) and 'labels'."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help="Labelled held-out data: accuracy before and after, and of each artifact through the edgec runtime."),
+    out_dir: Path = typer.Option(Path("build/qat"), "--out", "-o", help="Folder for the int8 artifacts and qat.md / qat.json."),
+    fmt: str = typer.Option("onnx,tflite", "--format", "-f", help="Artifacts to write: onnx (QDQ), tflite (full int8), or both."),
+    epochs: int = typer.Option(3, "--epochs", help="Training epochs with fake quantization."),
+    lr: float = typer.Option(1e-3, "--lr", help="Learning rate (cosine-annealed)."),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="adam, adamw or sgd."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Training batch size."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights (.safetensors) for a pkg.module:factory MODEL."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+) -> None:
+    """Train a model with int8 fake quantization, and export the int8 models it learned.
+
+    \b
+    When post-training int8 misses the accuracy budget, quantization-aware training lets the
+    weights adapt to int8 and learns each activation's range. Writes model.qat.onnx (QDQ:
+    onnxruntime and TensorRT run it as int8) and model.qat.tflite (full int8), both from the
+    same learned scales, and qat.md / qat.json with the accuracy of each, measured.
+    \b
+    Example:
+      edgec qat mypkg.nets:cnn --weights cnn.safetensors --data train.npz --eval test.npz --epochs 2
+    """
+    from ..sdk.quantize.aware import QATConfig, qat as run_qat
+
+    config = QATConfig(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, weights=weights, force=force,
+                       formats=tuple(f.strip() for f in fmt.split(",") if f.strip()))
+    result = run_qat(model, config, data=data, eval_data=eval_data, out=out_dir, progress=ConsoleProgress(err_console()))
+    names = {"before": "fake-quantized, before training", "after": "fake-quantized, after training"}
+    for key, value in result.accuracy.items():
+        out.print(f"{names.get(key, f'{key} artifact (edgec runtime)'):<40} {100 * value:6.2f}% accuracy")
+    out.print(f"Wrote {', '.join(str(p) for p in result.artifacts.values())}; report: {result.out}/qat.md")
 
 
 @commands.command()
@@ -278,7 +308,7 @@ def quickstart(
     from ..sdk.report.terminal import bundles_table
 
     err = err_console()
-    summary = run_quickstart(workdir, force=force, step=stepper(err))
+    summary = run_quickstart(workdir, force=force, progress=ConsoleProgress(err))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

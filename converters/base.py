@@ -22,21 +22,10 @@ from ..runtime.bundle.tensors import TensorSpec
 
 # Calibration past this many samples costs time and rarely moves int8 ranges.
 MAX_CALIBRATION_SAMPLES = 512
-# Input values per batch when data is run through a model (calibration, verification): a
-# batch's activations are what the run holds at once, about batch x (all activations of one
-# sample), so large samples (a 736x736 RGB image is 1.6M values) go one at a time.
-BATCH_VALUES = 2**20
 # Parts of one Concat whose largest |values| differ by more than this share no int8 scale in
 # any format: at 16x the smaller part keeps under 4 of its 8 bits (a detector's scores beside
 # its pixel boxes), so its quantizer keeps that Concat float.
 RANGE_RATIO = 16.0
-
-
-def batch_size(samples: Any, most: int) -> int:
-    """Samples per batch for ``samples``: ``most`` for small ones, fewer as they grow, at least 1."""
-    first = next(samples.samples(), None) if samples is not None else None
-    values = sum(int(np.prod(np.shape(v))) for v in first.values()) if first else 1
-    return max(1, min(most, BATCH_VALUES // max(values, 1)))
 
 
 class Source(Protocol):
@@ -76,6 +65,10 @@ class Samples(Protocol):
     def samples(self) -> Iterator[dict[str, np.ndarray]]: ...
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]: ...
+
+    def batch_size(self, most: int) -> int:
+        """Samples per batch: ``most`` for small samples, fewer for large ones, at least 1."""
+        ...
 
 
 class Target(Protocol):
@@ -193,21 +186,14 @@ class Layer:
 
 
 class Converter(Protocol):
-    """Exports a source model to one format and quantizes the result.
+    """Quantizes and reads the artifacts of one format, whatever model they came from.
 
     What each format's quantizer can make (modes, calibrations, smoothing) is in the format
-    table, :data:`edgec.formats.FORMATS`.
+    table, :data:`edgec.formats.FORMATS`; how each kind of model is exported to it, in the
+    exporter table (:data:`edgec.converters.exporters.ROUTES`).
     """
 
     format: str
-
-    def export(self, source: Source, path: Path) -> dict[str, Any] | None:
-        """Write the fp32 artifact for ``source`` to ``path``; returns what preparing it changed, if anything.
-
-        Raises:
-            ConversionError: The exporter failed or cannot take this kind of source.
-        """
-        ...
 
     def quantize(
         self,

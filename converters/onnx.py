@@ -1,4 +1,4 @@
-"""ONNX: export with ``torch.onnx`` (dynamo) or ``tf2onnx`` (Keras/TensorFlow), quantize with ``onnxruntime.quantization``.
+"""ONNX: quantize with ``onnxruntime.quantization``, read layers and I/O with onnxruntime (exporters: :mod:`.exporters`).
 
 int8 is static QDQ with per-channel weights (the format TensorRT and onnxruntime's CPU
 kernels both take); fp16 converts weights and compute with float inputs and outputs kept.
@@ -16,9 +16,8 @@ from ..errors import ConversionError
 from ..formats import FORMATS
 from ..runtime.bundle.backends.onnx import session, tensor_spec
 from ..runtime.bundle.tensors import TensorSpec
-from .base import (MAX_CALIBRATION_SAMPLES, Layer, Recipe, Samples, Source, Target, batch_size, converting,
-                   example_feeds)
-from .onnx_graph import float_blocks, normalize
+from .base import MAX_CALIBRATION_SAMPLES, Layer, Recipe, Samples, Source, Target, converting
+from .onnx_graph import float_blocks
 from .onnx_ranges import PROBE_SAMPLES, faithful_fp16, mixed_range_concats
 
 # Layers whose weights int8 quantizes.
@@ -32,29 +31,6 @@ FORMAT = FORMATS["onnx"]
 
 class OnnxConverter:
     format = FORMAT.name
-
-    def export(self, source: Source, path: Path) -> dict[str, Any] | None:
-        if source.kind == "onnx":
-            with converting(f"preparing {source.path.name}"):
-                return normalize(source.path, path)
-        if source.kind == "keras":
-            from .keras import export_onnx
-
-            return export_onnx(source, path)
-        torch = need("torch", extra="sdk", purpose="to export PyTorch models")
-        args = tuple(torch.from_numpy(a) for a in example_feeds(source, batch=2))
-        with converting("torch.onnx.export"):
-            torch.onnx.export(
-                source.program,
-                args,
-                str(path),
-                input_names=[t.name for t in source.inputs],
-                output_names=[t.name for t in source.outputs],
-                dynamo=True,
-                external_data=False,
-                optimize=True,
-                verbose=False,
-            )
 
     def quantize(
         self,
@@ -227,7 +203,7 @@ def calibration_batch(inputs: Any, used: Any) -> int:
     """Samples per calibration batch: up to 16 with a dynamic batch axis, fewer for large samples."""
     if used is None or not all(t.shape[:1] == (None,) for t in inputs):
         return 1
-    return batch_size(used, most=16)
+    return used.batch_size(most=16)
 
 
 def _weights(profile: Any) -> str:

@@ -1,7 +1,8 @@
-"""TFLite: export PyTorch models with ``litert-torch``, quantize with ``ai-edge-quantizer``.
+"""TFLite: quantize with ``ai-edge-quantizer``, read layers and I/O with the TFLite interpreter.
 
-Keras and TensorFlow models go through ``tf.lite.TFLiteConverter`` instead (:mod:`.keras`),
-which also makes their plain int8, dynamic-range and float16 models.
+Models reach TFLite through the exporters of their kind (:mod:`.exporters`): litert-torch for
+PyTorch, ``tf.lite.TFLiteConverter`` for Keras and TensorFlow (which also makes their plain
+int8, dynamic-range and float16 models itself).
 
 int8 is full-integer static quantization (int8 weights per channel, int8 activations); the
 model's I/O stays float unless the device profile asks for int8 I/O (Coral). fp16 stores
@@ -24,8 +25,7 @@ from ..errors import ConversionError
 from ..formats import FORMATS
 from ..runtime.bundle.backends.tflite import interpreter_class
 from ..runtime.bundle.tensors import Quantization, TensorSpec
-from .base import (MAX_CALIBRATION_SAMPLES, RANGE_RATIO, Layer, Recipe, Samples, Source, Target, converting,
-                   example_feeds)
+from .base import MAX_CALIBRATION_SAMPLES, RANGE_RATIO, Layer, Recipe, Samples, Source, Target, converting
 
 # Ops whose constant weights int8 quantizes.
 WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE", "BATCH_MATMUL",
@@ -71,25 +71,6 @@ def _by_name(names: list[str], wanted: list[str]) -> list[str]:
 class TFLiteConverter:
     format = FORMAT.name
 
-    def export(self, source: Source, path: Path) -> None:
-        if source.kind == "keras":
-            from .keras import export_tflite
-
-            return export_tflite(source, path)
-        if source.kind != "torch":
-            raise ConversionError(
-                f"TFLite export takes PyTorch, Keras and TensorFlow models; {source.label} "
-                "is ONNX: convert it with --format onnx, or export the original model to .pt2 or .keras"
-            )
-        with quiet():  # litert-torch logs C++ banners and optional-kernel failures on import
-            litert_torch = need("litert_torch", extra="sdk", purpose="to export TFLite models")
-            torch = need("torch", extra="sdk", purpose="to export TFLite models")
-
-        args = tuple(torch.from_numpy(a) for a in example_feeds(source, batch=1))
-        with converting("litert-torch conversion"):
-            edge_model = litert_torch.convert(source.module(), args)
-            edge_model.export(str(path))
-
     def quantize(
         self,
         fp32: Path,
@@ -100,11 +81,6 @@ class TFLiteConverter:
         calib: Samples | None,
         profile: Target,
     ) -> dict[str, object]:
-        if source.kind == "keras":
-            from . import keras
-
-            if keras.plain(recipe):
-                return keras.quantize_tflite(out, recipe=recipe, source=source, calib=calib, profile=profile)
         with quiet():
             aeq = need("ai_edge_quantizer", extra="sdk", purpose="to quantize TFLite models")
             from ai_edge_quantizer import qtyping

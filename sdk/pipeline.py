@@ -14,7 +14,6 @@ The one data path (see ``docs/architecture.md``), one named stage each:
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,26 +23,26 @@ from typing import Any
 
 import numpy as np
 
-from ..converters.base import Recipe, Source, batch_size
+from ..converters.base import Recipe, Source
 from ..devices import DeviceProfile
 from ..errors import CalibrationError, VerificationError
 from ..runtime.bundle.manifest import MANIFEST_NAME, Manifest, sha256_file
 from ..runtime.bundle.model import load
 from ..runtime.bundle.golden import GOLDEN_NAME, GOLDEN_SAMPLES, write_golden
 from ..runtime.system import rss_bytes
-from .bundle.writer import publish, staging, versions
-from .load.data import Split, example_inputs, split_samples
+from .bundle.writer import output, versions, write_report
+from .load.data import Split, split_samples
 from .load.doctor import diagnose, raise_errors
-from .load.models import load_model, model_kind, precheck
+from .load.models import example_inputs, load_model, model_kind, precheck
 from .plan import ConvertConfig, Target, plan
-from .progress import Step, silent_step
+from .progress import Progress, Step, stage_hook
 from .quantize.budget import Budget
 from .quantize.search import search
 from .report.build import Measurements, build_report
 from .report.markdown import to_markdown
-from .verify.artifact import Specs, make_measure, open_artifact, outputs_of, reference_outputs, source_latency
+from .verify.artifact import MeasureFn, Specs, make_measure, open_artifact, reference_outputs, source_latency
 from .quantize.budget import cosine_checks, task_checks
-from .verify.fidelity import Fidelity, Reference, run_batched
+from .verify.fidelity import Fidelity
 from .verify.timing import measure_latency, paired_speedup
 
 # Sanity floors per precision. They catch broken conversions; accuracy budgets for
@@ -93,7 +92,8 @@ class Verified:
 
 
 def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = None, eval_data: Any = None,
-            profile: DeviceProfile | None = None, step: Step | None = None, **options: Any) -> ConvertResult:
+            out: str | Path | None = None, profile: DeviceProfile | None = None, progress: Progress | None = None,
+            **options: Any) -> ConvertResult:
     """Convert ``model`` for one device and write a verified bundle.
 
     Args:
@@ -104,8 +104,9 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
             int8; without ``eval_data`` part of it is held out to verify the artifact.
         eval_data: Held-out samples (same forms as ``calib``, optionally with ``labels``) to
             measure candidates and verify the artifact on; never used for calibration.
+        out: The bundle folder (``config.out``); default ``build/<device>``.
         profile: A :class:`DeviceProfile` object, instead of ``config.device``.
-        step: Progress hook: called with a step name, returns a context manager.
+        progress: Where stages are reported (:class:`~edgec.sdk.progress.Progress`); default silent.
 
     Returns:
         The bundle's path, manifest and report.
@@ -118,12 +119,12 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
         BundleError: The output folder is in the way.
 
     Example:
-        >>> result = convert("model.pt2", device="rpi4", calib="calib.npz", out="build/rpi4")
+        >>> result = convert("model.pt2", ConvertConfig(device="rpi4"), calib="calib.npz", out="build/rpi4")
         >>> result.report["summary"]["size_vs_fp32"]
         0.27
     """
-    cfg = (config or ConvertConfig()).with_options(options)
-    step = step or silent_step
+    cfg = (config or ConvertConfig()).with_options({**options, **({"out": out} if out is not None else {})})
+    step = stage_hook(progress)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     precheck(model)
@@ -131,7 +132,7 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
     with step(f"Building {target.format.name} for {target.profile.name}: {target.format_reason}"):
         pass  # said before any slow step
     with _timed(timings, "load"), step("Loading model"):
-        source = load_model(model, weights=cfg.weights, example=example_inputs(calib, cfg.input_shapes))
+        source = load_model(model, weights=cfg.weights, example=lambda: example_inputs(calib, cfg.input_shapes))
     if target.precision == "int8" and calib is None:
         raise CalibrationError(
             f"{target.format.name} int8 for {target.profile.name} needs calibration data: pass --calib data.npz "
@@ -140,8 +141,8 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
         data = prepare_data(calib, eval_data, source, target, cfg)
     budget = None
     if target.precision == "auto":
-        budget = Budget.resolve(cfg.max_drop, cfg.min_cosine, data.holdout.labels is not None and not data.synthetic)
-    with staging(target.out) as stage:
+        budget = Budget.resolve(cfg.max_drop, cfg.min_cosine, labels=data.info["labels"])  # real labels held out
+    with output(target.out, force=cfg.force) as stage:
         fp32_path = stage / f"model.fp32{target.format.suffix}"
         final_path = stage / f"model{target.format.suffix}"
         with _timed(timings, "export"), step(f"Exporting {target.format.name} fp32"):
@@ -152,10 +153,12 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
             reference = reference_outputs(source, data.holdout, cfg.task)
         data.info["task"] = reference.task.describe(reference.names)
         ref_acc = reference.accuracy()
+        measure_fn = make_measure(target.format.name, source, target.profile, target.threads, data.holdout, reference)
         with _timed(timings, "search" if budget else "quantize"):
-            choice = choose_precision(target, source, data, budget, reference, ref_acc, fp32_path, final_path, cfg, step)
+            choice = choose_precision(target, source, data, budget, measure_fn, ref_acc, fp32_path, final_path, cfg,
+                                      step)
         with _timed(timings, "verify"), step("Verifying against the original"):
-            verified = verify(target, source, data, budget, reference, ref_acc, choice, fp32_path, final_path, cfg)
+            verified = verify(target, data, budget, measure_fn, ref_acc, choice, fp32_path, final_path, cfg)
         data.warnings.extend(getattr(verified.model.backend, "notes", ()))  # runtime options dropped for this model
         with step("Measuring latency"):
             measured = measure(target, source, data, verified, fp32_path, final_path, cfg)
@@ -171,8 +174,7 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
                 budget=budget.describe() if budget else "sanity floors for an explicit precision",
                 search=choice.search, measured=measured, timings=timings, versions=versions())
             manifest = write_bundle(stage, target, choice, verified, measured, report, data.holdout)
-        bundle = publish(stage, target.out, force=cfg.force)
-    return ConvertResult(bundle=bundle, manifest=manifest, report=report, warnings=data.warnings)
+    return ConvertResult(bundle=target.out.resolve(), manifest=manifest, report=report, warnings=data.warnings)
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -192,7 +194,7 @@ def prepare_data(calib: Any, eval_data: Any, source: Source, target: Target, cfg
     return data
 
 
-def choose_precision(target: Target, source: Source, data: Split, budget: Budget | None, reference: Reference,
+def choose_precision(target: Target, source: Source, data: Split, budget: Budget | None, measure_fn: MeasureFn,
                      ref_acc: float | None, fp32_path: Path, final_path: Path, cfg: ConvertConfig,
                      step: Step) -> Choice:
     """The policy search under ``budget`` (``--precision auto``), or the precision asked for, plainly."""
@@ -218,7 +220,6 @@ def choose_precision(target: Target, source: Source, data: Split, budget: Budget
                                    "and check it: pass --calib data.npz")
         data.warnings.append("int8 was not tried: without --calib or --eval data its accuracy cannot be measured; "
                              "pass --calib data.npz (100-500 real inputs)")
-    measure_fn = make_measure(target.format.name, source, profile, target.threads, data.holdout, reference)
     outcome = search(target.converter, fp32_path, fp32_path.parent, profile=profile, precisions=precisions,
                      source=source, calib=data.calib, measure=measure_fn, budget=budget, reference_accuracy=ref_acc,
                      threads=target.threads, latency_budget_s=cfg.latency_budget_s, step=step,
@@ -241,36 +242,31 @@ def choose_precision(target: Target, source: Source, data: Split, budget: Budget
                   _weight_bits(precision, outcome.done))
 
 
-def verify(target: Target, source: Source, data: Split, budget: Budget | None, reference: Reference,
-           ref_acc: float | None, choice: Choice, fp32_path: Path, final_path: Path, cfg: ConvertConfig) -> Verified:
+def verify(target: Target, data: Split, budget: Budget | None, measure_fn: MeasureFn, ref_acc: float | None,
+           choice: Choice, fp32_path: Path, final_path: Path, cfg: ConvertConfig) -> Verified:
     """Run the fp32 and the shipped artifacts through the runtime on the held-out samples and check them.
 
     Raises:
         VerificationError: The shipped artifact misses the budget (or the sanity floors).
     """
-    holdout, fmt = data.holdout, target.format.name
-
-    def fidelity(model: Any) -> Fidelity:
-        return reference.compare(run_batched(outputs_of(model), holdout.batches(batch_size(holdout, most=64))))
-
-    common = {"fmt": fmt, "source": source, "profile": target.profile, "threads": target.threads}
-    fp32_model = open_artifact(fp32_path, precision="fp32", **common)
-    fp32_fid = fidelity(fp32_model)
-    if choice.precision == "fp32":
-        fp32_model = None
+    if choice.precision == "fp32":  # the fp32 artifact ships: measured once, as the bundle's model
         fp32_path.rename(final_path)
-    final = open_artifact(final_path, precision=choice.precision, weight_bits=choice.weight_bits, **common)
-    final_fid = fidelity(final)
-    if budget is not None:
-        passed, checks = budget.check(final_fid, ref_acc)
+        fp32 = final = measure_fn(final_path, "fp32")
     else:
-        checks, passed = _sanity_checks(final_fid, choice.precision, cfg)
+        fp32 = measure_fn(fp32_path, "fp32")
+        final = measure_fn(final_path, choice.precision, weight_bits=choice.weight_bits)
+    if budget is not None:
+        passed, checks = budget.check(final.fidelity, ref_acc)
+    else:
+        checks, passed = _sanity_checks(final.fidelity, choice.precision, cfg)
     if not passed:
         raise VerificationError(
-            f"the {fmt} {choice.precision} artifact does not match the original: {'; '.join(checks)} on "
-            f"{len(holdout)} held-out samples. Try --precision fp16/fp32, more or more representative --calib data, "
-            "or relax --min-cosine/--min-top1 if this is expected")
-    return Verified(fp32_fid, final_fid, checks, (final.inputs, final.outputs), final, fp32_model)
+            f"the {target.format.name} {choice.precision} artifact does not match the original: {'; '.join(checks)} "
+            f"on {len(data.holdout)} held-out samples. Try --precision fp16/fp32, more or more representative --calib "
+            "data, or relax --min-cosine/--min-top1 if this is expected")
+    model = final.model
+    return Verified(fp32.fidelity, final.fidelity, checks, (model.inputs, model.outputs), model,
+                    fp32.model if choice.precision != "fp32" else None)
 
 
 def measure(target: Target, source: Source, data: Split, verified: Verified, fp32_path: Path, final_path: Path,
@@ -301,8 +297,7 @@ def write_bundle(stage: Path, target: Target, choice: Choice, verified: Verified
     """Write ``report.json``, ``report.md`` and the manifest into ``stage``, load it as a board would, and
     store the golden samples (held-out inputs and this runtime's answers) that boards check theirs against."""
     one = next(holdout.samples())
-    (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (stage / "report.md").write_text(to_markdown(report), encoding="utf-8")
+    write_report(stage, "report", report, to_markdown(report))
     manifest = Manifest(
         format=target.format.name, precision=choice.precision, model_file=f"model{target.format.suffix}",
         inputs=verified.specs[0], outputs=verified.specs[1], device=target.profile.to_dict(),

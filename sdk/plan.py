@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..converters import converter_for
 from ..converters.base import Converter
+from ..converters.exporters import KINDS, reaches
 from ..devices import DeviceProfile, get_profile
 from ..errors import ValidationError
 from ..formats import FORMATS, Format, check_precision, get_format
 from .bundle.writer import check_out_dir
 from .load.data import ImageOptions
+from .progress import Options
 from .quantize.budget import Budget
 from .verify.task import TaskOptions
 
 
 @dataclass(frozen=True)
-class ConvertConfig:
+class ConvertConfig(Options):
     """What to build.
 
     Attributes:
@@ -82,28 +84,12 @@ class ConvertConfig:
         if not self.time_budget_s >= 0:
             raise ValidationError(f"--time-budget {self.time_budget_s} must be seconds, 0 or more (0: no limit)")
 
-    def with_options(self, options: dict[str, Any]) -> ConvertConfig:
-        """A copy with ``options`` (any field) replaced; paths and shapes take their Python forms.
-
-        Raises:
-            ValidationError: An option that is not a field.
-        """
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValidationError(f"unknown option(s) {', '.join(unknown)}; ConvertConfig takes "
-                                  f"{', '.join(sorted(known))}")
-        options = dict(options)
-        for key in ("out", "weights"):
-            if options.get(key) is not None:
-                options[key] = Path(options[key])
-        if isinstance(options.get("task"), dict):
-            options["task"] = TaskOptions(**options["task"])
-        elif isinstance(options.get("task"), str):
-            options["task"] = TaskOptions(task=options["task"])
-        if "input_shapes" in options:
-            options["input_shapes"] = tuple(options["input_shapes"])
-        return replace(self, **options)
+    def _coerce(self, name: str, value: Any) -> Any:
+        if name == "task" and isinstance(value, dict):
+            return TaskOptions(**value)
+        if name == "task" and isinstance(value, str):
+            return TaskOptions(task=value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -116,10 +102,12 @@ class Target:
     reason: str
     out: Path
     format_reason: str = "asked for with --format"
+    kind: str | None = None  # the model's (torch, onnx, keras): which exporter takes it there
 
     @property
     def converter(self) -> Converter:
-        return converter_for(self.format)
+        """The format's converter, with the exporter for the model's kind (:mod:`edgec.converters.exporters`)."""
+        return converter_for(self.format, self.kind)
 
     @property
     def threads(self) -> int:
@@ -132,28 +120,22 @@ class Target:
                 if p in self.profile.allowed_precisions and p in self.format.precisions]
 
 
-# Which model kinds reach each format: TFLite through litert-torch (PyTorch) or TFLiteConverter
-# (Keras, TensorFlow); ONNX through torch.onnx, tf2onnx, or as it is.
-REACHES = {"tflite": ("torch", "keras"), "onnx": ("torch", "onnx", "keras")}
-KIND_NAMES = {"torch": "a PyTorch model", "onnx": "an ONNX model", "keras": "a Keras/TensorFlow model"}
-
-
 def pick_format(profile: DeviceProfile, fmt: str, kind: str | None) -> tuple[str, str]:
     """The format to build for ``profile`` from a model of ``kind``, and why.
 
     Raises:
         ValidationError: The format asked for, or every format the board runs, is out of the model's reach.
     """
-    what = KIND_NAMES.get(kind or "", "this model")
+    what = KINDS.get(kind or "", "this model")
     if fmt != "auto":
         fmt = get_format(fmt).name
-        if kind is not None and kind not in REACHES[fmt]:
-            runs = [f for f in profile.formats if kind in REACHES[f]]
+        if kind is not None and not reaches(kind, fmt):
+            runs = [f for f in profile.formats if reaches(kind, f)]
             raise ValidationError(f"--format {fmt}: {what} cannot be converted to {fmt}"
                                   + (f"; use --format {runs[0]} ({profile.name} runs it)" if runs else
                                      " (export the original to .pt2 or .keras)"))
         return fmt, "asked for with --format"
-    reachable = [f for f in profile.formats if kind is None or kind in REACHES[f]]
+    reachable = [f for f in profile.formats if kind is None or reaches(kind, f)]
     if not reachable:
         raise ValidationError(f"{profile.name} runs only {' or '.join(profile.formats)} models, and {what} cannot be "
                               f"converted to {profile.formats[0]}: convert the original PyTorch (.pt2) or Keras model")
@@ -199,4 +181,4 @@ def plan(cfg: ConvertConfig, profile: DeviceProfile | None = None, kind: str | N
     fmt, precision, reason = resolve_target(profile, fmt, cfg.precision)
     out = Path(cfg.out or Path("build") / profile.name)
     check_out_dir(out, force=cfg.force)
-    return Target(profile, FORMATS[fmt], precision, reason, out, format_reason)
+    return Target(profile, FORMATS[fmt], precision, reason, out, format_reason, kind)

@@ -81,6 +81,13 @@ def lists_whole(array: np.ndarray, spec: TensorSpec) -> bool:
     return np.ndim(array) == len(spec.shape) + 1
 
 
+def check_listed(array: np.ndarray, spec: TensorSpec, *, what: str = "input") -> tuple[bool, str | None]:
+    """For ``array`` listing samples of ``spec`` along its first axis: whether it lists whole inputs
+    (:func:`lists_whole`), and what is wrong with it, or ``None`` if it fits."""
+    whole = lists_whole(array, spec)
+    return whole, check_array(array[0] if whole else array, spec, what=what, samples=not whole)
+
+
 def check_array(array: np.ndarray, spec: TensorSpec, *, what: str = "input", samples: bool = False) -> str | None:
     """What is wrong with ``array`` as a value for ``spec``, or ``None`` if it fits.
 

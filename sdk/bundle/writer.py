@@ -1,20 +1,26 @@
-"""Write bundles atomically: everything goes to a staging folder beside the target and is
-renamed into place only once complete, so a failure leaves no partial bundle behind.
+"""The one way SDK verbs write their output: everything goes to a staging folder beside the target
+and is renamed into place only once complete, so a failure leaves nothing half-written behind.
+
+:func:`output` makes a folder (a bundle, an analysis, QAT artifacts); :func:`output_files`
+makes files side by side (a compressed ``.pt2`` and its report); :func:`write_report` writes a
+report as ``.json`` for programs and ``.md`` for people.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import logging
 import os
 import platform
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from ..._version import __version__
 from ...errors import BundleError
@@ -63,6 +69,49 @@ def staging(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def output(out: Path, *, force: bool) -> Iterator[Path]:
+    """A staging folder that becomes ``out`` when the block ends well (replacing it only with ``force``).
+
+    Raises:
+        BundleError: ``out`` is in the way, or cannot be written.
+    """
+    out = Path(out)
+    check_out_dir(out, force=force)
+    with staging(out) as stage:
+        yield stage
+        publish(stage, out, force=force)
+
+
+@contextlib.contextmanager
+def output_files(paths: Sequence[Path], *, force: bool) -> Iterator[Path]:
+    """A staging folder in which the block writes each of ``paths`` by its name; all are moved into place
+    together when it ends well.
+
+    Raises:
+        BundleError: One of them exists (without ``force``), or their folder cannot be written.
+    """
+    paths = [Path(p).resolve() for p in paths]
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        raise BundleError(f"{existing[0]} already exists: pass --force to replace it")
+    check_out_dir(paths[0].parent, force=True)
+    with staging(paths[0]) as stage:
+        yield stage
+        for path in paths:
+            staged = stage / path.name
+            with open(staged, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(staged, path)
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_report(folder: Path, stem: str, report: dict[str, Any], markdown: str) -> None:
+    """``<stem>.json`` (the whole report, for programs) and ``<stem>.md`` (for people) in ``folder``."""
+    (folder / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (folder / f"{stem}.md").write_text(markdown, encoding="utf-8")
 
 
 def sweep_stale(out: Path) -> list[Path]:

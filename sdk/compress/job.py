@@ -8,18 +8,18 @@ unpruned export, in alternating rounds, at batch 1 and batch 64.
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...errors import BundleError, CalibrationError, ValidationError
+from ..bundle.writer import output_files, write_report
 from ..load.models import load_module
+from ..progress import SILENT, Options, Progress
 from ..training import arrays_from, batches, fit
 from .distill import Distiller
 from .meter import Meter, StepResult
@@ -28,7 +28,7 @@ from .report import build_report, percent, plot, to_markdown
 
 
 @dataclass(frozen=True)
-class CompressConfig:
+class CompressConfig(Options):
     """How to compress.
 
     Attributes:
@@ -48,6 +48,9 @@ class CompressConfig:
         progressive_distill: At each step, distill from the previous step's model as well.
         threads: Threads for latency measurements.
         seed: Seed for shuffling and initialisation.
+        weights: Weights (``.safetensors``) for a ``pkg.module:factory`` model.
+        teacher_weights: Weights for a ``pkg.module:factory`` teacher (the first).
+        force: Replace existing outputs.
     """
 
     prune: float = 0.5
@@ -68,6 +71,9 @@ class CompressConfig:
     progressive_distill: bool = False
     threads: int = 2
     seed: int = 0
+    weights: Path | None = None
+    teacher_weights: Path | None = None
+    force: bool = False
 
     def __post_init__(self) -> None:
         check_ratio(self.prune)
@@ -94,57 +100,49 @@ class CompressResult:
     steps: list[StepResult]
 
 
-def compress(
-    model: Any,
-    *,
-    data: Any,
-    out: str | Path,
-    eval_data: Any = None,
-    teachers: Sequence[Any] = (),
-    config: CompressConfig | None = None,
-    weights: str | Path | None = None,
-    teacher_weights: str | Path | None = None,
-    force: bool = False,
-    progress: Callable[[str], None] | None = None,
-    **options: Any,
-) -> CompressResult:
+def compress(model: Any, config: CompressConfig | None = None, *, data: Any, out: str | Path, eval_data: Any = None,
+             teachers: Sequence[Any] = (), progress: Progress | None = None, **options: Any) -> CompressResult:
     """Prune and/or distill ``model``, fine-tune it on ``data`` and write ``out`` (a ``.pt2``).
 
     Args:
         model: ``pkg.module:factory`` (with ``weights``), an ``nn.Module`` or a ``.pt2``
             (structured pruning needs the module's code: a factory or module).
+        config: How to compress; ``options`` (any :class:`CompressConfig` field) override it.
         data: Training data: ``.npz``/dict with inputs and ``labels``, ``(x, y)`` arrays, or
             an iterable of ``(x, y)`` batches.
         out: The compressed model's path (``.pt2``); the report is written beside it as
             ``<stem>.report.json``, ``<stem>.report.md`` and ``<stem>.png``.
         eval_data: Labelled held-out data for accuracy at every step.
         teachers: Models to distill from (same forms as ``model``).
-        config: How to compress; ``options`` override its fields.
-        force: Replace existing outputs.
-        progress: Called with a line of text at each stage.
+        progress: Where each step's measured result (``note``) and fine-tuning epochs are reported.
 
     Raises:
         ValidationError: Bad settings, an unknown layer, a teacher whose outputs differ.
         CalibrationError: Data that does not fit the model.
         BundleError: Outputs already exist (without ``force``).
+
+    Example:
+        >>> result = compress("pkg.nets:cnn", CompressConfig(prune=0.5), data="train.npz", out="small.pt2",
+        ...                   weights="cnn.safetensors")
     """
-    cfg = replace(config or CompressConfig(), **options)
-    say = progress or (lambda _: None)
+    cfg = (config or CompressConfig()).with_options(options)
+    progress = progress or SILENT
+    say = progress.note
     out = Path(out)
     if out.suffix != ".pt2":
         raise ValidationError(f"--out {out} must be a .pt2 file (the compressed model, for `edgec convert`)")
     outputs = [out, *(out.with_name(out.stem + s) for s in (".report.json", ".report.md", ".png"))]
     existing = [p for p in outputs if p.exists()]
-    if existing and not force:
+    if existing and not cfg.force:
         raise BundleError(f"{existing[0]} already exists: pass --force to replace it")
 
-    student = load_module(model, weights=weights)
+    student = load_module(model, weights=cfg.weights)
     if cfg.structured and cfg.prune > 0 and not any(type(m).__name__ in ("Conv2d", "Linear", "Conv1d")
                                                      for m in student.modules()):
         raise ValidationError("structured pruning needs the model's layers: pass pkg.module:factory --weights "
                               "w.safetensors (a .pt2 keeps only the traced graph)")
     resolve_layers(student, cfg.skip)
-    teacher_models = [load_module(t, weights=teacher_weights if i == 0 else None, what="teacher")
+    teacher_models = [load_module(t, weights=cfg.teacher_weights if i == 0 else None, what="teacher")
                       for i, t in enumerate(teachers)]
     first = next(batches(data, batch_size=cfg.batch_size, shuffle=False)(0))
     example = tuple(x[:2] for x in first[0])
@@ -197,7 +195,8 @@ def compress(
                 say(f"step {k}/{cfg.steps}: fine-tuning {cfg.epochs} epoch(s)" + (" with distillation" if d else ""))
                 history = fit(student, data, epochs=cfg.epochs, optimizer=cfg.optimizer, lr=cfg.lr,
                               batch_size=cfg.batch_size, loss=loss_fn, extra_params=extra,
-                              after_step=(lambda: mask.apply(student)) if mask is not None else None, seed=cfg.seed + k)
+                              after_step=(lambda: mask.apply(student)) if mask is not None else None, seed=cfg.seed + k,
+                              progress=lambda done, total, _: progress.advance(done, total, "epochs"))
             if d is not None:
                 d.close()
             student.eval()
@@ -210,14 +209,10 @@ def compress(
 
         report = build_report(cfg, steps, model, teachers)
         report["plot"] = outputs[3].name
-        staged = [work / f"out{i}{p.suffix}" for i, p in enumerate(outputs)]
-        _export_pt2(student, example, staged[0])
-        staged[1].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        staged[2].write_text(to_markdown(report), encoding="utf-8")
-        plot(steps, staged[3], report["title"])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for src, dst in zip(staged, outputs):  # all four were written: now move them into place
-            shutil.move(str(src), str(dst))
+    with output_files(outputs, force=cfg.force) as stage:
+        _export_pt2(student, example, stage / out.name)
+        write_report(stage, f"{out.stem}.report", report, to_markdown(report))
+        plot(steps, stage / outputs[3].name, report["title"])
     return CompressResult(out, report, steps)
 
 

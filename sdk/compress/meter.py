@@ -50,7 +50,7 @@ class Meter:
         source = load_model(module, example={f"input_{i}": x.numpy() for i, x in enumerate(self.example)}
                             if len(self.example) > 1 else {"input": self.example[0].numpy()})
         path = self.work / f"{name}.onnx"
-        converter_for("onnx").export(source, path)
+        converter_for("onnx", source.kind).export(source, path)
         timed = session(path, threads=self.threads)
         return path, timed, [i.name for i in timed.get_inputs()]
 

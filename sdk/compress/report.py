@@ -34,7 +34,8 @@ def build_report(cfg: Any, steps: list[StepResult], model: Any, teachers: Sequen
 
     return {
         "title": f"{name(model)} compressed" + (f", distilled from {', '.join(map(name, teachers))}" if teachers else ""),
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "config": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                   for k, v in asdict(cfg).items() if k != "force"},
         "steps": [asdict(s) for s in steps],
         "summary": {
             "params_vs_original": last.params / first.params,

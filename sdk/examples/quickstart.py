@@ -19,7 +19,7 @@ from ..._quiet import quiet
 from ...errors import BundleError
 from ...runtime.bundle.model import load
 from ..pipeline import convert
-from ..progress import Step, silent_step
+from ..progress import Progress, Step, stage_hook
 from ..verify.timing import measure_latency
 from .zoo import digits_cnn, digits_splits, evaluate_accuracy, export_pt2, seeded, train
 
@@ -66,7 +66,7 @@ def run_quickstart(
     *,
     force: bool = False,
     devices: tuple[str, ...] = DEVICES,
-    step: Step | None = None,
+    progress: Progress | None = None,
     epochs: int = 10,
 ) -> dict[str, Any]:
     """Run the quick start in ``workdir``; return the model's fp32 test accuracy and the rows.
@@ -74,7 +74,7 @@ def run_quickstart(
     Raises:
         BundleError: ``workdir`` exists and ``force`` is not set.
     """
-    step = step or silent_step
+    step = stage_hook(progress)
     work = Path(workdir)
     if work.exists() and not force:
         raise BundleError(f"{work} already exists: pass --force to redo the quick start there, or choose --workdir")

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..._optional import need
-from ...errors import CalibrationError, ModelLoadError
+from ...errors import CalibrationError
 from ...runtime.bundle.arrays import read_npz
-from ...runtime.bundle.tensors import TensorSpec, check_array, lists_whole
+from ...runtime.bundle.tensors import TensorSpec, check_listed
 
 LABELS_KEY = "labels"
 MIN_SAMPLES = 32
@@ -26,6 +26,10 @@ MIN_SAMPLES = 32
 SYNTHETIC_SAMPLES = 64
 # Held-out samples used to measure each candidate.
 MAX_EVAL_SAMPLES = 500
+# Input values per batch when samples run through a model (calibration, verification): a batch's
+# activations are what the run holds at once, so large samples (a 736x736 RGB image is 1.6M
+# values) go one at a time.
+BATCH_VALUES = 2**20
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -79,6 +83,12 @@ class SampleSet:
         """One dict per sample, each array keeping a batch axis of 1 (a whole input: as listed)."""
         for i in range(len(self)):
             yield {k: np.asarray(v[i]) if k in self.whole else v[i : i + 1] for k, v in self.arrays.items()}
+
+    def batch_size(self, most: int) -> int:
+        """Samples per batch: ``most`` for small samples, fewer as they grow, at least 1 (a batch's
+        activations are what a run holds at once: about the batch times one sample's)."""
+        values = sum(int(np.prod(v.shape[1:])) for v in self.arrays.values()) or 1
+        return max(1, min(most, BATCH_VALUES // values))
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
         """Feeds of up to ``size`` samples (one each when an input is listed whole)."""
@@ -156,15 +166,10 @@ def _match_names(arrays: dict[str, Any], inputs: Sequence[TensorSpec], what: str
                 f"{', '.join(names)}"
             )
         chosen = {n: arrays[n] for n in names}
-    whole = set()
-    for spec in inputs:
-        array = chosen[spec.name]
-        if lists_whole(array, spec):
-            whole.add(spec.name)
-        elif array.ndim == 0 and not spec.shape:  # one value for a 0-d input: one sample
-            chosen[spec.name] = array.reshape(1)
-            whole.add(spec.name)
-    return SampleSet(chosen, labels, source, frozenset(whole))
+    for spec in inputs:  # (check_samples finds the inputs listed whole)
+        if chosen[spec.name].ndim == 0 and not spec.shape:  # one value for a 0-d input: one sample
+            chosen[spec.name] = chosen[spec.name].reshape(1)
+    return SampleSet(chosen, labels, source)
 
 
 def _stack_items(
@@ -251,8 +256,9 @@ def check_samples(samples: SampleSet, inputs: Sequence[TensorSpec], what: str = 
         raise CalibrationError(f"{what} ({samples.source}) has no samples")
     for spec in inputs:
         array = samples.arrays[spec.name]
-        whole = spec.name in samples.whole
-        problem = check_array(array[0] if whole else array, spec, what=f"{what} array", samples=not whole)
+        whole, problem = check_listed(array, spec, what=f"{what} array")
+        if whole:
+            samples.whole = samples.whole | {spec.name}
         if not problem and not whole and spec.shape and spec.shape[0] not in (None, 1):
             problem = (f"{what} array {spec.name} has shape {list(array.shape)}, but the input's first axis is "
                        f"{spec.shape[0]}, not a batch ({spec.describe()}): list whole inputs along one more axis, "
@@ -365,35 +371,3 @@ def split_samples(calib: Any, eval_data: Any, inputs: Sequence[TensorSpec], *, q
     return Split(calib_set, held, {
         "source": samples.source, "synthetic": False, "labels": samples.labels is not None,
         "calibration_samples": len(calib_set) if calib_set is not None else 0, "holdout_samples": len(held)}, found)
-
-
-def example_inputs(data: Any, input_shapes: Sequence[str] = ()) -> dict[str, np.ndarray] | None:
-    """Example inputs to trace a module with: ``--input-shape``, else the first sample of ``data``."""
-    if input_shapes:
-        return example_from_shapes(input_shapes)
-    if isinstance(data, (str, Path)) and Path(data).suffix.lower() == ".npz" and Path(data).is_file():
-        try:
-            arrays = read_npz(data, what=str(data), error=CalibrationError)
-        except CalibrationError:
-            return None  # load_samples reports the problem with the file precisely
-        return {k: v[:1] if v.ndim else v for k, v in arrays.items() if k != LABELS_KEY}
-    if isinstance(data, np.ndarray):
-        return {"input": data[:1] if data.ndim else data}
-    if isinstance(data, Mapping):
-        return {k: np.asarray(v)[:1] if np.ndim(v) else np.asarray(v) for k, v in data.items() if k != LABELS_KEY}
-    return None
-
-
-def example_from_shapes(shapes: Sequence[str]) -> dict[str, np.ndarray]:
-    """Parse ``--input-shape`` values (``1x3x224x224`` or ``name=1x3x224x224``) into zeros."""
-    out: dict[str, np.ndarray] = {}
-    for i, text in enumerate(shapes):
-        name, _, dims = text.rpartition("=")
-        try:
-            shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x"))
-        except ValueError:
-            raise ModelLoadError(f"--input-shape {text!r} is not like 1x3x224x224 or name=1x3x224x224") from None
-        if any(d <= 0 for d in shape):
-            raise ModelLoadError(f"--input-shape {text!r} has a dimension that is not positive")
-        out[name or f"input_{i}"] = np.zeros(shape, dtype=np.float32)
-    return out

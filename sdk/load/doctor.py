@@ -57,8 +57,9 @@ def diagnose(calib: SampleSet, holdout: SampleSet | None = None, *, eval_given: 
     found: list[Finding] = []
     n = len(calib)
     digests = {
-        hashlib.blake2b(b"".join(np.ascontiguousarray(a).tobytes() for a in sample.values()), digest_size=16).digest()
-        for sample in calib.samples()
+        hashlib.blake2b(b"".join(np.ascontiguousarray(a[i]).tobytes() for a in calib.arrays.values()),
+                        digest_size=16).digest()
+        for i in range(n)
     }
     dupes = n - len(digests)
     if n > 1 and len(digests) == 1:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..._optional import need
 from ..._quiet import quiet
-from ...converters.keras import tensorflow
+from ...converters.exporters.from_keras import tensorflow
 from ...errors import ModelLoadError, first_line
 from ...runtime.bundle.tensors import TensorSpec
 

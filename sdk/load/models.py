@@ -20,14 +20,16 @@ from __future__ import annotations
 import re
 import sys
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...converters.base import Source
-from ...errors import ModelLoadError
+from ...errors import CalibrationError, ModelLoadError
+from ...runtime.bundle.arrays import read_npz
+from .data import LABELS_KEY
 from .keras import KERAS_SUFFIXES, from_keras, is_saved_model, load_keras, load_saved_model, precheck_keras
 from .onnx import load_onnx
 from .pytorch import (call_factory, fixed_batch, from_module, from_program, in_chunks, load_pt2, load_weights,
@@ -104,7 +106,7 @@ def load_model(
     model: Any,
     *,
     weights: str | Path | None = None,
-    example: Mapping[str, np.ndarray] | None = None,
+    example: Mapping[str, np.ndarray] | Callable[[], Mapping[str, np.ndarray] | None] | None = None,
 ) -> Source:
     """Load ``model`` into a :class:`~edgec.converters.base.Source`.
 
@@ -113,8 +115,9 @@ def load_model(
             ``pkg.module:factory``, an ``nn.Module`` or an ``ExportedProgram``.
         weights: Weights for a factory or module (``.safetensors``, or a ``.pt`` state_dict
             read with ``weights_only=True``).
-        example: Example inputs keyed by input name (first axis the batch). Needed to trace
-            an ``nn.Module`` or factory; ignored for files that carry their own signature.
+        example: Example inputs keyed by input name (first axis the batch), or a function making them
+            (called only when needed). Needed to trace an ``nn.Module`` or factory; files carry their own
+            signature.
 
     Raises:
         ModelLoadError: The file is missing, corrupt, of an unknown kind, or unsafe to load.
@@ -125,12 +128,12 @@ def load_model(
         path = Path(model)
         if path.exists():
             return _load_file(path, weights=weights)
-        return from_module(call_factory(str(model)), label=str(model), weights=weights, example=example)
+        return from_module(call_factory(str(model)), label=str(model), weights=weights, example=_made(example))
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.export.ExportedProgram):
         return from_program(model, label="ExportedProgram", size_bytes=state_bytes(model.state_dict))
     if torch is not None and isinstance(model, torch.nn.Module):
-        return from_module(model, label=type(model).__name__, weights=weights, example=example)
+        return from_module(model, label=type(model).__name__, weights=weights, example=_made(example))
     keras = sys.modules.get("keras")
     if keras is not None and isinstance(model, keras.Model):
         return from_keras(model, label=type(model).__name__)
@@ -183,3 +186,39 @@ def _load_file(path: Path, *, weights: str | Path | None) -> Source:
     if suffix in KERAS_SUFFIXES:
         return load_keras(path)
     return load_pt2(path) if suffix == ".pt2" else load_onnx(path)
+
+
+def _made(example: Any) -> Mapping[str, np.ndarray] | None:
+    return example() if callable(example) else example
+
+
+def example_inputs(data: Any, input_shapes: Sequence[str] = ()) -> dict[str, np.ndarray] | None:
+    """Example inputs to trace a module with: ``--input-shape``, else the first sample of ``data``."""
+    if input_shapes:
+        return example_from_shapes(input_shapes)
+    if isinstance(data, (str, Path)) and Path(data).suffix.lower() == ".npz" and Path(data).is_file():
+        try:
+            arrays = read_npz(data, what=str(data), error=CalibrationError)
+        except CalibrationError:
+            return None  # load_samples reports the problem with the file precisely
+        return {k: v[:1] if v.ndim else v for k, v in arrays.items() if k != LABELS_KEY}
+    if isinstance(data, np.ndarray):
+        return {"input": data[:1] if data.ndim else data}
+    if isinstance(data, Mapping):
+        return {k: np.asarray(v)[:1] if np.ndim(v) else np.asarray(v) for k, v in data.items() if k != LABELS_KEY}
+    return None
+
+
+def example_from_shapes(shapes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Parse ``--input-shape`` values (``1x3x224x224`` or ``name=1x3x224x224``) into zeros."""
+    out: dict[str, np.ndarray] = {}
+    for i, text in enumerate(shapes):
+        name, _, dims = text.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x"))
+        except ValueError:
+            raise ModelLoadError(f"--input-shape {text!r} is not like 1x3x224x224 or name=1x3x224x224") from None
+        if any(d <= 0 for d in shape):
+            raise ModelLoadError(f"--input-shape {text!r} has a dimension that is not positive")
+        out[name or f"input_{i}"] = np.zeros(shape, dtype=np.float32)
+    return out

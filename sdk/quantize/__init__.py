@@ -2,14 +2,15 @@
 
 Example:
     >>> from edgec.sdk.quantize import qat
-    >>> result = qat(model, "train.npz", out="build/qat", eval_data="test.npz", epochs=2)
+    >>> result = qat(model, QATConfig(epochs=2), data="train.npz", eval_data="test.npz", out="build/qat")
 """
 
 from __future__ import annotations
 
+from .aware import QATConfig as QATConfig
 from .aware import QATResult as QATResult
 from .aware import qat as qat
 from .budget import Budget as Budget
 from .search import search as search
 
-__all__ = ["Budget", "QATResult", "qat", "search"]
+__all__ = ["Budget", "QATConfig", "QATResult", "qat", "search"]

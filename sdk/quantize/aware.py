@@ -1,16 +1,17 @@
 """Quantization-aware training with PyTorch 2 export (PT2E).
 
 When post-training int8 cannot meet the budget, fine-tuning with fake quantization lets the
-weights adapt to int8 and learns the activation ranges. The trained graph is exported
-twice from the same learned scales: ONNX with QuantizeLinear/DequantizeLinear pairs
-(onnxruntime and TensorRT run them as int8) and a full-int8 TFLite model (litert-torch).
+weights adapt to int8 and learns the activation ranges. The trained graph is a model of its
+own kind (``qat``), exported through the exporter table like any other
+(:mod:`edgec.converters.exporters`): ONNX with QuantizeLinear/DequantizeLinear pairs
+(onnxruntime and TensorRT run them as int8) and full-int8 TFLite (litert-torch), both from
+the same learned scales.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,58 @@ import numpy as np
 
 from ..._optional import need
 from ..._quiet import quiet
+from ...converters import converter_for
 from ...devices import builtin_profiles
-from ...errors import ConversionError, ValidationError, first_line
+from ...errors import ValidationError
+from ...formats import FORMATS
 from ...runtime.bundle.tensors import TensorSpec
-from ..training import History, arrays_from, batches, fit
+from ..bundle.writer import output, write_report
+from ..load.models import load_module
+from ..progress import SILENT, Options, Progress
+from ..training import OPTIMIZERS, History, arrays_from, batches, fit
 from ..verify.artifact import open_artifact
 
 # Training samples run through the observers to set initial int8 ranges.
 CALIBRATION_SAMPLES = 512
+QAT_FORMATS = ("onnx", "tflite")
+
+
+@dataclass(frozen=True)
+class QATConfig(Options):
+    """How to train with fake quantization, and what to export.
+
+    Attributes:
+        epochs, optimizer, lr, batch_size, seed: As for :func:`edgec.sdk.training.fit`.
+        formats: The artifacts to write: ``onnx`` (QDQ) and/or ``tflite`` (full int8).
+        weights: Weights (``.safetensors``) for a ``pkg.module:factory`` model.
+        force: Replace the output folder if it exists.
+    """
+
+    epochs: int = 3
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    batch_size: int = 64
+    formats: tuple[str, ...] = QAT_FORMATS
+    weights: Path | None = None
+    force: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.formats if f not in QAT_FORMATS]
+        if unknown or not self.formats:
+            raise ValidationError(f"QAT formats must be {' and/or '.join(QAT_FORMATS)}, got "
+                                  f"{', '.join(self.formats) or 'none'}")
+        if self.epochs < 1:
+            raise ValidationError(f"epochs must be at least 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ValidationError(f"learning rate must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValidationError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.batch_size < 1:
+            raise ValidationError(f"batch size must be at least 1, got {self.batch_size}")
+
+    def _coerce(self, name: str, value: Any) -> Any:
+        return tuple(value.split(",")) if name == "formats" and isinstance(value, str) else value
 
 
 @dataclass
@@ -34,59 +79,82 @@ class QATResult:
     """What quantization-aware training produced.
 
     Attributes:
-        onnx: ONNX QDQ model (int8 weights, learned activation scales), if asked for.
-        tflite: Full-int8 TFLite model, if asked for.
+        out: The folder holding the artifacts, ``qat.json`` and ``qat.md``.
+        artifacts: The int8 model written for each format (``model.qat.onnx``, ``model.qat.tflite``).
         scales: Learned activation scale of each fake-quantize node, by node name.
-        history: Training loss per epoch and the callback's results.
+        history: Training loss per epoch.
         accuracy: Accuracy on ``eval_data``: the fake-quantized model before and after
             training (``before``, ``after``), and each exported artifact run through the
-            edgec runtime (``onnx``, ``tflite``).
+            edgec runtime (by format).
     """
 
-    onnx: Path | None
-    tflite: Path | None
+    out: Path
+    artifacts: dict[str, Path]
     scales: dict[str, float]
     history: History
     accuracy: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def onnx(self) -> Path | None:
+        return self.artifacts.get("onnx")
 
-def qat(
-    model: Any,
-    train_data: Any,
-    *,
-    out: str | Path,
-    example: Any = None,
-    eval_data: Any = None,
-    epochs: int = 3,
-    optimizer: str = "sgd",
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    formats: tuple[str, ...] = ("onnx", "tflite"),
-    callback: Callable[[int, Any], Any] | None = None,
-    seed: int = 0,
-) -> QATResult:
+    @property
+    def tflite(self) -> Path | None:
+        return self.artifacts.get("tflite")
+
+
+@dataclass
+class QATSource:
+    """A graph trained with fake quantization: a model of kind ``qat`` for the exporter table."""
+
+    prepared: Any  # the PT2E-prepared graph module, in eval mode
+    quantizer: Any  # the PT2E quantizer it was prepared with (litert-torch lowers by it)
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    label: str
+    kind: str = "qat"
+    size_bytes: int = 0
+    examples: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            out = self.prepared(*(torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.inputs))
+        return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+
+    def patterns(self) -> contextlib.AbstractContextManager[None]:
+        return function_patterns()
+
+
+def qat(model: Any, config: QATConfig | None = None, *, data: Any, eval_data: Any = None,
+        out: str | Path | None = None, progress: Progress | None = None, **options: Any) -> QATResult:
     """Fine-tune ``model`` with int8 fake quantization and export what it learned.
 
     Args:
-        model: A trained ``torch.nn.Module`` (in float).
-        train_data: ``.npz``/dict with inputs and ``labels``, ``(x, y)`` arrays, or an iterable
-            of ``(x, y)`` batches.
-        out: Folder for ``model.qat.onnx``, ``model.qat.tflite`` and ``qat.json``.
-        example: One input array (or tuple of arrays) to trace with; default the first
-            training batch.
-        eval_data: ``(x, y)`` arrays or an ``.npz``/dict with labels: accuracy of the
-            fake-quantized model before and after training.
-        epochs, optimizer, lr, batch_size, callback, seed: As for :func:`edgec.sdk.training.fit`.
-        formats: Which artifacts to write (``onnx``, ``tflite``).
+        model: A trained float model: ``pkg.module:factory`` (with ``weights``), an ``nn.Module`` or a ``.pt2``.
+        config: How to train and what to export; ``options`` (any :class:`QATConfig` field) override it.
+        data: Training data: ``.npz``/dict with inputs and ``labels``, ``(x, y)`` arrays, or an
+            iterable of ``(x, y)`` batches.
+        eval_data: ``(x, y)`` arrays or an ``.npz``/dict with labels: accuracy before and after
+            training, and of each artifact as the runtime runs it.
+        out: Folder to write; default ``build/qat``.
+        progress: Where stages, epochs and accuracies are reported; default silent.
 
-    Returns:
-        The artifacts, the learned scales and the measured accuracies.
+    Raises:
+        ValidationError: Bad settings.
+        CalibrationError: Data without labels, or that does not fit the model.
+        ConversionError: An export failed.
+        BundleError: ``out`` exists (without ``force``).
 
     Example:
-        >>> result = qat(model, "train.npz", out="build/qat", eval_data="test.npz", epochs=2)
+        >>> result = qat("pkg.nets:cnn", QATConfig(epochs=2), weights="cnn.safetensors", data="train.npz",
+        ...              eval_data="test.npz", out="build/qat")
         >>> result.accuracy
-        {'before': 0.982, 'after': 0.991}
+        {'before': 0.982, 'after': 0.991, 'onnx': 0.991, 'tflite': 0.989}
     """
+    cfg = (config or QATConfig()).with_options(options)
+    progress = progress or SILENT
     torch = need("torch", extra="sdk", purpose="for quantization-aware training")
     pt2e = need("torchao.quantization.pt2e.quantize_pt2e", extra="sdk", purpose="for quantization-aware training")
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
@@ -94,92 +162,98 @@ def qat(
     with quiet():
         quantizers = need("litert_torch.quantize.pt2e_quantizer", extra="sdk",
                           purpose="for quantization-aware training")
-    unknown = sorted(set(formats) - {"onnx", "tflite"})
-    if unknown or not formats:
-        raise ValidationError(f"formats must be onnx and/or tflite, got {', '.join(formats) or 'none'}")
-    _allow_function_patterns()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    args = _example_args(example, train_data, batch_size)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    graph = torch.export.export(model.eval(), args, dynamic_shapes=tuple({0: batch} for _ in args)).module()
-    # Symmetric int8, per-channel weights: what XNNPACK (TFLite), onnxruntime and TensorRT all run.
-    quantizer = quantizers.PT2EQuantizer().set_global(
-        quantizers.get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
-    prepared = pt2e.prepare_qat_pt2e(graph, quantizer)
-
+    module = load_module(model, weights=cfg.weights)
+    args = _example_args(data, cfg.batch_size)
     evaluate = _evaluator(eval_data)
-    accuracy: dict[str, float] = {}
-    # Start from calibrated ranges: a few training batches through the observers, with
-    # BatchNorm in eval mode so its running statistics stay those of the trained model.
-    move_exported_model_to_eval(prepared)
-    with torch.no_grad():
-        for i, (xs, _) in enumerate(batches(train_data, batch_size=batch_size, seed=seed)(0)):
-            if i * batch_size >= CALIBRATION_SAMPLES:
-                break
-            prepared(*xs)
-    if evaluate:
-        accuracy["before"] = evaluate(prepared)
-    history = fit(prepared, train_data, epochs=epochs, optimizer=optimizer, lr=lr, batch_size=batch_size,
-                  callback=callback, train_mode=move_exported_model_to_train, eval_mode=move_exported_model_to_eval,
-                  seed=seed)
-    move_exported_model_to_eval(prepared)
-    if evaluate:
-        accuracy["after"] = evaluate(prepared)
-    scales = {name: float(mod.scale.detach().reshape(-1)[0]) for name, mod in prepared.named_modules()
-              if name.startswith("activation_post_process") and hasattr(mod, "scale")}
-
-    onnx_path = tflite_path = None
-    if "onnx" in formats:
-        onnx_path = out / "model.qat.onnx"
-        # Folded: weights stored as int8 with their scales, activations as Q/DQ pairs.
-        converted = pt2e.convert_pt2e(copy.deepcopy(prepared), fold_quantize=True)
-        program = torch.export.export(converted, args, dynamic_shapes=tuple({0: batch} for _ in args))
-        try:
-            with quiet():
-                torch.onnx.export(program, args, str(onnx_path), dynamo=True, optimize=True,
-                                  input_names=[f"input_{i}" if len(args) > 1 else "input" for i in range(len(args))],
-                                  output_names=["output"], external_data=False)
-        except Exception as exc:
-            raise ConversionError(f"exporting the QAT model to ONNX failed: {first_line(exc)}") from None
-    if "tflite" in formats:
-        import litert_torch
-        from litert_torch.quantize.quant_config import QuantConfig
-
-        tflite_path = out / "model.qat.tflite"
-        # litert-torch lowers the unfolded quantize/dequantize pairs to int8 TFLite kernels.
-        converted = pt2e.convert_pt2e(copy.deepcopy(prepared), fold_quantize=False)
-        try:
-            with quiet():
-                edge = litert_torch.convert(converted, tuple(a[:1] for a in args),
-                                            quant_config=QuantConfig(pt2e_quantizer=quantizer))
-                edge.export(str(tflite_path))
-        except Exception as exc:
-            raise ConversionError(f"converting the QAT model to TFLite failed: {first_line(exc)}") from None
-    if evaluate:
-        for fmt, path in (("onnx", onnx_path), ("tflite", tflite_path)):
-            if path is not None:
-                accuracy[fmt] = _artifact_accuracy(fmt, path, args, eval_data)
-    (out / "qat.json").write_text(json.dumps({
-        "epochs": epochs, "optimizer": optimizer, "lr": lr, "loss": history.loss, "accuracy": accuracy,
-        "scales": scales, "artifacts": [p.name for p in (onnx_path, tflite_path) if p is not None],
-    }, indent=2) + "\n")
-    return QATResult(onnx_path, tflite_path, scales, history, accuracy)
+    with output(Path(out or Path("build") / "qat"), force=cfg.force) as stage:
+        with progress.stage("Preparing the graph for fake quantization"), function_patterns():
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            graph = torch.export.export(module.eval(), args, dynamic_shapes=tuple({0: batch} for _ in args)).module()
+            # Symmetric int8, per-channel weights: what XNNPACK (TFLite), onnxruntime and TensorRT all run.
+            quantizer = quantizers.PT2EQuantizer().set_global(
+                quantizers.get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+            prepared = pt2e.prepare_qat_pt2e(graph, quantizer)
+        accuracy: dict[str, float] = {}
+        with progress.stage(f"Calibrating int8 ranges on up to {CALIBRATION_SAMPLES} training samples"):
+            # A few training batches through the observers, with BatchNorm in eval mode so its
+            # running statistics stay those of the trained model.
+            move_exported_model_to_eval(prepared)
+            with torch.no_grad():
+                for i, (xs, _) in enumerate(batches(data, batch_size=cfg.batch_size, seed=cfg.seed)(0)):
+                    if i * cfg.batch_size >= CALIBRATION_SAMPLES:
+                        break
+                    prepared(*xs)
+            if evaluate:
+                accuracy["before"] = evaluate(prepared)
+        with progress.stage(f"Training with fake quantization ({cfg.epochs} epochs)"):
+            history = fit(prepared, data, epochs=cfg.epochs, optimizer=cfg.optimizer, lr=cfg.lr,
+                          batch_size=cfg.batch_size, train_mode=move_exported_model_to_train,
+                          eval_mode=move_exported_model_to_eval, seed=cfg.seed,
+                          progress=lambda done, total, _: progress.advance(done, total, "epochs"))
+            move_exported_model_to_eval(prepared)
+            for fake_quantize in prepared.modules():  # the learned ranges are final: running it no longer moves them
+                if hasattr(fake_quantize, "disable_observer"):
+                    fake_quantize.disable_observer()
+            if evaluate:
+                accuracy["after"] = evaluate(prepared)
+        scales = {name: float(mod.scale.detach().reshape(-1)[0]) for name, mod in prepared.named_modules()
+                  if name.startswith("activation_post_process") and hasattr(mod, "scale")}
+        source = _source(prepared, quantizer, args, model)
+        artifacts = {}
+        for fmt in cfg.formats:
+            path = stage / f"model.qat{FORMATS[fmt].suffix}"
+            with progress.stage(f"Exporting {fmt} int8"):
+                converter_for(fmt, source.kind).export(source, path)
+            artifacts[fmt] = path
+            if evaluate:
+                with progress.stage(f"Measuring the {fmt} artifact through the edgec runtime"):
+                    accuracy[fmt] = _artifact_accuracy(fmt, path, source, eval_data)
+        report = {"model": source.label, "epochs": cfg.epochs, "optimizer": cfg.optimizer, "lr": cfg.lr,
+                  "loss": history.loss, "accuracy": accuracy, "scales": scales,
+                  "artifacts": [p.name for p in artifacts.values()]}
+        write_report(stage, "qat", report, _markdown(report))
+    final = Path(out or Path("build") / "qat").resolve()
+    return QATResult(final, {f: final / p.name for f, p in artifacts.items()}, scales, history, accuracy)
 
 
-def _example_args(example: Any, train_data: Any, batch_size: int) -> tuple[Any, ...]:
+def _source(prepared: Any, quantizer: Any, args: tuple[Any, ...], model: Any) -> QATSource:
     import torch
 
-    if example is None:
-        arrays = arrays_from(train_data)
-        if arrays is None:
-            x, _ = next(iter(train_data))
-            xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-            return tuple(torch.as_tensor(v)[:2] for v in xs)
-        example = arrays[0]
-    xs = tuple(example) if isinstance(example, (tuple, list)) else (example,)
-    return tuple(torch.as_tensor(np.repeat(np.asarray(v)[:1], 2, axis=0)) for v in xs)
+    names = [f"input_{i}" if len(args) > 1 else "input" for i in range(len(args))]
+    with torch.no_grad():
+        out = prepared(*args)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    inputs = tuple(TensorSpec(n, (None, *a.shape[1:]), str(a.dtype).replace("torch.", "")) for n, a in zip(names, args))
+    outputs = tuple(TensorSpec("output" if len(outs) == 1 else f"output_{i}", (None, *o.shape[1:]),
+                               str(o.dtype).replace("torch.", "")) for i, o in enumerate(outs))
+    label = model if isinstance(model, str) else Path(model).name if isinstance(model, Path) else type(model).__name__
+    return QATSource(prepared, quantizer, inputs, outputs, f"{label} (QAT)")
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    acc = report["accuracy"]
+    lines = [f"# edgec QAT: {report['model']}", "",
+             f"{report['epochs']} epoch(s), {report['optimizer']}, lr {report['lr']:g}; "
+             f"loss per epoch {', '.join(f'{x:.4f}' for x in report['loss'])}.", ""]
+    if acc:
+        lines += ["| model | accuracy |", "|---|---|"]
+        names = {"before": "fake-quantized, before training", "after": "fake-quantized, after training"}
+        lines += [f"| {names.get(k, f'{k} artifact (edgec runtime)')} | {100 * v:.2f}% |" for k, v in acc.items()]
+        lines.append("")
+    lines += [f"Artifacts: {', '.join(report['artifacts'])}; {len(report['scales'])} learned activation scales "
+              "(qat.json).", ""]
+    return "\n".join(lines)
+
+
+def _example_args(train_data: Any, batch_size: int) -> tuple[Any, ...]:
+    """Two training samples per input, to trace the model with."""
+    import torch
+
+    arrays = arrays_from(train_data)
+    if arrays is None:
+        x, _ = next(iter(batches(train_data, batch_size=batch_size, shuffle=False)(0)))
+        return tuple(v[:2] for v in x)
+    return tuple(torch.as_tensor(np.repeat(np.asarray(v)[:1], 2, axis=0)) for v in arrays[0])
 
 
 def _evaluator(eval_data: Any) -> Callable[[Any], float] | None:
@@ -201,31 +275,25 @@ def _evaluator(eval_data: Any) -> Callable[[Any], float] | None:
     return evaluate
 
 
-def _artifact_accuracy(fmt: str, path: Path, args: tuple[Any, ...], eval_data: Any) -> float:
+def _artifact_accuracy(fmt: str, path: Path, source: QATSource, eval_data: Any) -> float:
     """Accuracy of an exported artifact, fed through the runtime's own code (int8 I/O included)."""
-    from types import SimpleNamespace
-
-    names = [f"input_{i}" if len(args) > 1 else "input" for i in range(len(args))]
-    source = SimpleNamespace(
-        inputs=tuple(TensorSpec(n, (None, *a.shape[1:]), str(a.dtype).replace("torch.", "")) for n, a in zip(names, args)),
-        outputs=(TensorSpec("output", (None,), "float32"),),
-    )
     # A CPU board with float I/O that runs this format: the artifact as any such board runs it.
     profile = next(p for p in builtin_profiles().values() if p.format == fmt and p.accelerator == "none"
                    and not p.int8_io)
     model = open_artifact(path, fmt=fmt, precision="int8", source=source, profile=profile, threads=1)
     xs, labels = arrays_from(eval_data)
-    scores = next(iter(model.predict(dict(zip(names, xs))).values()))
+    scores = next(iter(model.predict(dict(zip((t.name for t in source.inputs), xs))).values()))
     return float(np.mean(scores.argmax(1) == labels))
 
 
-def _allow_function_patterns() -> None:
-    """Let PT2E's pattern matchers run on this torch.
+@contextlib.contextmanager
+def function_patterns() -> Iterator[None]:
+    """Let PT2E's pattern matchers run on this torch, for the block.
 
     torchao builds its conv/BN and operator patterns by ``torch.export``-ing plain functions,
     which torch 2.13 refuses (it takes modules only). Wrapping each pattern function in a
-    module exports the same graph; this patches the helper where torchao and litert-torch
-    imported it, once.
+    module exports the same graph; the helper is replaced where torchao and litert-torch
+    imported it, and put back after.
     """
     import importlib
 
@@ -233,10 +301,11 @@ def _allow_function_patterns() -> None:
 
     names = ("torchao.quantization.pt2e.utils", "torchao.quantization.pt2e.qat_utils",
              "litert_torch.quantize.pt2e_quantizer_utils")
-    modules = [importlib.import_module(n) for n in names]
-    original = modules[0]._get_aten_graph_module_for_pattern
-    if getattr(original, "_edgec_wrapped", False):
-        return
+    with quiet():
+        modules = [m for m in (importlib.import_module(n) for n in names)
+                   if hasattr(m, "_get_aten_graph_module_for_pattern")]
+    originals = [m._get_aten_graph_module_for_pattern for m in modules]
+    original = originals[0]
 
     def wrapped(pattern: Any, example_inputs: Any, is_cuda: bool = False, **kwargs: Any) -> Any:
         if not isinstance(pattern, torch.nn.Module):
@@ -249,7 +318,10 @@ def _allow_function_patterns() -> None:
             pattern = Pattern()
         return original(pattern, example_inputs, is_cuda, **kwargs)
 
-    wrapped._edgec_wrapped = True  # type: ignore[attr-defined]
     for module in modules:
-        if hasattr(module, "_get_aten_graph_module_for_pattern"):
-            module._get_aten_graph_module_for_pattern = wrapped
+        module._get_aten_graph_module_for_pattern = wrapped
+    try:
+        yield
+    finally:
+        for module, saved in zip(modules, originals):
+            module._get_aten_graph_module_for_pattern = saved

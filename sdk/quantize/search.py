@@ -27,7 +27,7 @@ from ...devices import DeviceProfile
 from ...errors import VerificationError, first_line
 from ...formats import CALIBRATIONS, Format, get_format
 from ...runtime.system import host_arch
-from ..progress import Step, silent_step
+from ..progress import SILENT, Step
 from ..verify.artifact import Measured, MeasureFn
 from ..verify.timing import measure_latency, paired_speedup
 from .budget import Budget
@@ -327,4 +327,4 @@ def search(converter: Converter, fp32: Path, work: Path, *, profile: DeviceProfi
     """
     return Search(converter, fp32, work, profile=profile, precisions=precisions, source=source, calib=calib,
                   measure=measure, budget=budget, reference_accuracy=reference_accuracy, threads=threads,
-                  latency_budget_s=latency_budget_s, step=step or silent_step, time_budget_s=time_budget_s).run()
+                  latency_budget_s=latency_budget_s, step=step or SILENT.stage, time_budget_s=time_budget_s).run()

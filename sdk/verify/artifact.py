@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ...converters import converter_for
-from ...converters.base import Samples, Source, batch_size
+from ...converters.base import Samples, Source
 from ...devices import DeviceProfile
 from ...runtime.bundle.backends import BackendOptions, open_backend
 from ...runtime.bundle.manifest import Manifest
@@ -46,6 +46,7 @@ class Measured:
     latency: Latency | None = None
     speedup: float | None = None
     notes: tuple[str, ...] = ()  # what the runtime changed to run it (an onnxruntime option dropped)
+    model: LoadedModel | None = field(default=None, repr=False, compare=False)  # the artifact, open
 
 
 MeasureFn = Callable[..., Measured]
@@ -79,7 +80,7 @@ def outputs_of(model: LoadedModel) -> Callable[[dict[str, np.ndarray]], list[np.
 def reference_outputs(source: Source, holdout: Samples, task: TaskOptions | None = None) -> Reference:
     """The original model's outputs on the held-out samples, with its task resolved from them."""
     # A source traced with a fixed batch of 1 takes one sample at a time.
-    ref_batch = 1 if any(t.shape[:1] == (1,) for t in source.inputs) else batch_size(holdout, most=64)
+    ref_batch = 1 if any(t.shape[:1] == (1,) for t in source.inputs) else holdout.batch_size(most=64)
     outputs = run_batched(source.run, holdout.batches(ref_batch))
     return Reference(outputs, [t.name for t in source.outputs], getattr(holdout, "labels", None), task)
 
@@ -95,9 +96,9 @@ def make_measure(fmt: str, source: Source, profile: DeviceProfile, threads: int,
                               weight_bits=weight_bits)
         part = holdout if limit is None else holdout.take(slice(0, limit))
         ref = reference if limit is None else reference.head(len(part))
-        fid = ref.compare(run_batched(outputs_of(model), part.batches(batch_size(part, most=64))))
+        fid = ref.compare(run_batched(outputs_of(model), part.batches(part.batch_size(most=64))))
         return Measured(fid, path.stat().st_size, run_one=lambda: model.predict(one),
-                        notes=tuple(getattr(model.backend, "notes", ())))
+                        notes=tuple(getattr(model.backend, "notes", ())), model=model)
 
     return measure
 

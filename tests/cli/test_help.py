@@ -35,7 +35,7 @@ def test_serve_help_shows_its_example_config_whole():
 def test_commands_are_listed_in_the_order_people_use_them():
     output = CliRunner().invoke(app, ["--help"], terminal_width=100).output
     listed = re.findall(r"^│ ([a-z]+) ", output, flags=re.M)
-    assert listed[:7] == ["quickstart", "convert", "analyze", "compress", "run", "verify", "serve"], listed
+    assert listed[:8] == ["quickstart", "convert", "analyze", "compress", "qat", "run", "verify", "serve"], listed
 
 
 def test_bracketed_text_in_option_help_is_shown():

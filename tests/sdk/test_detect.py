@@ -14,7 +14,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from edgec.cli import app  # noqa: E402
 from edgec.converters.base import Recipe  # noqa: E402
-from edgec.converters.onnx import CONVERTER as ONNX  # noqa: E402
+from edgec.converters import converter_for  # noqa: E402
 from edgec.devices import get_profile  # noqa: E402
 from edgec.sdk.examples.shapes import render, train_detector  # noqa: E402
 from edgec.sdk.examples.zoo import export_pt2  # noqa: E402
@@ -23,6 +23,8 @@ from edgec.sdk.load.models import load_model  # noqa: E402
 from edgec.sdk.quantize.budget import Budget  # noqa: E402
 from edgec.sdk.verify.artifact import open_artifact, outputs_of  # noqa: E402
 from edgec.sdk.verify.fidelity import Reference, run_batched  # noqa: E402
+
+ONNX = converter_for("onnx", "torch")  # the format's converter with PyTorch's exporter
 
 runner = CliRunner()
 

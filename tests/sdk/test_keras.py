@@ -143,7 +143,7 @@ def test_onnx_through_tf2onnx_matches_keras_and_the_search_runs_on_it(trained, t
 def test_recipes_the_tflite_converter_lacks_go_through_the_format_quantizer(trained, tmp_path):
     """Weight-only int8 and layers kept in float (mixed precision) on a Keras model's TFLite."""
     source = load_model(trained.root / "digits.keras")
-    converter, profile = converter_for("tflite"), get_profile("rpi4")
+    converter, profile = converter_for("tflite", "keras"), get_profile("rpi4")
     fp32 = tmp_path / "model.fp32.tflite"
     converter.export(source, fp32)
     layers = converter.layers(fp32)

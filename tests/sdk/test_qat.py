@@ -1,33 +1,60 @@
-"""Quantization-aware training (PT2E) on the digits CNN: learned scales survive into both formats."""
+"""Quantization-aware training (PT2E) on the digits CNN through `edgec qat`: learned scales survive into
+both formats, each artifact is measured through the runtime, and bad input is one line."""
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
 from onnx import numpy_helper  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
 
-from edgec.sdk.quantize import qat  # noqa: E402
+from edgec.cli import app  # noqa: E402
 
 pytestmark = pytest.mark.slow  # fine-tuning with fake quantization, then two exports
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
-def trained(digits, digits_model, tmp_path_factory):
-    import copy
+def weights(digits_model, tmp_path_factory):
+    from safetensors.torch import save_file
 
-    out = tmp_path_factory.mktemp("qat")
-    result = qat(copy.deepcopy(digits_model), (digits.x_train, digits.y_train), out=out,
-                 eval_data=(digits.x_test, digits.y_test), epochs=1, lr=1e-3)
-    return result
+    path = tmp_path_factory.mktemp("qat-weights") / "cnn.safetensors"
+    save_file({k: v.contiguous() for k, v in digits_model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(digits, weights, tmp_path_factory):
+    root = tmp_path_factory.mktemp("qat")
+    np.savez(root / "train.npz", x=digits.x_train, labels=digits.y_train)
+    np.savez(root / "test.npz", x=digits.x_test, labels=digits.y_test)
+    out = root / "out"
+    result = invoke("qat", "edgec.sdk.examples.zoo:digits_cnn", "--weights", weights, "--data", root / "train.npz",
+                    "--eval", root / "test.npz", "--epochs", "1", "--lr", "1e-3", "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "qat.json").read_text())
+    return SimpleNamespace(root=root, out=out, output=result.output, report=report,
+                           onnx=out / "model.qat.onnx", tflite=out / "model.qat.tflite")
 
 
 def test_qat_keeps_accuracy_and_exports_int8(trained, torch_accuracy):
     # The fake-quantized model and both int8 artifacts (run through the edgec runtime)
     # stay within a point of the float model on the 450 test digits.
+    accuracy = trained.report["accuracy"]
     for key in ("after", "onnx", "tflite"):
-        assert trained.accuracy[key] >= torch_accuracy - 0.01, (key, trained.accuracy)
-    assert len(trained.history.loss) == 1
+        assert accuracy[key] >= torch_accuracy - 0.01, (key, accuracy)
+        assert f"{100 * accuracy[key]:6.2f}%" in trained.output
+    assert len(trained.report["loss"]) == 1
+    assert "fake-quantized, after training" in (trained.out / "qat.md").read_text()
     model = onnx.load(str(trained.onnx))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -42,7 +69,7 @@ def test_onnx_keeps_the_learned_activation_scales(trained):
     values = {**inits, **consts}
     onnx_scales = sorted(float(values[n.input[1]]) for n in model.graph.node
                          if n.op_type == "QuantizeLinear" and n.input[1] in values and values[n.input[1]].size == 1)
-    learned = sorted(trained.scales.values())
+    learned = sorted(trained.report["scales"].values())
     assert onnx_scales and learned
     for scale in onnx_scales:
         assert min(abs(scale - s) / s for s in learned) < 1e-5, scale
@@ -55,3 +82,48 @@ def test_tflite_artifact_is_int8(trained):
     dtypes = {d["dtype"].__name__ for d in interpreter.get_tensor_details()}
     assert "int8" in dtypes
     assert trained.tflite.stat().st_size < 0.35 * 4 * 97_000  # ~97k weights: int8, not fp32
+
+
+def test_an_existing_out_is_refused_before_training_and_left_alone(trained, weights):
+    before = sorted(p.name for p in trained.out.iterdir())
+    result = invoke("qat", "edgec.sdk.examples.zoo:digits_cnn", "--weights", weights, "--data",
+                    trained.root / "train.npz", "--out", trained.out)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"error: output folder {trained.out} already exists: pass --force "
+                                                  "to replace it, or choose another --out"]
+    assert sorted(p.name for p in trained.out.iterdir()) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "coreml"], "QAT formats must be onnx and/or tflite, got coreml"),
+    (["--epochs", "0"], "epochs must be at least 1, got 0"),
+    (["--optimizer", "lion"], "unknown optimizer 'lion'"),
+])
+def test_bad_settings_are_one_line_and_write_nothing(trained, weights, tmp_path, args, message):
+    out = tmp_path / "never"
+    result = invoke("qat", "edgec.sdk.examples.zoo:digits_cnn", "--weights", weights, "--data",
+                    trained.root / "train.npz", "--out", out, *args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_python_api_has_the_verb_shape(digits, digits_model, tmp_path):
+    """qat(model, config, *, data, eval_data, out, progress) with options overriding the config, as convert."""
+    import copy
+
+    import edgec
+
+    seen = []
+
+    class Recording(edgec.Progress):
+        def advance(self, done, total, what=""):
+            seen.append((done, total, what))
+
+    result = edgec.qat(copy.deepcopy(digits_model), edgec.QATConfig(epochs=2, formats=("onnx",)),
+                       data=(digits.x_train[:256], digits.y_train[:256]), out=tmp_path / "q", epochs=1,
+                       progress=Recording())
+    assert result.tflite is None and result.onnx == (tmp_path / "q" / "model.qat.onnx").resolve()
+    assert result.onnx.is_file() and len(result.history.loss) == 1  # epochs=1 overrode the config's 2
+    assert seen == [(1, 1, "epochs")]
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["model.qat.onnx", "qat.json", "qat.md"]

@@ -1,4 +1,4 @@
-"""Keras and TensorFlow sources: TFLite through ``tf.lite.TFLiteConverter``, ONNX through ``tf2onnx``.
+"""Keras and TensorFlow models: to TFLite through ``tf.lite.TFLiteConverter``, to ONNX through ``tf2onnx``.
 
 The TFLite converter quantizes as TensorFlow users know it: full-integer int8 calibrated on a
 representative dataset (``--calib``), with int8 inputs and outputs where the board runs only
@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .._optional import need
-from .._quiet import quiet
-from ..errors import ConversionError, MissingDependencyError
-from .base import MAX_CALIBRATION_SAMPLES, Recipe, Samples, Source, Target, converting
+from ..._optional import need
+from ..._quiet import quiet
+from ...errors import ConversionError, MissingDependencyError
+from ..base import MAX_CALIBRATION_SAMPLES, Recipe, Samples, Source, Target, converting
 
 # tf2onnx's opset: 17 has every op a Keras CNN or transformer exports to, and onnxruntime's
 # quantizer handles it.
@@ -63,7 +63,7 @@ def tflite_converter(source: Source) -> Iterator[Any]:
         yield converter
 
 
-def export_tflite(source: Source, path: Path) -> None:
+def to_tflite(source: Source, path: Path) -> None:
     """Write the fp32 TFLite model of a Keras/TensorFlow source."""
     with tflite_converter(source) as converter, converting("tf.lite.TFLiteConverter"):
         path.write_bytes(converter.convert())
@@ -76,9 +76,12 @@ def plain(recipe: Recipe) -> bool:
     return recipe.precision == "fp16" or (recipe.precision == "int8" and recipe.mode in ("static", "dynamic"))
 
 
-def quantize_tflite(out: Path, *, recipe: Recipe, source: Source, calib: Samples | None,
-                    profile: Target) -> dict[str, object]:
-    """Write ``source`` quantized by ``recipe`` with TFLiteConverter's own post-training quantization."""
+def quantize_tflite(fp32: Path, out: Path, *, recipe: Recipe, source: Source, calib: Samples | None,
+                    profile: Target) -> dict[str, object] | None:
+    """Write ``source`` quantized by ``recipe`` with TFLiteConverter's own post-training quantization;
+    ``None`` for a recipe it does not make (the TFLite format's quantizer then makes it from ``fp32``)."""
+    if not plain(recipe):
+        return None
     tf = tensorflow()
     with tflite_converter(source) as converter:
         return _quantize(converter, tf, out, recipe=recipe, source=source, calib=calib, profile=profile)
@@ -121,7 +124,7 @@ def _quantize(converter: Any, tf: Any, out: Path, *, recipe: Recipe, source: Sou
     return done
 
 
-def export_onnx(source: Source, path: Path) -> None:
+def to_onnx(source: Source, path: Path) -> None:
     """Write an fp32 ONNX model of a Keras/TensorFlow source with tf2onnx, inputs and outputs named as the source's.
 
     Raises:
