@@ -9,10 +9,11 @@ Example:
 
 from __future__ import annotations
 
-from . import dashboard, deploy, devices, fleet, keys, models, serve, telemetry
+from . import dashboard, deploy, devices, doctor, fleet, keys, models, serve, telemetry
 from .app import app as app
 
-for _module in (models, serve, keys, dashboard):  # quickstart, convert, analyze, compress, run; serve, verify; sign
+for _module in (models, serve, doctor, keys, dashboard):  # quickstart, convert, analyze, compress, qat, run;
+    # serve, verify; doctor; sign; dashboard
     app.registered_commands.extend(_module.commands.registered_commands)
 for _name, _module in (("devices", devices), ("keys", keys), ("fleet", fleet), ("telemetry", telemetry),
                        ("deploy", deploy)):

@@ -25,8 +25,8 @@ from ..errors import EdgecError, InputError, first_line
 from ..sdk.progress import Progress
 
 # `edgec --help` lists commands in the order people use them, not the order modules register them.
-WORK_ORDER = ("quickstart", "convert", "analyze", "compress", "qat", "run", "verify", "serve", "devices", "keys", "sign",
-              "fleet", "dashboard", "telemetry", "deploy")
+WORK_ORDER = ("quickstart", "convert", "analyze", "compress", "qat", "run", "verify", "serve", "devices", "doctor",
+              "keys", "sign", "fleet", "dashboard", "telemetry", "deploy")
 
 
 class InWorkOrder(TyperGroup):

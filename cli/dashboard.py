@@ -19,7 +19,7 @@ def dashboard(
     broker: str = BROKER,
     fleet: str = typer.Option("+", "--fleet", help="Only this fleet (+: every fleet on the broker).", envvar="EDGEC_FLEET"),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to serve the page on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8080, "--port", "-p", help="Port to serve the page on."),
+    port: int = typer.Option(8090, "--port", "-p", help="Port to serve the page on (edgec serve takes 8080)."),
     username: Optional[str] = USER, password: Optional[str] = PASSWORD,
     ca_file: Optional[Path] = CA,
     memory_alert: float = typer.Option(0.9, "--memory-alert", min=0.01, max=1.0,
@@ -37,7 +37,7 @@ def dashboard(
     --token: open http://HOST:PORT/?token=TOKEN once, scripts send Authorization: Bearer TOKEN.
     \b
     Example:
-      edgec dashboard --broker mqtt://localhost:1883 --port 8080
+      edgec dashboard --broker mqtt://localhost:1883 --port 8090
       edgec dashboard --broker mqtt://localhost:1883 --host 0.0.0.0 --token "$(openssl rand -hex 16)"
     """
     from ..sdk.fleet.dashboard import AlertRules, serve

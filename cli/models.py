@@ -316,3 +316,6 @@ def quickstart(
                                           f"(PyTorch accuracy {100 * summary['torch_test_accuracy']:.2f}%)"))
     out.print("Latency: p50 per call at batch 1 and batch 64, measured on this host (× = speed-up over fp32).")
     out.print(f"Bundles, data and reports: {workdir}/")
+    out.print("\nNext (in another terminal for curl):")
+    for command in summary["next"]:
+        out.print(f"  {command}", highlight=False)

@@ -21,11 +21,17 @@ def _interrupt(*_: Any) -> None:
 @commands.command()
 @handles_errors
 def serve(
-    config: Path = typer.Option(..., "--config", "-c", help="runtime.toml: models, memory budget, batcher limits, port."),
-    port: Optional[int] = typer.Option(None, "--port", help="Override the config's port."),
-    host: Optional[str] = typer.Option(None, "--host", help="Override the config's host (default 127.0.0.1: loopback only)."),
+    bundles: Optional[list[Path]] = typer.Argument(None, help="Bundle folders to serve, each under its folder's name (with or instead of --config)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="runtime.toml: models, memory budget, batcher limits, port, telemetry."),
+    port: Optional[int] = typer.Option(None, "--port", help="Override the config's port \\[default: 8080]."),
+    host: Optional[str] = typer.Option(None, "--host", help="Override the config's host \\[default: 127.0.0.1, loopback only]."),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="Start even when no model can be served (a board with a [fleet] table always may: its models come from the fleet)."),
 ) -> None:
     """Serve bundles over HTTP: a memory-bounded model cache and a dynamic batcher per model.
+
+    \b
+    edgec serve build/rpi4 serves one bundle as model "rpi4" on 127.0.0.1:8080; a runtime.toml
+    (--config) sets memory budgets, batching, telemetry and the fleet for a board.
 
     \b
     Endpoints: GET /health, /ready, /v1/models, /v1/stats, /metrics (Prometheus);
@@ -53,17 +59,28 @@ def serve(
     from ..runtime.server import Server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg = ServeConfig.from_toml(config)
-    overrides = {k: v for k, v in (("port", port), ("host", host)) if v is not None}
+    if config is None and not bundles:
+        raise InputError("nothing to serve: name bundle folders (edgec serve build/rpi4) or a --config runtime.toml")
+    cfg = ServeConfig.from_toml(config) if config is not None else ServeConfig.from_dict({"models": []})
+    given = [{"name": Path(b).resolve().name, "path": str(b)} for b in bundles or ()]
+    overrides: dict[str, Any] = {k: v for k, v in (("port", port), ("host", host)) if v is not None}
+    if given:
+        overrides["models"] = cfg.models + ServeConfig.from_dict({"models": given}).models
     cfg = dataclasses.replace(cfg, **overrides)
-    if not cfg.models:
-        raise InputError(f"{config} lists no [[models]] to serve")
+    waits = allow_empty or cfg.fleet is not None  # a fleet board gets its models from its broker
+    if not cfg.models and not waits:
+        raise InputError(f"{config} lists no [[models]] to serve: add one, or pass --allow-empty to start without")
     try:
         server = Server(cfg)
     except OSError as exc:
         raise InputError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}; pick another --port") from None
     err = err_console()
-    for name, why in server.runtime.failed.items():
+    failed = server.runtime.failed
+    if cfg.models and len(failed) == len(cfg.models) and not waits:
+        server.stop(drain=False)
+        raise InputError(f"no model can be served: {'; '.join(f'{n}: {why}' for n, why in failed.items())} "
+                         "(fix the paths, or pass --allow-empty to start without them)")
+    for name, why in failed.items():
         err.print(f"[yellow]warning:[/] model {name} is not served: {why}")
     err.print(f"edgec serving {len(server.runtime.batchers)} model(s) on {server.url} (Ctrl-C to stop)")
     if cfg.telemetry is not None:

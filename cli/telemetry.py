@@ -25,19 +25,22 @@ def telemetry_watch(
 ) -> None:
     """A live table of every device and model publishing under edgec/<fleet>/<device>/.
 
-    Example: edgec telemetry watch --broker mqtt://localhost:1883
+    \b
+    On a terminal: a table redrawn twice a second, the columns that fit its width. Piped or
+    logged: one plain line of key=value words per device and model whenever it changes.
+    \b
+    Examples:
+      edgec telemetry watch --broker mqtt://localhost:1883
+      edgec telemetry watch --broker mqtt://localhost:1883 --duration 60 | grep state=offline
     """
     from rich.console import Console
 
     from ..sdk.fleet.watch import watch
 
-    console = Console()
-    if not console.is_terminal:  # piped or logged: do not squeeze 18 columns into 80
-        console = Console(width=220)
     from ..sdk.fleet.link import parse_broker
 
     host, port, tls = parse_broker(broker)
     view = watch(host, port, fleet=fleet, username=username, password=password, ca_file=ca_file, tls=tls,
-                 duration_s=duration, console=console)
+                 duration_s=duration, console=Console())  # a table on a terminal, plain lines when piped
     if not view.devices:
         err_console().print(f"no edgec device published on {host}:{port} under edgec/{fleet}/ in that time")

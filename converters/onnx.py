@@ -112,10 +112,7 @@ class OnnxConverter:
             w = next((weights[i] for i in node.input if i in weights and len(weights[i].dims) >= 2), None)
             if w is None or w.data_type != onnx.TensorProto.FLOAT:
                 continue
-            scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
-            parts = [x.strip(" '") for x in scopes.strip("[]").split(",") if x.strip(" '")]
-            display = parts[-2] if len(parts) >= 2 else node.name
-            found.append(Layer(node.name, display, node.op_type, int(numpy_helper.to_array(w).size)))
+            found.append(Layer(node.name, _display(node, w.name), node.op_type, int(numpy_helper.to_array(w).size)))
         return found
 
     def layer_errors(self, fp32: Path, quantized: Path, layers: list[Layer], samples: Samples, *,
@@ -143,6 +140,17 @@ class OnnxConverter:
                 f"exported ONNX inputs {[t.name for t in inputs]} do not match the model's {want}"
             )
         return inputs, outputs
+
+
+def _display(node: Any, weight: str) -> str:
+    """A readable layer name: the torch module its weight belongs to (``features.0.weight`` -> ``features.0``:
+    the conv's own, even where a BatchNorm was folded into it), else the module scope torch.onnx recorded,
+    else the node's name (other exporters)."""
+    if weight.endswith(".weight") and len(weight) > len(".weight"):
+        return weight[:-len(".weight")]
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+    parts = [x.strip(" '") for x in scopes.strip("[]").split(",") if x.strip(" '")]
+    return parts[-2] if len(parts) >= 2 else node.name
 
 
 def _quantize_static(

@@ -31,6 +31,9 @@ from .base import MAX_CALIBRATION_SAMPLES, RANGE_RATIO, Layer, Recipe, Samples, 
 WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE", "BATCH_MATMUL",
               "EMBEDDING_LOOKUP", "GATHER")
 
+# torch module classes that hold the weights of those ops (as _module_path writes them: "0 (Conv2d)").
+WEIGHT_MODULES = tuple(f"({c})" for c in ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+                                           "Linear", "Embedding", "Bilinear", "MultiheadAttention"))
 _ARG = re.compile(r"^args_(\d+)$")
 _OUT = re.compile(r"^output_(\d+)$")
 FORMAT = FORMATS["tflite"]
@@ -165,7 +168,8 @@ class TFLiteConverter:
                 continue
             biggest = max(weights, key=lambda t: int(np.prod(t.shape)))
             scope = fb.get_op_scope(op, graph.tensors)
-            found.append(Layer(scope, _display(scope, _text(biggest.name)), op_name, int(np.prod(biggest.shape))))
+            op = str(getattr(op_name, "value", op_name))  # CONV_2D, not TFLOperationName.CONV_2D
+            found.append(Layer(scope, _display(scope, _text(biggest.name)), op, int(np.prod(biggest.shape))))
         return found
 
     def io_specs(self, path: Path, source: Source) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -261,8 +265,13 @@ def _text(name: Any) -> str:
 
 
 def _display(scope: str, weight: str) -> str:
-    """A readable layer name: the torch module path (litert-torch models), else the Keras layer its
-    weights belong to (``sequential/dense_1/MatMul`` -> ``sequential/dense_1``), else the scope."""
+    """A readable layer name: the torch module that holds the weights (litert-torch fuses a conv with the
+    BatchNorm and ReLU after it and names the op after the last: the conv is the one shown), else the
+    Keras layer its weights belong to (``sequential/dense_1/MatMul`` -> ``sequential/dense_1``), else the scope."""
+    for part in [*scope.split(";"), *weight.split(";")]:
+        path = _module_path(part)
+        if path.endswith(WEIGHT_MODULES):
+            return path
     torch_path = _module_path(scope)
     if torch_path != scope.split(";")[0]:
         return torch_path

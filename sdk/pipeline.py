@@ -35,7 +35,7 @@ from .load.data import Split, split_samples
 from .load.doctor import diagnose, raise_errors
 from .load.models import example_inputs, load_model, model_kind, precheck
 from .plan import ConvertConfig, Target, plan
-from .progress import Progress, Step, stage_hook
+from .progress import SILENT, Progress, Step, stage_hook
 from .quantize.budget import Budget
 from .quantize.search import search
 from .report.build import Measurements, build_report
@@ -133,12 +133,15 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
         pass  # said before any slow step
     with _timed(timings, "load"), step("Loading model"):
         source = load_model(model, weights=cfg.weights, example=lambda: example_inputs(calib, cfg.input_shapes))
+    for warning in getattr(source, "warnings", ()):  # said now: a later step may fail because of it
+        (progress or SILENT).note(f"warning: {warning}")
     if target.precision == "int8" and calib is None:
         raise CalibrationError(
             f"{target.format.name} int8 for {target.profile.name} needs calibration data: pass --calib data.npz "
             "(100-500 representative inputs), or choose --precision fp16/fp32")
     with _timed(timings, "data"), step("Checking sample data"):
         data = prepare_data(calib, eval_data, source, target, cfg)
+    data.warnings[:0] = getattr(source, "warnings", ())  # about the model file itself (an oversized .pt2)
     budget = None
     if target.precision == "auto":
         budget = Budget.resolve(cfg.max_drop, cfg.min_cosine, labels=data.info["labels"])  # real labels held out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -67,18 +68,48 @@ def test_quickstart_without_the_sdk_leaves_no_workdir(tmp_path):
 
 
 @pytest.mark.slow
-def test_quickstart_through_the_installed_entry_point(tmp_path):
+def test_quickstart_through_the_installed_entry_point_and_its_next_steps(tmp_path):
+    import shlex
+    import socket
+    import time
+
     edgec = Path(sys.executable).parent / "edgec"
-    done = subprocess.run([str(edgec), "quickstart", "--workdir", "qs", "--json"], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=600)
+    env = {**os.environ, "PATH": f"{edgec.parent}:{os.environ['PATH']}", "COLUMNS": "120"}
+    done = subprocess.run([str(edgec), "quickstart", "--workdir", "qs"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads(done.stdout)
+    summary = json.loads((tmp_path / "qs" / "summary.json").read_text())
     rows = {(row["device"], row["precision"]): row for row in summary["rows"]}
     assert set(rows) == {("rpi4", "fp32"), ("rpi4", "int8"), ("x86-64", "fp32"), ("x86-64", "int8")}
     assert summary["test_samples"] >= 400 and summary["torch_test_accuracy"] > 0.95
     for row in rows.values():  # every bundle measured on the held-out digits, and int8 a quarter of the size
         assert row["accuracy"] > 0.95 and (tmp_path / "qs" / "bundles" / Path(row["bundle"]).name).is_dir()
     assert rows["rpi4", "int8"]["size_bytes"] < 0.35 * rows["rpi4", "fp32"]["size_bytes"]
+    # It ends with the next three commands, on its own paths; they work as printed (serve on a free port).
+    printed = done.stdout[done.stdout.index("Next"):].splitlines()[1:4]
+    assert [line.strip() for line in printed] == summary["next"], done.stdout
+    report, serve, call = (shlex.split(line) for line in summary["next"])
+    assert "edgec report" in subprocess.run(report, capture_output=True, text=True, cwd=tmp_path).stdout
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([*serve, "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        call = [port_arg.replace("localhost:8080", f"127.0.0.1:{port}") for port_arg in call]
+        deadline, answer = time.time() + 60, None
+        while time.time() < deadline and server.poll() is None:
+            answered = subprocess.run(call, capture_output=True, text=True, cwd=tmp_path)
+            if answered.returncode == 0 and answered.stdout:
+                answer = json.loads(answered.stdout)
+                break
+            time.sleep(0.3)
+        assert answer is not None, server.stdout.read() if server.poll() is not None else "no answer"
+        scores = answer["outputs"][0]["data"]
+        assert answer["model_name"] == "digits" and len(scores) == 10
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
     again = subprocess.run([str(edgec), "quickstart", "--workdir", "qs"], capture_output=True, text=True,
                            cwd=tmp_path, timeout=60)
     assert again.returncode == 1 and "--force" in again.stderr + again.stdout

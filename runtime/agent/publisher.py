@@ -34,6 +34,19 @@ def paho_client() -> Any:
     return need("paho.mqtt.client", extra="runtime", purpose="to talk MQTT")
 
 
+def mqtt_client(*, client_id: str = "", username: str | None = None, password: str | None = None,
+                tls: bool = False, ca_file: Path | str | None = None) -> Any:
+    """A paho client (MQTT 5) for a short-lived connection (the host's fleet tools, ``edgec doctor``):
+    credentials, and TLS when asked or given a CA."""
+    mqtt = paho_client()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls or ca_file is not None:
+        client.tls_set(ca_certs=str(ca_file) if ca_file is not None else None)
+    return client
+
+
 def connect_settings(client: Any, cfg: TelemetryConfig) -> None:
     """Credentials, TLS and reconnect backoff from ``cfg`` on a paho client (every edgec connection)."""
     client.reconnect_delay_set(1, max(1, int(cfg.reconnect_max_s)))

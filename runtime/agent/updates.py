@@ -99,7 +99,8 @@ class Updater:
     def stop(self) -> None:
         self._stopping.set()
         self._events.put("stop")
-        self._thread.join(10)
+        if self._thread.is_alive():  # (a server stopped before it started never ran it)
+            self._thread.join(10)
         if self.client is not None:
             for pattern in (desired_topic(self.fleet, "+", "#"), blob_topic(self.fleet, "+", "+")):
                 self.client.message_callback_remove(pattern)

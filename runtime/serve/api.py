@@ -31,6 +31,7 @@ from . import oip
 from .bodies import decode_inputs, encode_outputs
 from .waiter import Waiter
 from .http import DRAIN_LIMIT
+from .metrics import responses_text
 from .runtime import Runtime
 
 log = logging.getLogger("edgec.runtime")
@@ -93,6 +94,20 @@ class HttpError(Exception):
         self.status, self.headers, self.close = status, dict(headers or {}), close
 
 
+def _route_kind(method: str, path: str) -> str:
+    """The kind of route a request went to, from a fixed set (a metrics label no request can make up)."""
+    if path in ("/health", "/ready", "/v2/health/live", "/v2/health/ready"):
+        return "health"
+    if path == "/metrics":
+        return "metrics"
+    if method == "POST":
+        v1, v2 = _V1.match(path), _V2.match(path)
+        if v1 and v1.group(2) == "reload":
+            return "reload"
+        return "infer" if v1 or (v2 and v2.group(3) == "infer") else "other"
+    return "metadata" if path in ("/v2", "/v1/models", "/v1/stats") or _V2.match(path) else "other"
+
+
 class Api:
     """The ASGI application answering from a :class:`~edgec.runtime.serve.runtime.Runtime`.
 
@@ -111,6 +126,7 @@ class Api:
         self._inflight = 0  # requests being answered now
         self._pending = 0  # body bytes held by them (received, being decoded or run)
         self.max_pending = int(self.config.http.max_pending_mb * 2**20)
+        self.responses: dict[tuple[str, int], int] = {}  # (route kind, status) -> count, for /metrics
         token = self.config.admin_token
         self._token = f"Bearer {token}".encode() if token else None
 
@@ -132,6 +148,8 @@ class Api:
         finally:
             self._inflight -= 1
             self._pending -= held[0]
+        kind = _route_kind(scope["method"], scope["path"])
+        self.responses[(kind, response.status)] = self.responses.get((kind, response.status), 0) + 1
         head = [(b"content-type", response.ctype.encode()), (b"content-length", b"%d" % len(response.body))]
         head += [(k.encode(), v.encode()) for k, v in response.headers.items()]
         await send({"type": "http.response.start", "status": response.status, "headers": head})
@@ -154,7 +172,8 @@ class Api:
             if path == "/v1/stats":
                 return json_response(200, rt.stats())
             if path == "/metrics":
-                return Response(200, rt.metrics().encode(), "text/plain; version=0.0.4")
+                return Response(200, (rt.metrics() + responses_text(self.responses)).encode(),
+                                "text/plain; version=0.0.4")
             match = _V2.match(path)
             if match and match.group(3) != "infer":
                 return self._model_get(*match.groups())
@@ -167,8 +186,12 @@ class Api:
         name = (v1 or v2).group(1)
         if v1 and v1.group(2) == "reload":
             self._authorize(headers)
-        body = await self._body(headers, receive, held)
-        self._hold(held, json_cost(body, json_end(body, headers, bool(v2) or v1.group(2) == "reload")))
+        try:
+            body = await self._body(headers, receive, held)
+            self._hold(held, json_cost(body, json_end(body, headers, bool(v2) or v1.group(2) == "reload")))
+        except HttpError as exc:  # too large, or more than the server holds now: still this model's error
+            rt.refused(name, exc)
+            raise
         try:
             if v2:
                 return await self._infer(name, v2.group(2), headers, body)
@@ -247,6 +270,14 @@ class Api:
         return decode(body, *args)
 
     # -- models ------------------------------------------------------------------------------------
+    async def _decode_for(self, name: str, body: bytes, decode: Any, *args: Any) -> Any:
+        """:meth:`_decode` for a request to model ``name``: a body that does not decode counts as its error."""
+        try:
+            return await self._decode(body, decode, *args)
+        except (InputError, HttpError) as exc:
+            self.runtime.refused(name, exc)
+            raise
+
     def _model_get(self, name: str, version: str | None, verb: str | None) -> Response:
         rt = self.runtime
         try:
@@ -279,7 +310,7 @@ class Api:
         if version is not None and version != current:
             raise HttpError(404, f"model {name} has no version {version!r}: it serves {current}")
         specs = {t.name: t for t in model.inputs}
-        request = await self._decode(body, oip.parse_infer, headers.get(oip.HEADER_LENGTH), specs)
+        request = await self._decode_for(name, body, oip.parse_infer, headers.get(oip.HEADER_LENGTH), specs)
         outputs = await self._run(name, request.inputs, None)
         data, head_length = oip.encode_outputs(name, current, outputs, request)
         if head_length is None:
@@ -288,8 +319,8 @@ class Api:
 
     async def _predict(self, name: str, headers: _Headers, body: bytes) -> Response:
         model = await self._model(name)
-        feeds = await self._decode(body, decode_inputs, headers.get("content-type", "application/json"), model,
-                                   self.max_array_bytes)
+        feeds = await self._decode_for(name, body, decode_inputs, headers.get("content-type", "application/json"),
+                                       model, self.max_array_bytes)
         deadline = headers.get("x-deadline-ms")
         try:
             deadline_s = float(deadline) / 1000 if deadline else None

@@ -109,6 +109,9 @@ class ModelCache:
     def register(self, name: str, path: str | Path, *, pinned: bool = False) -> None:
         """Make bundle ``path`` known as ``name`` (nothing is loaded yet)."""
         path = Path(path)
+        if not path.exists():
+            raise BundleError(f"bundle folder {path} does not exist: write it with edgec convert ... --out {path}, "
+                              "or fix the model's path")
         if not (path / "manifest.json").is_file():
             raise BundleError(f"{path} is not an edgec bundle (no manifest.json)")
         with self._lock:

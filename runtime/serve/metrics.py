@@ -93,3 +93,11 @@ def prometheus_text(stats: dict[str, Any]) -> str:
     lines += _family("edgec_batches_total", "counter", "Batches run by model.",
                      per_model(batchers, lambda b: b["stats"]["batches"]))
     return "\n".join(lines) + "\n"
+
+
+def responses_text(responses: dict[tuple[str, int], int]) -> str:
+    """HTTP responses by route kind and status code (both from fixed sets: no label comes from a request)."""
+    samples = [(f'{{route="{route}",code="{code}"}}', n) for (route, code), n in sorted(responses.items())]
+    return "\n".join(_family("edgec_http_responses_total", "counter",
+                             "HTTP responses by route (infer, metadata, health, metrics, reload, other) and status code.",
+                             samples)) + "\n"

@@ -160,6 +160,12 @@ class Runtime:
         future.add_done_callback(record)
         return future
 
+    def refused(self, name: str, exc: BaseException) -> None:
+        """Count a request for model ``name`` refused before it reached the model (a body too large, or not
+        decodable): one of that model's errors, never a failure (the request's fault, or the server's load)."""
+        if name in self.latency:
+            self.latency[name].errors += 1
+
     def _checked(self, name: str, feeds: Any) -> dict[str, np.ndarray]:
         """Check a request against its model before it queues (loading the model if it is not)."""
         model = self.cache.peek(name)

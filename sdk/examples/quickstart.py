@@ -107,6 +107,23 @@ def _run(work: Path, devices: tuple[str, ...], step: Step, epochs: int) -> dict[
                 convert(work / "model.pt2", device=device, precision=precision, calib=work / "calib.npz", out=out)
             with step(f"Measuring {device} {precision} on {len(data.x_test)} test digits"):
                 rows.append(measure_bundle(out, data.x_test, data.y_test))
-    summary = {"torch_test_accuracy": torch_acc, "test_samples": len(data.x_test), "rows": compare_rows(rows)}
+    summary = {"torch_test_accuracy": torch_acc, "test_samples": len(data.x_test), "rows": compare_rows(rows),
+               "next": write_next_steps(work, data.x_test[:1])}
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def write_next_steps(work: Path, sample: np.ndarray, device: str = "x86-64") -> list[str]:
+    """``runtime.toml`` serving this host's int8 bundle as "digits", ``request.json`` (one test digit as an
+    Open Inference Protocol request), and the commands that use them, with this quick start's own paths."""
+    bundle = work / "bundles" / f"{device}-int8"
+    (work / "runtime.toml").write_text(
+        "# edgec serve --config runtime.toml: this host's int8 digits bundle (paths relative to this file)\n"
+        'host = "127.0.0.1"\nport = 8080\nbudget_mb = 256\n\n'
+        f'[[models]]\nname = "digits"\npath = "bundles/{bundle.name}"\n', encoding="utf-8")
+    request = {"inputs": [{"name": "input", "shape": list(sample.shape), "datatype": "FP32",
+                           "data": [round(float(v), 4) for v in sample.reshape(-1)]}]}
+    (work / "request.json").write_text(json.dumps(request) + "\n", encoding="utf-8")
+    return [f"cat {bundle}/report.md",
+            f"edgec serve --config {work}/runtime.toml",
+            f"curl -s localhost:8080/v2/models/digits/infer -d @{work}/request.json"]

@@ -13,20 +13,8 @@ from rich.table import Table
 
 from ...errors import BrokerError
 from ...runtime.topics import device_topic
-from ...runtime.agent.publisher import paho_client
+from ...runtime.agent.publisher import mqtt_client as host_client
 from .view import FleetView
-
-
-def host_client(*, client_id: str = "", username: str | None = None, password: str | None = None,
-                tls: bool = False, ca_file: Path | None = None) -> Any:
-    """A paho client (MQTT 5) for the host's fleet tools: credentials, and TLS when asked or given a CA."""
-    mqtt = paho_client()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    if username is not None:
-        client.username_pw_set(username, password)
-    if tls or ca_file is not None:
-        client.tls_set(ca_certs=str(ca_file) if ca_file is not None else None)
-    return client
 
 
 def connect(client: Any, broker: str, port: int, *, timeout_s: float = 10.0) -> None:
@@ -89,30 +77,66 @@ def subscribe(broker: str, port: int, view: FleetView, *, fleet: str = "+", user
     return client, lock
 
 
-def fleet_table(view: FleetView, title: str) -> Table:
-    """One row per device and model: state, latency, rates, memory, spool."""
-    def num(v: Any, fmt: str = "{:.1f}") -> str:
-        return "-" if v is None else fmt.format(v)
+def _num(v: Any, fmt: str = "{:.1f}") -> str:
+    return "-" if v is None else fmt.format(v)
 
+
+# (header, cell, wide-only): the narrow set fits 80 columns; the rest shows from WIDE columns up.
+COLUMNS: tuple[tuple[str, Any, bool], ...] = (
+    ("fleet", lambda r: r["fleet"], True),
+    ("device", lambda r: r["device"], False),
+    ("state", lambda r: r["state"], False),
+    ("model", lambda r: r["model"] or "-", False),
+    ("version", lambda r: r.get("version") or "-", True),
+    ("p50 ms", lambda r: _num(r.get("p50"), "{:.2f}"), True),
+    ("p95 ms", lambda r: _num(r.get("p95"), "{:.2f}"), False),
+    ("p99 ms", lambda r: _num(r.get("p99"), "{:.2f}"), True),
+    ("req/s", lambda r: _num(r.get("requests_per_s")), False),
+    ("err/s", lambda r: _num(r.get("errors_per_s")), False),
+    ("queue", lambda r: _num(r.get("queue_depth"), "{}"), True),
+    ("RSS MB", lambda r: _num(r["rss_mb"], "{:.0f}"), False),
+    ("CPU %", lambda r: _num(r["cpu_percent"]), True),
+    ("temp °C", lambda r: _num(r["cpu_temp_c"]), True),
+    ("spooled", lambda r: _num(r["spool"], "{}"), True),
+    ("dropped", lambda r: _num(r["dropped"], "{}"), True),
+    ("seen", lambda r: f"{r['seen_s_ago']:.0f}s ago", False),
+    ("last event", lambda r: (r["last_event"] or "")[:40], True),
+)
+WIDE = 160
+TEXT_COLUMNS = ("fleet", "device", "state", "model", "version", "seen", "last event")
+
+
+def fleet_table(view: FleetView, title: str, width: int = WIDE) -> Table:
+    """One row per device and model: state, latency, rates, memory; below ``WIDE`` columns, the ones that
+    fit 80 (device, state, model, p95, req/s, err/s, RSS, seen)."""
+    columns = [c for c in COLUMNS if width >= WIDE or not c[2]]
     table = Table(title=title)
-    for col in ("fleet", "device", "state", "model", "version", "p50 ms", "p95 ms", "p99 ms", "req/s", "err/s",
-                "queue", "RSS MB", "CPU %", "temp °C", "spooled", "dropped", "seen", "last event"):
-        table.add_column(col, justify="left" if col in ("fleet", "device", "state", "model", "version", "last event")
-                         else "right")
+    for name, _, _ in columns:
+        table.add_column(name, justify="left" if name in TEXT_COLUMNS else "right", no_wrap=name == "device")
     for r in view.rows():
-        state = {"online": "[green]online[/]", "offline": "[red]offline[/]"}.get(r["state"], r["state"])
-        table.add_row(r["fleet"], r["device"], state, r["model"] or "-", r.get("version") or "-",
-                      num(r.get("p50"), "{:.2f}"), num(r.get("p95"), "{:.2f}"), num(r.get("p99"), "{:.2f}"),
-                      num(r.get("requests_per_s")), num(r.get("errors_per_s")), num(r.get("queue_depth"), "{}"),
-                      num(r["rss_mb"]), num(r["cpu_percent"]), num(r["cpu_temp_c"]), num(r["spool"], "{}"),
-                      num(r["dropped"], "{}"), f"{r['seen_s_ago']:.0f}s ago", (r["last_event"] or "")[:40])
+        cells = [cell(r) for _, cell, _ in columns]
+        state = columns.index(next(c for c in columns if c[0] == "state"))
+        cells[state] = {"online": "[green]online[/]", "offline": "[red]offline[/]"}.get(r["state"], r["state"])
+        table.add_row(*cells)
     return table
+
+
+def plain_line(row: dict[str, Any]) -> str:
+    """One device and model as a line of ``key=value`` words, for logs and pipes (``| grep``)."""
+    words = [time.strftime("%Y-%m-%dT%H:%M:%S"), f"{row['fleet']}/{row['device']}", f"state={row['state']}",
+             f"model={row['model'] or '-'}"]
+    words += [f"{name.replace(' ', '_').replace('/', '_per_').replace('°', '')}={cell(row)}"
+              for name, cell, _ in COLUMNS if name not in ("fleet", "device", "state", "model", "seen")]
+    return " ".join(w for w in words if not w.endswith("="))
 
 
 def watch(broker: str, port: int = 1883, *, fleet: str = "+", username: str | None = None,
           password: str | None = None, ca_file: Path | None = None, tls: bool = False, duration_s: float = 0,
           console: Console | None = None) -> FleetView:
     """Draw the fleet live until ``duration_s`` passes (0: until Ctrl-C); return what was seen.
+
+    On a terminal it is a table redrawn twice a second, narrowed to the terminal's width; piped or
+    logged, a plain line per device and model each time what it reports changes.
 
     Raises:
         BrokerError: The broker cannot be reached.
@@ -124,14 +148,34 @@ def watch(broker: str, port: int = 1883, *, fleet: str = "+", username: str | No
     title = f"edgec devices on {broker}:{port}"
     stop = time.monotonic() + duration_s if duration_s > 0 else None
     try:
-        with Live(fleet_table(view, title), console=console, refresh_per_second=2, transient=False) as live:
-            while stop is None or time.monotonic() < stop:
-                time.sleep(0.5)
-                with lock:
-                    live.update(fleet_table(view, title))
+        if console.is_terminal:
+            with Live(fleet_table(view, title, console.width), console=console, refresh_per_second=2,
+                      transient=False) as live:
+                while stop is None or time.monotonic() < stop:
+                    time.sleep(0.5)
+                    with lock:
+                        live.update(fleet_table(view, title, console.width))
+        else:
+            _print_changes(view, lock, stop)
     except KeyboardInterrupt:
         pass
     finally:
         client.loop_stop()
         client.disconnect()
     return view
+
+
+def _print_changes(view: FleetView, lock: threading.Lock, stop: float | None) -> None:
+    printed: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+    while True:
+        with lock:
+            rows = view.rows()
+        for r in rows:
+            key = (r["fleet"], r["device"], r["model"] or "")
+            seen = tuple(v for k, v in sorted(r.items()) if k != "seen_s_ago")
+            if printed.get(key) != seen:
+                printed[key] = seen
+                print(plain_line(r), flush=True)
+        if stop is not None and time.monotonic() >= stop:
+            return
+        time.sleep(0.5)

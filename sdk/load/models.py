@@ -185,7 +185,30 @@ def _load_file(path: Path, *, weights: str | Path | None) -> Source:
         return load_saved_model(path)
     if suffix in KERAS_SUFFIXES:
         return load_keras(path)
-    return load_pt2(path) if suffix == ".pt2" else load_onnx(path)
+    if suffix != ".pt2":
+        return load_onnx(path)
+    source = load_pt2(path)
+    source.warnings.extend(_size_warnings(path, source.program))
+    return source
+
+
+# A .pt2 past this many times its weights (and this much beyond them) holds something else.
+OVERSIZED_RATIO, OVERSIZED_SLACK = 4, 8 * 2**20
+
+
+def _size_warnings(path: Path, program: Any) -> list[str]:
+    """Why a ``.pt2`` is much larger than its weights: ``torch.export.save`` keeps the example inputs."""
+    weights = state_bytes(program.state_dict) + state_bytes(getattr(program, "constants", {}) or {})
+    size = path.stat().st_size
+    if size <= OVERSIZED_RATIO * weights + OVERSIZED_SLACK:
+        return []
+    examples = getattr(program, "example_inputs", None) or ((), {})
+    held = state_bytes({str(i): t for i, t in enumerate(examples[0])}) if examples and examples[0] else 0
+    shapes = ", ".join(str(list(t.shape)) for t in (examples[0] if examples else ()) if hasattr(t, "shape"))
+    why = (f"its example inputs ({shapes}, {held / 2**20:.1f} MB) are saved in it: export with one or two samples "
+           "(x[:1]) and a dynamic batch (dynamic_shapes=...), not the dataset" if held > size / 2 else
+           "check what else was saved in it")
+    return [f"{path.name} is {size / 2**20:.1f} MB but its weights are {weights / 2**20:.1f} MB: {why}"]
 
 
 def _made(example: Any) -> Mapping[str, np.ndarray] | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import os
+import sys
 import threading
 import types
 from collections.abc import Iterator, Mapping, Sequence
@@ -75,6 +77,7 @@ class TorchSource:
     size_bytes: int
     kind: str = "torch"
     examples: dict[str, tuple[int, ...]] = field(default_factory=dict)  # sizes the program was exported with
+    warnings: list[str] = field(default_factory=list)  # what the user should know about the file
 
     _module: Any = None
 
@@ -260,10 +263,23 @@ def _example_size(dim: Any) -> int:
 
 def call_factory(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
+    here = os.getcwd()  # as uvicorn does with module:app: the folder edgec runs in is on the path
+    added = here not in sys.path
+    if added:
+        sys.path.insert(0, here)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        top = module_name.split(".")[0]
+        if getattr(exc, "name", None) == top:  # the package itself is not on the path (not a failing import inside)
+            raise ModelLoadError(
+                f"cannot import {module_name!r} for {spec}: no module {top!r} here ({here}) or on Python's path. "
+                f"Run edgec from the folder holding {top}.py or {top}/, set PYTHONPATH to it, or pip install "
+                "your package") from None
         raise ModelLoadError(f"cannot import {module_name!r} for {spec}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(here)
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):

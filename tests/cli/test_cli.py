@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -151,6 +152,14 @@ def test_verification_failure_leaves_nothing_behind(assets, tmp_path, no_leftove
     assert no_leftovers(tmp_path, "bundle")
 
 
+def test_onnx_layers_are_named_after_their_weights_module(assets):
+    from edgec.converters import converter_for
+
+    layers = converter_for("onnx").layers(assets / "model.onnx")  # BatchNorm folded into each conv
+    assert [(layer.display, layer.op) for layer in layers] == [("0", "Conv"), ("3", "Conv"), ("7", "Conv"),
+                                                               ("12", "Gemm")]
+
+
 def test_run_rejects_inputs_that_do_not_fit(bundles, tmp_path):
     np.savez(tmp_path / "bad.npz", x=np.zeros((2, 3, 8, 8), np.float32))
     result = invoke("run", bundles("onnx", "fp32").bundle, "--input", tmp_path / "bad.npz")
@@ -167,6 +176,11 @@ def test_analyze_writes_table_markdown_and_png(assets, tmp_path):
     errors = [layer["error"] for layer in data["layers"]]
     assert len(errors) == 4 and errors == sorted(errors, reverse=True) and min(errors) >= 0
     assert {layer["op"] for layer in data["layers"]} >= {"CONV_2D", "FULLY_CONNECTED"}
+    # Each layer is named after the module holding its weights (not the BatchNorm or ReLU fused after it),
+    # and ops by their plain names.
+    assert sorted(layer["display"] for layer in data["layers"]) == ["0 (Conv2d)", "12 (Linear)", "3 (Conv2d)",
+                                                                    "7 (Conv2d)"], data["layers"]
+    assert "TFLOperationName" not in result.stdout and "ReLU" not in result.stdout
     assert (out / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Per-layer sensitivity" in (out / "sensitivity.md").read_text()
 
@@ -261,6 +275,50 @@ def test_serve_runs_until_sigterm_and_exits_cleanly(bundles, tmp_path, digits):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_serve_takes_a_bundle_folder_alone(bundles, tmp_path, digits):
+    """`edgec serve build/x --port N`: no config file for a first try; the model is named after the folder."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    bundle = tmp_path / "mynet"
+    shutil.copytree(bundles("onnx", "fp32").bundle, bundle)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "edgec", "serve", str(bundle), "--port", str(port)],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline, answer = time.time() + 60, None
+        while answer is None and time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/mynet", timeout=5) as resp:
+                    answer = json.loads(resp.read())
+            except OSError:
+                time.sleep(0.2)
+        assert answer is not None and answer["name"] == "mynet", proc.stderr.read() if proc.poll() else answer
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_serve_refuses_to_start_with_no_model_it_can_serve(tmp_path, bundles):
+    config = tmp_path / "runtime.toml"
+    config.write_text('port = 0\n[[models]]\nname = "digits"\npath = "build/never-converted"\n')
+    result = invoke("serve", "--config", config)
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: no model can be served: digits: bundle folder {tmp_path / 'build/never-converted'} does not exist: "
+        f"write it with edgec convert ... --out {tmp_path / 'build/never-converted'}, or fix the model's path "
+        "(fix the paths, or pass --allow-empty to start without them)"]
+    empty = tmp_path / "empty.toml"
+    empty.write_text("port = 0\n")
+    assert "pass --allow-empty" in invoke("serve", "--config", empty).output
+    assert "nothing to serve" in invoke("serve").output
 
 
 def test_serve_config_errors_are_one_line(tmp_path):

@@ -22,7 +22,7 @@ def edgec(*args, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_the_installed_command_lists_its_commands_and_runs_keys_sign_verify_run(tmp_path):
     listed = re.findall(r"^│ ([a-z]+) ", edgec("--help", cwd=tmp_path).stdout, flags=re.M)
-    assert listed == ["quickstart", "convert", "analyze", "compress", "qat", "run", "verify", "serve", "devices", "keys",
+    assert listed == ["quickstart", "convert", "analyze", "compress", "qat", "run", "verify", "serve", "devices", "doctor", "keys",
                       "sign", "fleet", "dashboard", "telemetry", "deploy"], listed
     assert edgec("keys", "new", "--out", "fleet-key", cwd=tmp_path).returncode == 0
     bundle = shutil.copytree(ROOT / "tests" / "fixtures" / "bundles" / "onnx-int8", tmp_path / "b")

@@ -13,7 +13,7 @@ from edgec.cli import app
 TESTS = Path(__file__).resolve().parents[1]
 # How tests call the CLI: CliRunner().invoke(app, [...]), the invoke(...) helpers, [*EDGEC, ...],
 # [sys.executable, "-m", "edgec", ...], ["edgec", ...] and [str(edgec), ...] (the installed script).
-CALLS = r'(?:str\(edgec\),\s*|app,\s*\[|\binvoke\(|EDGEC,\s*|"edgec",\s*|\[\s*)'
+CALLS = r'(?:str\((?:edgec|EDGEC)\),\s*|app,\s*\[|\binvoke\(|EDGEC,\s*|"edgec",\s*|\[\s*)'
 
 
 def _leaves(command, path=()):

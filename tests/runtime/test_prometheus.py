@@ -85,3 +85,31 @@ def test_every_series_the_grafana_dashboard_queries_is_exported(serving):
     # The datasource is a variable, so the dashboard imports into any Grafana.
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])
     assert {v["name"] for v in dashboard["templating"]["list"]} >= {"datasource", "instance", "model"}
+
+
+def test_refused_requests_count_as_their_models_errors_and_responses_by_status(serving):
+    """A body that does not decode is the model's error (never a failure); every answer is counted by route
+    and status code, with labels from fixed sets only (a made-up path adds no series)."""
+    import urllib.error
+
+    def post(path: str, body: bytes) -> int:
+        req = urllib.request.Request(serving.url + path, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert post("/v1/models/digits/predict", b"{not json") == 400
+    assert post("/v2/models/digits/infer", b'{"inputs": [{"name": "input"}]}') == 400
+    assert post("/v2/models/nobody/infer", b"{}") == 404
+    assert post("/v1/models/digits/predict/../../../etc", b"{}") == 404
+    text = _metrics(serving)
+    assert 'edgec_request_errors_total{model="digits"} 2' in text, text
+    assert 'edgec_request_failures_total{model="digits"} 0' in text
+    assert 'edgec_http_responses_total{route="infer",code="200"} 14' in text
+    assert 'edgec_http_responses_total{route="infer",code="400"} 2' in text
+    assert 'edgec_http_responses_total{route="infer",code="404"} 1' in text
+    assert 'edgec_http_responses_total{route="other",code="404"} 1' in text
+    assert "nobody" not in text and "etc" not in text

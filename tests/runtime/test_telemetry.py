@@ -295,9 +295,14 @@ def test_serve_publishes_telemetry_from_its_config(broker, tmp_path, fixture_bun
 
 
 def test_telemetry_watch_shows_every_device_and_model(broker, tmp_path, fixture_bundle, digits_test):
+    import io
+    import re
+
+    from rich.console import Console
     from typer.testing import CliRunner
 
     from edgec.cli import app
+    from edgec.sdk.fleet.watch import watch
 
     runtime = Runtime(ServeConfig.from_dict({"models": [{"name": "digits", "path": str(fixture_bundle("onnx", "fp32"))}]}))
     runtime.predict("digits", {"input": digits_test.x[:1]})
@@ -306,14 +311,25 @@ def test_telemetry_watch_shows_every_device_and_model(broker, tmp_path, fixture_
                                          spool=tmp_path / "b.db", interval_s=0.5)).start()]
     try:
         result = CliRunner().invoke(app, ["telemetry", "watch", "--broker", f"mqtt://127.0.0.1:{broker.port}",
-                                          "--duration", "2"], terminal_width=250)
+                                          "--duration", "2"])
+        terminal = io.StringIO()
+        watch("127.0.0.1", broker.port, duration_s=1.5,
+              console=Console(file=terminal, force_terminal=True, width=80, color_system=None))
     finally:
         for d in devices:
             d.stop()
         runtime.close()
     assert result.exit_code == 0, result.output
-    last_table = result.output[result.output.rindex("edgec devices on"):]
-    assert "pi-1" in last_table and "digits" in last_table and "jetson-2" in last_table and "online" in last_table
+    # Piped: plain key=value lines, one per device and model as it changes (grep-able).
+    lines = result.output.splitlines()
+    assert any("/pi-1 state=online model=digits" in line for line in lines), result.output
+    assert any("lab/jetson-2 state=online" in line for line in lines), result.output
+    assert not any("┃" in line or "│" in line for line in lines)  # no table when piped
+    # On an 80-column terminal: the table narrows to the columns that fit, nothing cut to "…".
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())
+    last = drawn[drawn.rindex("edgec devices on"):]
+    assert "pi-1" in last and "jetson-2" in last and "digits" in last and "p95 ms" in last, last
+    assert "…" not in last and max(len(line) for line in last.splitlines()) <= 80, last
     nobody = CliRunner().invoke(app, ["telemetry", "watch", "--broker", f"mqtt://127.0.0.1:{broker.port}",
                                       "--fleet", "empty", "--duration", "0.5"])
     assert nobody.exit_code == 0 and "no edgec device published" in nobody.output

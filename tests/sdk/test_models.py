@@ -112,5 +112,30 @@ def test_factory_weights_that_do_not_fit_are_named(tmp_path, digits):
 def test_factory_that_does_not_exist(digits):
     with pytest.raises(ModelLoadError, match="has no attribute 'nope'"):
         load_model("edgec.sdk.examples.zoo:nope", example={"input": digits.x_calib[:1]})
-    with pytest.raises(ModelLoadError, match="cannot import 'not_a_module_xyz'"):
+    with pytest.raises(ModelLoadError, match="cannot import 'not_a_module_xyz'.*Run edgec from the folder holding "
+                                             "not_a_module_xyz.py or not_a_module_xyz/, set PYTHONPATH"):
         load_model("not_a_module_xyz:build")
+
+
+def test_a_factory_in_the_folder_edgec_runs_in_is_found_there(tmp_path, monkeypatch):
+    """`edgec convert nets:build` from the folder holding nets.py, as `uvicorn main:app` finds main.py."""
+    import sys
+
+    (tmp_path / "edgec_doc_nets.py").write_text("import torch\n\ndef build():\n    return torch.nn.Linear(4, 2)\n")
+    monkeypatch.chdir(tmp_path)
+    source = load_model("edgec_doc_nets:build", example={"input": np.zeros((1, 4), np.float32)})
+    assert [t.shape for t in source.outputs] == [(None, 2)]
+    assert str(tmp_path) not in sys.path  # the folder was on the path only while importing
+
+
+def test_a_pt2_holding_its_whole_example_dataset_is_flagged_with_the_cause(tmp_path):
+    """torch.export.save keeps the example inputs: exporting with the dataset makes a file of the dataset's size."""
+    import torch
+
+    model = torch.nn.Linear(64, 2)
+    torch.export.save(torch.export.export(model, (torch.randn(40_000, 64),)), str(tmp_path / "big.pt2"))
+    warnings = load_model(tmp_path / "big.pt2").warnings
+    assert len(warnings) == 1 and warnings[0].startswith("big.pt2 is 9.8 MB but its weights are 0.0 MB: its example "
+                                                         "inputs ([40000, 64], 9.8 MB) are saved in it"), warnings
+    torch.export.save(torch.export.export(model, (torch.randn(1, 64),)), str(tmp_path / "small.pt2"))
+    assert load_model(tmp_path / "small.pt2").warnings == []

@@ -88,6 +88,18 @@ _ACCELERATED_HINT = ("On a Jetson, install NVIDIA's onnxruntime-gpu wheel for yo
                      "in place of onnxruntime.")
 
 
+_WARNED: set[tuple[str, ...]] = set()
+
+
+def _warn_once(cause: tuple[str, ...], message: str, *args: Any) -> None:
+    """Log ``message`` the first time ``cause`` arises in this process; later ones at debug level."""
+    if cause in _WARNED:
+        log.debug(message, *args)
+        return
+    _WARNED.add(cause)
+    log.warning(message, *args)
+
+
 def _exact_or_plain(path: Path, providers: tuple[str, ...], settings: dict[str, Any]) -> tuple[Any, str | None]:
     """A session with ``settings``, and ``None``; if the exact-int8 option is what makes the model fail to
     load (onnxruntime rejects it for some QDQ graphs), the session without it, and why (also logged)."""
@@ -113,11 +125,11 @@ class OnnxRuntimeBackend:
         available = set(ort.get_available_providers())
         chosen = [p for p in options.providers if p in available]
         missing = [p for p in options.providers if p not in available and p != CPU]
-        if missing:
-            log.warning("%s asks for %s, which this onnxruntime build (%s %s) does not have: running on %s. %s",
-                        path.name, ", ".join(missing), getattr(ort, "__name__", "onnxruntime"),
-                        getattr(ort, "__version__", "?"), ", ".join([p for p in chosen if p != CPU] + [CPU]),
-                        _ACCELERATED_HINT)
+        if missing:  # said once per process: a conversion opens many sessions for one cause
+            _warn_once(("missing", *missing), "%s asks for %s, which this onnxruntime build (%s %s) does not have: "
+                       "running on %s. %s", path.name, ", ".join(missing), getattr(ort, "__name__", "onnxruntime"),
+                       getattr(ort, "__version__", "?"), ", ".join([p for p in chosen if p != CPU] + [CPU]),
+                       _ACCELERATED_HINT)
         if CPU not in chosen:
             chosen.append(CPU)
         settings = {"threads": options.threads, "lean": options.lean, "exact_int8": options.exact_int8}
@@ -128,8 +140,8 @@ class OnnxRuntimeBackend:
                 raise BundleError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}") from None
             # A provider that is built in but cannot start here (no GPU, driver mismatch):
             # fall back to the CPU and say why.
-            log.warning("execution providers %s failed for %s (%s); falling back to CPU",
-                        ", ".join(chosen[:-1]), path.name, _first_line(exc))
+            _warn_once(("failed", *chosen[:-1]), "execution providers %s failed for %s (%s); falling back to CPU",
+                       ", ".join(chosen[:-1]), path.name, _first_line(exc))
             try:
                 self.session, note = _exact_or_plain(path, (CPU,), settings)
             except Exception as exc2:
@@ -138,8 +150,8 @@ class OnnxRuntimeBackend:
         self.providers = tuple(self.session.get_providers())
         for p in chosen:
             if p not in self.providers:
-                log.warning("execution provider %s did not start for %s; running on %s",
-                            p, path.name, ", ".join(self.providers))
+                _warn_once(("not started", p), "execution provider %s did not start for %s; running on %s",
+                           p, path.name, ", ".join(self.providers))
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_types = {i.name: DTYPES.get(i.type, i.type) for i in self.session.get_inputs()}
 
