@@ -205,8 +205,8 @@ def _size_warnings(path: Path, program: Any) -> list[str]:
     examples = getattr(program, "example_inputs", None) or ((), {})
     held = state_bytes({str(i): t for i, t in enumerate(examples[0])}) if examples and examples[0] else 0
     shapes = ", ".join(str(list(t.shape)) for t in (examples[0] if examples else ()) if hasattr(t, "shape"))
-    why = (f"its example inputs ({shapes}, {held / 2**20:.1f} MB) are saved in it: export with one or two samples "
-           "(x[:1]) and a dynamic batch (dynamic_shapes=...), not the dataset" if held > size / 2 else
+    why = (f"its example inputs ({shapes}, {held / 2**20:.1f} MB) are saved in it: export with two samples "
+           "(x[:2]) and a dynamic batch (dynamic_shapes=...), not the dataset" if held > size / 2 else
            "check what else was saved in it")
     return [f"{path.name} is {size / 2**20:.1f} MB but its weights are {weights / 2**20:.1f} MB: {why}"]
 
