@@ -40,7 +40,8 @@ _LAZY = {
     "Progress": ".sdk.progress",
     "load": ".runtime.bundle.model",
 }
-__all__ = ["__version__", "EdgecError", *_LAZY]
+__all__ = ["__version__", "EdgecError", "convert", "ConvertConfig", "analyze", "AnalyzeConfig", "compress",
+           "CompressConfig", "qat", "QATConfig", "Progress", "load"]
 
 
 def __getattr__(name: str) -> Any:

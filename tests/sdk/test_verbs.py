@@ -88,3 +88,17 @@ def test_progress_is_one_protocol_the_base_shows_nothing():
     with progress.stage("anything"):
         progress.advance(1, 2, "layers")
         progress.note("a line")
+
+
+def test_the_root_exports_every_verb_and_config_lazily():
+    import subprocess
+    import sys
+
+    assert set(edgec.__all__) == {"__version__", "EdgecError", *edgec._LAZY}
+    for name in edgec._LAZY:
+        assert getattr(edgec, name) is not None
+    # `import edgec` alone loads no framework: the verbs load theirs when called
+    loaded = subprocess.run([sys.executable, "-c", "import sys, edgec; edgec.QATConfig; edgec.ConvertConfig; "
+                             "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorflow') if m in sys.modules))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", loaded
