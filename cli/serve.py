@@ -43,7 +43,7 @@ def serve(
     Example runtime.toml:
       port = 8080
       budget_mb = 512
-      admin_token = "a long random string"
+      admin_token = "replace-with-secrets.token_urlsafe"
       \\[batcher]
       max_batch_size = 8
       max_queue_delay_ms = 0

@@ -43,3 +43,18 @@ def test_bracketed_text_in_option_help_is_shown():
     assert "[default: build/<device>]" in output and "scaled to [0,1]" in output
     output = CliRunner().invoke(app, ["fleet", "push", "--help"], env={"COLUMNS": "200"}).output
     assert "([[models]] name)" in output
+
+
+def test_the_runtime_toml_in_serve_help_is_one_the_runtime_takes(tmp_path):
+    import textwrap
+    import tomllib
+
+    from edgec.cli.serve import serve
+    from edgec.runtime.config import ServeConfig
+
+    doc = serve.__doc__
+    example = textwrap.dedent(doc[doc.index("Example runtime.toml:") + len("Example runtime.toml:"):]).strip()
+    example = example.replace("\\[", "[")  # help text escapes brackets for rich
+    (tmp_path / "build" / "rpi4").mkdir(parents=True)
+    config = ServeConfig.from_dict(tomllib.loads(example), base=tmp_path)
+    assert [m.name for m in config.models] == ["digits"] and config.admin_token
