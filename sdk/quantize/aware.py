@@ -185,7 +185,7 @@ def qat(model: Any, config: QATConfig | None = None, *, data: Any, eval_data: An
                     prepared(*xs)
             if evaluate:
                 accuracy["before"] = evaluate(prepared)
-        with progress.stage(f"Training with fake quantization ({cfg.epochs} epochs)"):
+        with progress.stage(f"Training with fake quantization ({cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''})"):
             history = fit(prepared, data, epochs=cfg.epochs, optimizer=cfg.optimizer, lr=cfg.lr,
                           batch_size=cfg.batch_size, train_mode=move_exported_model_to_train,
                           eval_mode=move_exported_model_to_eval, seed=cfg.seed,
