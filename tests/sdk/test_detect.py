@@ -117,6 +117,7 @@ def test_keeping_layers_float_never_lowers_fidelity(detector_files, tmp_path):
     assert errors[-1] < errors[0]
 
 
+@pytest.mark.serial  # what ships is decided by measured speed: another worker's load would change it
 @pytest.mark.slow
 @pytest.mark.parametrize("device, fmt", [("x86-64", "onnx"), ("rpi4", "tflite")])
 def test_detector_ships_int8_that_keeps_its_detections(detector_files, tmp_path, device, fmt):

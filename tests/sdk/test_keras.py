@@ -73,6 +73,7 @@ def served(bundle: Path, x: np.ndarray) -> np.ndarray:
     return model.predict({model.manifest.inputs[0].name: x})[model.manifest.outputs[0].name]
 
 
+@pytest.mark.serial  # what ships is decided by measured speed: another worker's load would change it
 def test_keras_file_converts_with_the_cli_to_a_verified_int8_tflite_bundle(trained, tmp_path):
     out = tmp_path / "rpi4"
     result = CliRunner().invoke(app, ["convert", str(trained.root / "digits.keras"), "--device", "rpi4", "--calib",

@@ -14,6 +14,7 @@ from edgec.runtime import load
 from conftest import FAST
 
 
+@pytest.mark.serial  # what ships is decided by measured speed: another worker's load would change it
 @pytest.mark.parametrize(("device", "fmt"), [("x86-64", "onnx"), ("rpi4", "tflite")])
 def test_auto_ships_int8_within_a_half_point_budget(assets, tmp_path, digits, device, fmt):
     result = convert(assets / "model.pt2", device=device, calib=assets / "calib.npz",
