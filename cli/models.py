@@ -318,4 +318,21 @@ def quickstart(
     out.print(f"Bundles, data and reports: {workdir}/")
     out.print("\nNext (in another terminal for curl):")
     for command in summary["next"]:
-        out.print(f"  {command}", highlight=False)
+        out.print(f"  {_runnable(command)}", highlight=False)
+
+
+def _runnable(command: str) -> str:
+    """``command`` as it runs from here: ``edgec`` by the path of this one when it is not on PATH
+    (``./scripts/quickstart.sh`` runs ``.venv/bin/edgec`` without activating the venv)."""
+    import os
+    import shutil
+    import sys
+
+    if not command.startswith("edgec ") or shutil.which("edgec"):
+        return command
+    here = Path(sys.executable).parent / "edgec"
+    try:
+        here = Path(os.path.relpath(here))
+    except ValueError:  # another drive
+        pass
+    return f"{here} {command[len('edgec '):]}"

@@ -391,3 +391,21 @@ def test_verify_passes_a_good_bundle_and_says_it_is_unsigned(bundles, tmp_path):
     result = invoke("verify", tampered)
     assert result.exit_code == 1 and "✗ files" in result.output and "sha256" in result.output
     assert "✓ model" not in result.output and "✗ model" not in result.output  # not loaded: its hash failed
+
+
+def test_next_steps_name_this_edgec_when_the_venv_is_not_activated(tmp_path):
+    """./scripts/quickstart.sh runs .venv/bin/edgec without activating the venv: its next commands must run
+    as printed, so `edgec` is written as the path of the one that ran."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "from edgec.cli.models import _runnable; print(_runnable('edgec serve --config qs/runtime.toml'))"
+    bare = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin"}, check=True).stdout.strip()
+    program, rest = bare.split(" ", 1)
+    assert rest == "serve --config qs/runtime.toml"
+    assert (tmp_path / program).resolve() == (Path(sys.executable).parent / "edgec").resolve()
+    on_path = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                             env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}, check=True).stdout.strip()
+    assert on_path == "edgec serve --config qs/runtime.toml"
