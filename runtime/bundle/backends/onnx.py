@@ -84,7 +84,7 @@ def tensor_spec(arg: Any) -> TensorSpec | None:
 
 
 _ACCELERATED_HINT = ("On a Jetson, install NVIDIA's onnxruntime-gpu wheel for your JetPack (edgec[jetson] leaves "
-                     "onnxruntime to you; see the README); on a PC with an NVIDIA GPU, pip install onnxruntime-gpu "
+                     "onnxruntime to you; see docs/deploy.md); on a PC with an NVIDIA GPU, pip install onnxruntime-gpu "
                      "in place of onnxruntime.")
 
 
