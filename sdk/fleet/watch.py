@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -9,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from ...errors import BrokerError
@@ -77,17 +80,25 @@ def subscribe(broker: str, port: int, view: FleetView, *, fleet: str = "+", user
     return client, lock
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _text(value: Any) -> str:
+    """A string a board sent, safe to print: no control characters (terminal escapes), no rich markup."""
+    return escape(_CONTROL.sub("?", str(value)))
+
+
 def _num(v: Any, fmt: str = "{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
 # (header, cell, wide-only): the narrow set fits 80 columns; the rest shows from WIDE columns up.
 COLUMNS: tuple[tuple[str, Any, bool], ...] = (
-    ("fleet", lambda r: r["fleet"], True),
-    ("device", lambda r: r["device"], False),
-    ("state", lambda r: r["state"], False),
-    ("model", lambda r: r["model"] or "-", False),
-    ("version", lambda r: r.get("version") or "-", True),
+    ("fleet", lambda r: _text(r["fleet"]), True),
+    ("device", lambda r: _text(r["device"]), False),
+    ("state", lambda r: _text(r["state"]), False),
+    ("model", lambda r: _text(r["model"] or "-"), False),
+    ("version", lambda r: _text(r.get("version") or "-"), True),
     ("p50 ms", lambda r: _num(r.get("p50"), "{:.2f}"), True),
     ("p95 ms", lambda r: _num(r.get("p95"), "{:.2f}"), False),
     ("p99 ms", lambda r: _num(r.get("p99"), "{:.2f}"), True),
@@ -100,7 +111,17 @@ COLUMNS: tuple[tuple[str, Any, bool], ...] = (
     ("spooled", lambda r: _num(r["spool"], "{}"), True),
     ("dropped", lambda r: _num(r["dropped"], "{}"), True),
     ("seen", lambda r: f"{r['seen_s_ago']:.0f}s ago", False),
-    ("last event", lambda r: (r["last_event"] or "")[:40], True),
+    ("last event", lambda r: _text((r["last_event"] or "")[:40]), True),
+)
+# The same figures unformatted for plain lines (the table's cells are escaped for rich).
+PLAIN: tuple[tuple[str, Any], ...] = (
+    ("version", lambda r: r.get("version")), ("p50 ms", lambda r: _num(r.get("p50"), "{:.2f}")),
+    ("p95 ms", lambda r: _num(r.get("p95"), "{:.2f}")), ("p99 ms", lambda r: _num(r.get("p99"), "{:.2f}")),
+    ("req/s", lambda r: _num(r.get("requests_per_s"))), ("err/s", lambda r: _num(r.get("errors_per_s"))),
+    ("queue", lambda r: _num(r.get("queue_depth"), "{}")), ("RSS MB", lambda r: _num(r["rss_mb"], "{:.0f}")),
+    ("CPU %", lambda r: _num(r["cpu_percent"])), ("temp °C", lambda r: _num(r["cpu_temp_c"])),
+    ("spooled", lambda r: _num(r["spool"], "{}")), ("dropped", lambda r: _num(r["dropped"], "{}")),
+    ("last event", lambda r: r["last_event"]),
 )
 WIDE = 160
 TEXT_COLUMNS = ("fleet", "device", "state", "model", "version", "seen", "last event")
@@ -116,18 +137,22 @@ def fleet_table(view: FleetView, title: str, width: int = WIDE) -> Table:
     for r in view.rows():
         cells = [cell(r) for _, cell, _ in columns]
         state = columns.index(next(c for c in columns if c[0] == "state"))
-        cells[state] = {"online": "[green]online[/]", "offline": "[red]offline[/]"}.get(r["state"], r["state"])
+        cells[state] = {"online": "[green]online[/]", "offline": "[red]offline[/]"}.get(r["state"], cells[state])
         table.add_row(*cells)
     return table
 
 
 def plain_line(row: dict[str, Any]) -> str:
     """One device and model as a line of ``key=value`` words, for logs and pipes (``| grep``)."""
-    words = [time.strftime("%Y-%m-%dT%H:%M:%S"), f"{row['fleet']}/{row['device']}", f"state={row['state']}",
-             f"model={row['model'] or '-'}"]
-    words += [f"{name.replace(' ', '_').replace('/', '_per_').replace('°', '')}={cell(row)}"
-              for name, cell, _ in COLUMNS if name not in ("fleet", "device", "state", "model", "seen")]
-    return " ".join(w for w in words if not w.endswith("="))
+    def word(value: Any) -> str:  # what a board sent: no control characters, quoted when it has spaces
+        text = _CONTROL.sub("?", str(value))
+        return json.dumps(text) if not text or any(c.isspace() or c == '"' for c in text) else text
+
+    words = [time.strftime("%Y-%m-%dT%H:%M:%S"), f"{word(row['fleet'])}/{word(row['device'])}",
+             f"state={word(row['state'])}", f"model={word(row['model'] or '-')}"]
+    words += [f"{name.replace(' ', '_').replace('/', '_per_').replace('°', '')}={word(value)}"
+              for name, value in ((n, raw(row)) for n, raw in PLAIN) if value not in (None, "")]
+    return " ".join(words)
 
 
 def watch(broker: str, port: int = 1883, *, fleet: str = "+", username: str | None = None,

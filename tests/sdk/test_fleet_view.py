@@ -71,3 +71,27 @@ def test_the_hosts_fleet_link_drops_what_boards_cannot_have_sent():
     assert link.group_members("group/lab") == [] and link.group_members("group/l") == []
     assert set(link.members) == {"pi-1"} and link.updates == {} and link.results == {}
     assert status(link) == []
+
+
+def test_what_a_board_names_reaches_the_terminal_as_text_not_escapes_or_markup():
+    """A model name and an event a board sends are printed by `telemetry watch`: a terminal escape or rich
+    markup in them must arrive as plain characters, in the table and in the piped key=value lines."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from edgec.sdk.fleet.watch import fleet_table, plain_line
+
+    hostile = "\x1b[2J[bold red]owned[/] x"
+    view = FleetView()
+    assert view.update("edgec/shop/pi-1/status", json.dumps(status()).encode())
+    assert view.update("edgec/shop/pi-1/telemetry", json.dumps(telemetry(models={hostile: model()})).encode())
+    rows = view.rows()
+    assert [r["model"] for r in rows] == [hostile]
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(fleet_table(view, "t"))
+    drawn = out.getvalue()
+    assert "\x1b" not in drawn and "[bold red]owned[/]" in drawn.replace("\n", "")  # shown, not obeyed
+    line = plain_line(rows[0])
+    assert "\x1b" not in line and 'model="?[2J[bold red]owned[/] x"' in line, line
