@@ -54,8 +54,9 @@ def doctor(
 
         telemetry = ServeConfig.from_toml(config).telemetry
         if telemetry is not None and telemetry.broker:
-            secret = (Path(telemetry.password_file).read_text().strip() if telemetry.password_file is not None
-                      else telemetry.password)
+            from ..runtime.agent.publisher import read_secret
+
+            secret = read_secret(telemetry.password_file) if telemetry.password_file else telemetry.password
             asked.append(broker_check(telemetry.broker, telemetry.port, tls=telemetry.tls or bool(telemetry.ca_file),
                                       username=telemetry.username, password=secret, ca_file=telemetry.ca_file))
     if broker is not None:

@@ -18,7 +18,6 @@ import re
 import shutil
 import socket
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,28 +234,18 @@ def broker(host: str, port: int, *, tls: bool = False, username: str | None = No
     except OSError as exc:
         return Check("broker", f"broker {where}", False, f"cannot connect: {exc.strerror or exc}",
                      "check the broker's host and port, and that it is running")
-    from .agent.publisher import mqtt_client
+    from .agent.publisher import connect, mqtt_client
 
-    answered, reason = threading.Event(), {}
     try:
         client = mqtt_client(username=username, password=password, tls=tls, ca_file=ca_file)
     except (ImportError, EdgecError, OSError) as exc:  # no paho-mqtt, or a CA file that cannot be read
         return Check("broker", f"broker {where}", None, f"the port answers; MQTT not tried: {exc}")
-    client.on_connect = lambda c, u, f, r, p=None: (reason.setdefault("r", r), answered.set())
     try:
-        client.connect(host, port, keepalive=10)
-        client.loop_start()
-        got = answered.wait(timeout_s)
-    except (OSError, ValueError) as exc:
-        return Check("broker", f"broker {where}", False, f"MQTT connection failed: {exc}",
-                     "a TLS port spoken to without mqtts:// (or the other way round)?")
-    finally:
-        client.loop_stop()
-        client.disconnect()
-    if not got:
-        return Check("broker", f"broker {where}", False, "no MQTT answer", "a TLS port spoken to without mqtts://?")
-    if getattr(reason["r"], "is_failure", False):
-        return Check("broker", f"broker {where}", False, f"refused: {reason['r']}", "check the username and password")
+        connect(client, host, port, timeout_s=timeout_s)  # the fleet tools' own connection, and its errors
+    except EdgecError as exc:
+        return Check("broker", f"broker {where}", False, str(exc))
+    client.loop_stop()
+    client.disconnect()
     return Check("broker", f"broker {where}", True, "connected")
 
 

@@ -35,7 +35,7 @@ from .load.data import Split, split_samples
 from .load.doctor import diagnose, raise_errors
 from .load.models import example_inputs, load_model, model_kind, precheck
 from .plan import ConvertConfig, Target, plan
-from .progress import SILENT, Progress, Step, stage_hook
+from .progress import SILENT, Progress, Step
 from .quantize.budget import Budget
 from .quantize.search import search
 from .report.build import Measurements, build_report
@@ -124,7 +124,8 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
         0.27
     """
     cfg = (config or ConvertConfig()).with_options({**options, **({"out": out} if out is not None else {})})
-    step = stage_hook(progress)
+    progress = progress or SILENT
+    step = progress.stage
     started = time.perf_counter()
     timings: dict[str, float] = {}
     precheck(model)
@@ -134,7 +135,7 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
     with _timed(timings, "load"), step("Loading model"):
         source = load_model(model, weights=cfg.weights, example=lambda: example_inputs(calib, cfg.input_shapes))
     for warning in getattr(source, "warnings", ()):  # said now: a later step may fail because of it
-        (progress or SILENT).note(f"warning: {warning}")
+        progress.note(f"warning: {warning}")
     if target.precision == "int8" and calib is None:
         raise CalibrationError(
             f"{target.format.name} int8 for {target.profile.name} needs calibration data: pass --calib data.npz "

@@ -80,8 +80,3 @@ class Progress:
 
 
 SILENT = Progress()
-
-
-def stage_hook(progress: Progress | None) -> Step:
-    """``progress.stage`` (or a silent one), for the helpers that only open stages."""
-    return (progress or SILENT).stage

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..._optional import need
-from ...errors import ValidationError
+from ...errors import BrokerError, ValidationError
 from ..config import TelemetryConfig
 from .spool import Spool, Spooled
 
@@ -47,11 +47,43 @@ def mqtt_client(*, client_id: str = "", username: str | None = None, password: s
     return client
 
 
+def connect(client: Any, broker: str, port: int, *, timeout_s: float = 10.0) -> None:
+    """Connect, start paho's network thread and wait for the broker's answer.
+
+    Raises:
+        BrokerError: The broker cannot be reached, or refused the credentials or the TLS handshake.
+    """
+    answered, answer = threading.Event(), {}
+    then = client.on_connect
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
+        answer["reason"] = reason
+        answered.set()
+        if then is not None and not getattr(reason, "is_failure", False):
+            then(c, userdata, flags, reason, properties)
+
+    client.on_connect = on_connect
+    try:
+        client.connect(broker, port, keepalive=30)
+    except (OSError, ValueError) as exc:
+        raise BrokerError(f"cannot reach MQTT broker {broker}:{port}: {exc}; check the broker's host and port "
+                          "(and --ca-file for a broker with its own CA)") from None
+    client.loop_start()
+    if not answered.wait(timeout_s):
+        client.loop_stop()
+        raise BrokerError(f"MQTT broker {broker}:{port} did not answer the connection in {timeout_s:.0f}s "
+                          "(a TLS port spoken to without mqtts://, or the other way round?)")
+    if getattr(answer["reason"], "is_failure", False):
+        client.loop_stop()
+        raise BrokerError(f"MQTT broker {broker}:{port} refused the connection: {answer['reason']}; "
+                          "check --username and --password (or EDGEC_MQTT_PASSWORD)")
+
+
 def connect_settings(client: Any, cfg: TelemetryConfig) -> None:
     """Credentials, TLS and reconnect backoff from ``cfg`` on a paho client (every edgec connection)."""
     client.reconnect_delay_set(1, max(1, int(cfg.reconnect_max_s)))
     if cfg.username is not None:
-        client.username_pw_set(cfg.username, cfg.password if cfg.password_file is None else _secret(cfg.password_file))
+        client.username_pw_set(cfg.username, cfg.password if cfg.password_file is None else read_secret(cfg.password_file))
     if cfg.tls or cfg.ca_file or cfg.cert_file:
         try:
             client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file,
@@ -60,7 +92,7 @@ def connect_settings(client: Any, cfg: TelemetryConfig) -> None:
             raise ValidationError(f"telemetry TLS files cannot be used: {exc}") from None
 
 
-def _secret(path: str) -> str:
+def read_secret(path: str) -> str:
     try:
         return Path(path).read_text().strip()
     except OSError as exc:

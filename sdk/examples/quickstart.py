@@ -19,7 +19,7 @@ from ..._quiet import quiet
 from ...errors import BundleError
 from ...runtime.bundle.model import load
 from ..pipeline import convert
-from ..progress import Progress, Step, stage_hook
+from ..progress import SILENT, Progress, Step
 from ..verify.timing import measure_latency
 from .zoo import digits_cnn, digits_splits, evaluate_accuracy, export_pt2, seeded, train
 
@@ -74,7 +74,7 @@ def run_quickstart(
     Raises:
         BundleError: ``workdir`` exists and ``force`` is not set.
     """
-    step = stage_hook(progress)
+    step = (progress or SILENT).stage
     work = Path(workdir)
     if work.exists() and not force:
         raise BundleError(f"{work} already exists: pass --force to redo the quick start there, or choose --workdir")

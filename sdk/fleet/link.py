@@ -20,8 +20,8 @@ from urllib.parse import urlparse
 from ...errors import BrokerError, ValidationError
 from ...runtime.topics import desired_topic, device_topic, fleet_root
 from .view import MAX_MESSAGE_BYTES
+from ...runtime.agent.publisher import connect
 from ...runtime.agent.publisher import mqtt_client as host_client
-from .watch import connect
 
 
 def parse_broker(url: str) -> tuple[str, int, bool]:

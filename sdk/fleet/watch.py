@@ -14,42 +14,10 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from ...errors import BrokerError
 from ...runtime.topics import device_topic
+from ...runtime.agent.publisher import connect
 from ...runtime.agent.publisher import mqtt_client as host_client
 from .view import FleetView
-
-
-def connect(client: Any, broker: str, port: int, *, timeout_s: float = 10.0) -> None:
-    """Connect, start paho's network thread and wait for the broker's answer.
-
-    Raises:
-        BrokerError: The broker cannot be reached, or refused the credentials or the TLS handshake.
-    """
-    answered, answer = threading.Event(), {}
-    then = client.on_connect
-
-    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
-        answer["reason"] = reason
-        answered.set()
-        if then is not None and not getattr(reason, "is_failure", False):
-            then(c, userdata, flags, reason, properties)
-
-    client.on_connect = on_connect
-    try:
-        client.connect(broker, port, keepalive=30)
-    except (OSError, ValueError) as exc:
-        raise BrokerError(f"cannot reach MQTT broker {broker}:{port}: {exc}; check the broker's host and port "
-                          "(and --ca-file for a broker with its own CA)") from None
-    client.loop_start()
-    if not answered.wait(timeout_s):
-        client.loop_stop()
-        raise BrokerError(f"MQTT broker {broker}:{port} did not answer the connection in {timeout_s:.0f}s "
-                          "(a TLS port spoken to without mqtts://, or the other way round?)")
-    if getattr(answer["reason"], "is_failure", False):
-        client.loop_stop()
-        raise BrokerError(f"MQTT broker {broker}:{port} refused the connection: {answer['reason']}; "
-                          "check --username and --password (or EDGEC_MQTT_PASSWORD)")
 
 
 def subscribe(broker: str, port: int, view: FleetView, *, fleet: str = "+", username: str | None = None,
