@@ -63,19 +63,13 @@ class Check:
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     """The CPU's feature flags (``flags`` on x86, ``Features`` on Arm) from ``/proc/cpuinfo``."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")[:1_000_000]
-        except OSError:
-            return set()
+        cpuinfo = _read(Path("/proc/cpuinfo"), 1_000_000)
     found = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", cpuinfo, flags=re.M)
     return set(found.group(1).split()) if found else set()
 
 
 def _cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")[:1_000_000]
-    except OSError:
-        return platform.processor() or "unknown"
+    text = _read(Path("/proc/cpuinfo"), 1_000_000)
     found = re.search(r"^(?:model name|Model|Hardware)\s*:\s*(.+)$", text, flags=re.M)
     return found.group(1).strip() if found else platform.processor() or "unknown"
 
@@ -196,11 +190,11 @@ def accelerators() -> list[Check]:
     checks = []
     tegra = Path("/etc/nv_tegra_release")
     if tegra.exists():
-        release = tegra.read_text(errors="replace")[:200].splitlines()[0] if tegra.stat().st_size else "present"
+        release = (_read(tegra, 200).splitlines() or ["present"])[0]
         checks.append(Check("accelerator", "Jetson (L4T)", True, release.strip("# ")))
     nvidia = Path("/proc/driver/nvidia/version")
     if nvidia.exists():
-        line = nvidia.read_text(errors="replace")[:300].splitlines()[0]
+        line = (_read(nvidia, 300).splitlines() or ["present"])[0]
         checks.append(Check("accelerator", "NVIDIA driver", True, line.strip()))
     elif not tegra.exists():
         checks.append(Check("accelerator", "NVIDIA GPU", None, "none found"))
@@ -218,9 +212,11 @@ def accelerators() -> list[Check]:
     return checks
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, limit: int = 512) -> str:
+    """The start of a small system file (sysfs, /proc, /etc), read no further than ``limit`` bytes."""
     try:
-        return path.read_text().strip()
+        with open(path, "rb") as fh:
+            return fh.read(limit).decode("utf-8", "replace").strip()
     except OSError:
         return ""
 
