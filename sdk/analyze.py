@@ -24,7 +24,8 @@ from .plan import ConvertConfig, pick_format, plan
 from .progress import SILENT, Options, Progress
 from .quantize.results import LayerSensitivity
 from .quantize.sensitivity import sensitivity
-from .report.markdown import sensitivity_markdown
+from .report.markdown import sensitivity_section
+from .report.page import Report
 from .report.plots import sensitivity_png
 from .verify.artifact import make_measure, reference_outputs
 from .verify.task import TaskOptions
@@ -145,10 +146,11 @@ def analyze(model: Any, config: AnalyzeConfig | None = None, *, calib: Any = Non
                                  progress=lambda done, total: progress.advance(done, total, "layers"))
         rows = [s.to_dict() for s in ranked]
         title = f"{source.label} on {profile.name} ({fmt.name}, {recipe.label()})"
-        md = [f"# edgec sensitivity: {title}", *sensitivity_markdown(rows, recipe.label(), top=len(rows))]
-        md += ["", "![per-layer sensitivity](sensitivity.png)", ""]
-        write_report(stage, "sensitivity", {
+        report = Report(f"edgec sensitivity: {title}", {
             "model": source.label, "device": profile.name, "format": fmt.name, "recipe": recipe.to_dict(),
-            "recipe_label": recipe.label(), "holdout_samples": len(holdout), "layers": rows}, "\n".join(md))
+            "recipe_label": recipe.label(), "holdout_samples": len(holdout), "layers": rows})
+        section = sensitivity_section(rows, recipe.label(), top=len(rows))
+        write_report(stage, "sensitivity", report.add(section.title, [
+            *section.lines, "", "![per-layer sensitivity](sensitivity.png)"]))
         sensitivity_png(rows, stage / "sensitivity.png", title)
     return Analysis(target.out.resolve(), recipe, ranked, data.warnings)

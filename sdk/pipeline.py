@@ -39,7 +39,7 @@ from .progress import SILENT, Progress, Step
 from .quantize.budget import Budget
 from .quantize.search import search
 from .report.build import Measurements, build_report
-from .report.markdown import to_markdown
+from .report.markdown import convert_page
 from .verify.artifact import MeasureFn, Specs, make_measure, open_artifact, reference_outputs, source_latency
 from .quantize.budget import cosine_checks, task_checks
 from .verify.fidelity import Fidelity
@@ -301,7 +301,7 @@ def write_bundle(stage: Path, target: Target, choice: Choice, verified: Verified
     """Write ``report.json``, ``report.md`` and the manifest into ``stage``, load it as a board would, and
     store the golden samples (held-out inputs and this runtime's answers) that boards check theirs against."""
     one = next(holdout.samples())
-    write_report(stage, "report", report, to_markdown(report))
+    write_report(stage, "report", convert_page(report))
     manifest = Manifest(
         format=target.format.name, precision=choice.precision, model_file=f"model{target.format.suffix}",
         inputs=verified.specs[0], outputs=verified.specs[1], device=target.profile.to_dict(),

@@ -3,7 +3,7 @@ and is renamed into place only once complete, so a failure leaves nothing half-w
 
 :func:`output` makes a folder (a bundle, an analysis, QAT artifacts); :func:`output_files`
 makes files side by side (a compressed ``.pt2`` and its report); :func:`write_report` writes a
-report as ``.json`` for programs and ``.md`` for people.
+:class:`~edgec.sdk.report.page.Report` as ``.json`` for programs and ``.md`` for people.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import uuid
 from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from ..._version import __version__
 from ...errors import BundleError
+from ..report.page import Report
 
 log = logging.getLogger("edgec.convert")
 
@@ -108,10 +108,10 @@ def output_files(paths: Sequence[Path], *, force: bool) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def write_report(folder: Path, stem: str, report: dict[str, Any], markdown: str) -> None:
-    """``<stem>.json`` (the whole report, for programs) and ``<stem>.md`` (for people) in ``folder``."""
-    (folder / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (folder / f"{stem}.md").write_text(markdown, encoding="utf-8")
+def write_report(folder: Path, stem: str, report: Report) -> None:
+    """``<stem>.json`` (the report's data, for programs) and ``<stem>.md`` (its page, for people) in ``folder``."""
+    (folder / f"{stem}.json").write_text(json.dumps(report.data, indent=2) + "\n", encoding="utf-8")
+    (folder / f"{stem}.md").write_text(report.markdown(), encoding="utf-8")
 
 
 def sweep_stale(out: Path) -> list[Path]:

@@ -24,7 +24,7 @@ from ..training import arrays_from, batches, fit
 from .distill import Distiller
 from .meter import Meter, StepResult
 from .prune import check_ratio, count, prune_structured, prune_unstructured, resolve_layers
-from .report import build_report, percent, plot, to_markdown
+from .report import build_report, percent, plot
 
 
 @dataclass(frozen=True)
@@ -207,13 +207,12 @@ def compress(model: Any, config: CompressConfig | None = None, *, data: Any, out
             say(f"step {k}: {label}: {result.params:,} parameters, {result.speedup_b1:.2f}x at batch 1, "
                 f"{result.speedup_b64:.2f}x at batch 64, {percent(result.accuracy)} accuracy")
 
-        report = build_report(cfg, steps, model, teachers)
-        report["plot"] = outputs[3].name
+        report = build_report(cfg, steps, model, teachers, plot_name=outputs[3].name)
     with output_files(outputs, force=cfg.force) as stage:
         _export_pt2(student, example, stage / out.name)
-        write_report(stage, f"{out.stem}.report", report, to_markdown(report))
-        plot(steps, stage / outputs[3].name, report["title"])
-    return CompressResult(out, report, steps)
+        write_report(stage, f"{out.stem}.report", report)
+        plot(steps, stage / outputs[3].name, report.data["title"])
+    return CompressResult(out, report.data, steps)
 
 
 def _check_fits(model: Any, example: tuple[Any, ...], labels: Any, who: str) -> None:

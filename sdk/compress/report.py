@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..report.markdown import human_bytes
+from ..report.page import Report
 from ..report.plots import pyplot
 from .meter import StepResult
 
@@ -18,7 +19,8 @@ def percent(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
 
-def build_report(cfg: Any, steps: list[StepResult], model: Any, teachers: Sequence[Any]) -> dict[str, Any]:
+def build_report(cfg: Any, steps: list[StepResult], model: Any, teachers: Sequence[Any], plot_name: str) -> Report:
+    """What each step changed and measured (``data``), with its page: the steps table, then the summary."""
     first, last = steps[0], steps[-1]
     notes = []
     if not cfg.structured and cfg.prune > 0:
@@ -32,7 +34,7 @@ def build_report(cfg: Any, steps: list[StepResult], model: Any, teachers: Sequen
     def name(m: Any) -> str:
         return str(m) if isinstance(m, (str, Path)) else type(m).__name__
 
-    return {
+    data = {
         "title": f"{name(model)} compressed" + (f", distilled from {', '.join(map(name, teachers))}" if teachers else ""),
         "config": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
                    for k, v in asdict(cfg).items() if k != "force"},
@@ -49,26 +51,28 @@ def build_report(cfg: Any, steps: list[StepResult], model: Any, teachers: Sequen
         "notes": notes,
         "measured": "ONNX exports timed with onnxruntime on this host against the original export, "
                     "in alternating rounds; MACs counted by torch-pruning for one sample",
+        "plot": plot_name,
     }
+    return _page(data)
 
 
-def to_markdown(report: dict[str, Any]) -> str:
-    lines = [f"# edgec compress: {report['title']}", "", report["measured"] + ".", "",
-             "| step | change | parameters | MACs | weight sparsity | ONNX size | latency b1 | speed-up b1 | "
-             "speed-up b64 | accuracy |", "|---|---|---|---|---|---|---|---|---|---|"]
+def _page(report: dict[str, Any]) -> Report:
+    lead = [report["measured"] + ".", "",
+            "| step | change | parameters | MACs | weight sparsity | ONNX size | latency b1 | speed-up b1 | "
+            "speed-up b64 | accuracy |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in report["steps"]:
-        lines.append(f"| {s['step']} | {s['label']} | {s['params']:,} | {s['macs']:,} | {s['weight_sparsity']:.0%} | "
-                     f"{human_bytes(s['onnx_bytes'])} | {s['latency_b1_ms']:.3f} ms | {s['speedup_b1']:.2f}x | "
-                     f"{s['speedup_b64']:.2f}x | {percent(s['accuracy'])} |")
+        lead.append(f"| {s['step']} | {s['label']} | {s['params']:,} | {s['macs']:,} | {s['weight_sparsity']:.0%} | "
+                    f"{human_bytes(s['onnx_bytes'])} | {s['latency_b1_ms']:.3f} ms | {s['speedup_b1']:.2f}x | "
+                    f"{s['speedup_b64']:.2f}x | {percent(s['accuracy'])} |")
     sm = report["summary"]
-    lines += ["", "## Summary", "",
-              f"- Parameters: {sm['params_vs_original']:.0%} of the original; ONNX file {sm['onnx_size_vs_original']:.0%}.",
-              f"- Speed: {sm['speedup_b1']:.2f}x at batch 1, {sm['speedup_b64']:.2f}x at batch 64 (measured)."]
+    summary = [f"- Parameters: {sm['params_vs_original']:.0%} of the original; "
+               f"ONNX file {sm['onnx_size_vs_original']:.0%}.",
+               f"- Speed: {sm['speedup_b1']:.2f}x at batch 1, {sm['speedup_b64']:.2f}x at batch 64 (measured)."]
     if sm["accuracy_drop_points"] is not None:
-        lines.append(f"- Accuracy: {-sm['accuracy_drop_points']:+.2f} points vs the original.")
-    lines += [f"- Note: {n}" for n in report["notes"]]
-    lines += ["", f"![accuracy vs sparsity and latency]({report.get('plot', 'plot.png')})", ""]
-    return "\n".join(lines)
+        summary.append(f"- Accuracy: {-sm['accuracy_drop_points']:+.2f} points vs the original.")
+    summary += [f"- Note: {n}" for n in report["notes"]]
+    summary += ["", f"![accuracy vs sparsity and latency]({report['plot']})"]
+    return Report(f"edgec compress: {report['title']}", report, lead=tuple(lead)).add("Summary", summary)
 
 
 def plot(steps: list[StepResult], path: Path, title: str) -> None:

@@ -26,6 +26,7 @@ from ...errors import ValidationError
 from ...formats import FORMATS
 from ...runtime.bundle.tensors import TensorSpec
 from ..bundle.writer import output, write_report
+from ..report.page import Report
 from ..load.models import load_module
 from ..progress import SILENT, Options, Progress
 from ..training import OPTIMIZERS, History, arrays_from, batches, fit
@@ -211,7 +212,7 @@ def qat(model: Any, config: QATConfig | None = None, *, data: Any, eval_data: An
         report = {"model": source.label, "epochs": cfg.epochs, "optimizer": cfg.optimizer, "lr": cfg.lr,
                   "loss": history.loss, "accuracy": accuracy, "scales": scales,
                   "artifacts": [p.name for p in artifacts.values()]}
-        write_report(stage, "qat", report, _markdown(report))
+        write_report(stage, "qat", _page(report))
     final = Path(out or Path("build") / "qat").resolve()
     return QATResult(final, {f: final / p.name for f, p in artifacts.items()}, scales, history, accuracy)
 
@@ -230,19 +231,18 @@ def _source(prepared: Any, quantizer: Any, args: tuple[Any, ...], model: Any) ->
     return QATSource(prepared, quantizer, inputs, outputs, f"{label} (QAT)")
 
 
-def _markdown(report: dict[str, Any]) -> str:
+def _page(report: dict[str, Any]) -> Report:
     acc = report["accuracy"]
-    lines = [f"# edgec QAT: {report['model']}", "",
-             f"{report['epochs']} epoch(s), {report['optimizer']}, lr {report['lr']:g}; "
-             f"loss per epoch {', '.join(f'{x:.4f}' for x in report['loss'])}.", ""]
+    page = Report(f"edgec QAT: {report['model']}", report, lead=(
+        f"{report['epochs']} epoch(s), {report['optimizer']}, lr {report['lr']:g}; "
+        f"loss per epoch {', '.join(f'{x:.4f}' for x in report['loss'])}.",))
+    names = {"before": "fake-quantized, before training", "after": "fake-quantized, after training"}
     if acc:
-        lines += ["| model | accuracy |", "|---|---|"]
-        names = {"before": "fake-quantized, before training", "after": "fake-quantized, after training"}
-        lines += [f"| {names.get(k, f'{k} artifact (edgec runtime)')} | {100 * v:.2f}% |" for k, v in acc.items()]
-        lines.append("")
-    lines += [f"Artifacts: {', '.join(report['artifacts'])}; {len(report['scales'])} learned activation scales "
-              "(qat.json).", ""]
-    return "\n".join(lines)
+        page.add("Accuracy", ["| model | accuracy |", "|---|---|",
+                              *(f"| {names.get(k, f'{k} artifact (edgec runtime)')} | {100 * v:.2f}% |"
+                                for k, v in acc.items())])
+    return page.add("Artifacts", [f"- {name}" for name in report["artifacts"]] + [
+        f"- qat.json: {len(report['scales'])} learned activation scales"])
 
 
 def _example_args(train_data: Any, batch_size: int) -> tuple[Any, ...]:

@@ -1,8 +1,10 @@
-"""Render a conversion report (the dict in ``report.json``) as Markdown for people."""
+"""A conversion report's page for people, section by section, from the dict in ``report.json``."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from .page import Report, Section
 
 
 def human_bytes(n: float | None) -> str:
@@ -23,26 +25,49 @@ def _num(x: float | None, fmt: str = "{:.4f}") -> str:
     return "—" if x is None else fmt.format(x)
 
 
-def to_markdown(report: dict[str, Any]) -> str:
-    """The report as a Markdown page: what was shipped, what it cost, how it was checked."""
+def convert_page(report: dict[str, Any]) -> Report:
+    """A conversion's report (the dict in ``report.json``) with its page: what shipped, what it cost,
+    how it was checked."""
     target = report["target"]
     device = report["device"]
-    lines = [
-        f"# edgec report: {report['model']['source']} → {device['name']} "
-        f"({target['format']} {target['precision']})",
-        "",
-        f"{device['description']}. Format {target['format']}: {target.get('format_reason', 'asked for')}. "
-        f"Precision {target['precision']}: {target['precision_reason']}.",
-        "",
-        *([f"Graph prepared for quantization: {report['model']['prepared']['summary']}.", ""]
-          if report["model"].get("prepared") else []),
-        "| model | size | latency p50 (batch 1) | speed-up | cosine (min) | top-1 agreement | accuracy |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    shipped = next((r for r in report["results"] if r.get("shipped")), {})
+    page = Report(f"edgec report: {report['model']['source']} → {device['name']} "
+                  f"({target['format']} {target['precision']})", report, lead=_lead(report))
+    page.add("Summary", _summary(report, shipped))
+    page.extend(s for s in [output_section(shipped.get("fidelity") or {})] if s)
+    if report.get("search"):
+        page.extend(search_sections(report["search"]))
+    stages = {k: v for k, v in report.get("timings_s", {}).items() if k != "total"}
+    if stages:
+        total = report["timings_s"].get("total", sum(stages.values()))
+        page.add("Where the time went", ["| stage | seconds |", "|---|---|",
+                                         *(f"| {k} | {v:.1f} |" for k, v in stages.items()),
+                                         f"| **total** | **{total:.1f}** |"])
+    page.add("Verification", _verification(report))
+    page.add(f"Fit on {device['name']}", _fit(report["fit"]))
+    page.add("Data", _data(report["data"]))
+    page.add("Recipe", [f"- {k}: {v}" for k, v in (target.get("recipe") or {}).items()])
+    page.add("Notes", [f"- {note}" for note in report.get("notes") or ()])
+    host = report["host"]
+    page.add("Host and versions", [
+        f"- Latency measured on this host ({host['machine']}, {host['threads']} threads), "
+        f"not on the {device['name']}: use it to compare rows, not as the board's latency.",
+        "- " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())])
+    return page
+
+
+def _lead(report: dict[str, Any]) -> tuple[str, ...]:
+    target = report["target"]
+    lines = [f"{report['device']['description']}. "
+             f"Format {target['format']}: {target.get('format_reason', 'asked for')}. "
+             f"Precision {target['precision']}: {target['precision_reason']}.", ""]
+    if report["model"].get("prepared"):
+        lines += [f"Graph prepared for quantization: {report['model']['prepared']['summary']}.", ""]
+    lines += ["| model | size | latency p50 (batch 1) | speed-up | cosine (min) | top-1 agreement | accuracy |",
+              "|---|---|---|---|---|---|---|"]
     base = report["results"][0]["latency"]["p50_ms"] if report["results"][0].get("latency") else None
     for row in report["results"]:
-        lat = row.get("latency") or {}
-        p50 = lat.get("p50_ms")
+        p50 = (row.get("latency") or {}).get("p50_ms")
         speed = f"{base / p50:.2f}x" if base and p50 else "—"
         fid = row.get("fidelity") or {}
         name = f"**{row['name']} (shipped)**" if row.get("shipped") else row["name"]
@@ -50,77 +75,62 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"| {name} | {human_bytes(row.get('size_bytes'))} | {_num(p50, '{:.3f} ms')} | {speed} | "
             f"{_num(fid.get('cosine_min'))} | {_pct(fid.get('top1_agreement'))} | {_pct(row.get('accuracy'))} |"
         )
-    summary = report["summary"]
-    lines += ["", "## Summary", ""]
-    lines.append(f"- Size: {_pct(summary['size_vs_fp32'])} of the fp32 {target['format']} artifact "
-                 f"({human_bytes(summary['size_bytes'])}).")
+    return tuple(lines)
+
+
+def _summary(report: dict[str, Any], shipped: dict[str, Any]) -> list[str]:
+    summary, fmt = report["summary"], report["target"]["format"]
+    lines = [f"- Size: {_pct(summary['size_vs_fp32'])} of the fp32 {fmt} artifact "
+             f"({human_bytes(summary['size_bytes'])})."]
     if summary.get("speedup_vs_fp32"):
-        lines.append(f"- Speed: {summary['speedup_vs_fp32']:.2f}x the fp32 {target['format']} artifact, "
+        lines.append(f"- Speed: {summary['speedup_vs_fp32']:.2f}x the fp32 {fmt} artifact, "
                      f"{summary['speedup_vs_original']:.2f}x the original, on this host.")
     change = summary.get("accuracy_change_points")
     if change is None and summary.get("accuracy_drop_points") is not None:
         change = -summary["accuracy_drop_points"]
-    shipped = next((r for r in report["results"] if r.get("shipped")), {})
     if change is not None:
         word = "gained" if change > 0 else "lost" if change < 0 else "no change:"
-        lines.append(f"- Accuracy: {_pct(shipped.get('accuracy'))} against {_pct(report['results'][0].get('accuracy'))} "
-                     f"for the original ({word} {abs(change):.2f} points) on {report['data']['holdout_samples']} "
-                     "held-out labelled samples.")
+        lines.append(f"- Accuracy: {_pct(shipped.get('accuracy'))} against "
+                     f"{_pct(report['results'][0].get('accuracy'))} for the original ({word} {abs(change):.2f} "
+                     f"points) on {report['data']['holdout_samples']} held-out labelled samples.")
     task = summary.get("task")
     if task:
         lines.append(f"- Task ({task['task']}): {task['metric']} {task['value']:.3f}"
                      + (f" (floor {task['floor']:g})" if task.get("floor") is not None else "")
                      + "".join(f", {k.replace('_', ' ')} {_fmt(v)}" for k, v in task.get("details", {}).items()
                                if v is not None) + ".")
-    lines += output_markdown(shipped.get("fidelity") or {})
-    if report.get("search"):
-        lines += search_markdown(report["search"])
-    stages = {k: v for k, v in report.get("timings_s", {}).items() if k != "total"}
-    if stages:
-        lines += ["", "## Where the time went", "", "| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in stages.items()]
-        lines.append(f"| **total** | **{report['timings_s'].get('total', sum(stages.values())):.1f}** |")
-    verification = report["verification"]
-    lines += ["", "## Verification", ""]
-    lines.append(f"- {'Passed' if verification['passed'] else 'FAILED'}: " + "; ".join(verification["checks"]) + ".")
-    lines.append(f"- Compared on {report['data']['holdout_samples']} held-out samples"
-                 + (" (synthetic inputs: no --calib was given, so this checks the conversion, not accuracy)."
-                    if report["data"]["synthetic"] else " that were not used for calibration."))
-    fit = report["fit"]
-    lines += ["", f"## Fit on {device['name']}", ""]
-    lines.append(f"- Storage: {human_bytes(fit['size_bytes'])} of a {fit['storage_mb']} MB budget.")
+    return lines
+
+
+def _verification(report: dict[str, Any]) -> list[str]:
+    verification, data = report["verification"], report["data"]
+    return [f"- {'Passed' if verification['passed'] else 'FAILED'}: " + "; ".join(verification["checks"]) + ".",
+            f"- Compared on {data['holdout_samples']} held-out samples"
+            + (" (synthetic inputs: no --calib was given, so this checks the conversion, not accuracy)."
+               if data["synthetic"] else " that were not used for calibration.")]
+
+
+def _fit(fit: dict[str, Any]) -> list[str]:
+    lines = [f"- Storage: {human_bytes(fit['size_bytes'])} of a {fit['storage_mb']} MB budget."]
     if fit.get("ram_delta_bytes") is not None:
         lines.append(f"- RAM added by loading (measured on this host): {human_bytes(fit['ram_delta_bytes'])} "
                      f"of a {fit['model_ram_mb']} MB model budget.")
-    for problem in fit["problems"]:
-        lines.append(f"- **Does not fit:** {problem}")
-    data = report["data"]
-    lines += ["", "## Data", ""]
+    return lines + [f"- **Does not fit:** {problem}" for problem in fit["problems"]]
+
+
+def _data(data: dict[str, Any]) -> list[str]:
     calibration = data.get("calibration") or (data["source"] if data["calibration_samples"] else None)
     if calibration and calibration != data["source"]:
-        lines.append(f"- Calibration: {calibration}, {data['calibration_samples']} samples. Verification: "
-                     f"{data['source']}, {data['holdout_samples']} samples.")
+        lines = [f"- Calibration: {calibration}, {data['calibration_samples']} samples. Verification: "
+                 f"{data['source']}, {data['holdout_samples']} samples."]
     elif calibration:
-        lines.append(f"- Source: {data['source']}; {data['calibration_samples']} samples for calibration, "
-                     f"{data['holdout_samples']} held out for verification.")
+        lines = [f"- Source: {data['source']}; {data['calibration_samples']} samples for calibration, "
+                 f"{data['holdout_samples']} held out for verification."]
     else:
-        lines.append(f"- Verification: {data['source']}, {data['holdout_samples']} samples (none calibrated on).")
+        lines = [f"- Verification: {data['source']}, {data['holdout_samples']} samples (none calibrated on)."]
     if data.get("task"):
         lines.append(f"- Task: {data['task']}.")
-    for warning in data["warnings"]:
-        lines.append(f"- Warning: {warning}")
-    if target.get("recipe"):
-        lines += ["", "## Recipe", ""]
-        lines += [f"- {k}: {v}" for k, v in target["recipe"].items()]
-    if report.get("notes"):
-        lines += ["", "## Notes", ""]
-        lines += [f"- {note}" for note in report["notes"]]
-    host = report["host"]
-    lines += ["", "## Host and versions", ""]
-    lines.append(f"- Latency measured on this host ({host['machine']}, {host['threads']} threads), "
-                 f"not on the {device['name']}: use it to compare rows, not as the board's latency.")
-    lines.append("- " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
-    return "\n".join(lines) + "\n"
+    return lines + [f"- Warning: {warning}" for warning in data["warnings"]]
 
 
 def _fmt(v: Any) -> str:
@@ -131,13 +141,12 @@ def _task(task: dict[str, Any] | None) -> str:
     return "—" if not task else f"{task['metric']} {task['value']:.3f}"
 
 
-def output_markdown(fid: dict[str, Any]) -> list[str]:
+def output_section(fid: dict[str, Any]) -> Section | None:
     """The shipped artifact per output: cosine, worst channel, errors."""
     outputs = fid.get("outputs") or []
     if not outputs:
-        return []
-    lines = ["", "## Fidelity per output", "",
-             "Each output compared on its own; channels are taken along the output's feature axis.", "",
+        return None
+    lines = ["Each output compared on its own; channels are taken along the output's feature axis.", "",
              "| output | channels (axis) | cosine min | cosine mean | worst channel | its cosine | its SQNR | "
              "max abs error |", "|---|---|---|---|---|---|---|---|"]
     for o in outputs:
@@ -148,13 +157,12 @@ def output_markdown(fid: dict[str, Any]) -> list[str]:
         lines.append(f"| {o['name']} | {axis} | {o['cosine_min']:.4f} | {o['cosine_mean']:.4f} | {worst} | "
                      f"{o['worst_channel_cosine']:.4f} | {o['worst_channel_sqnr_db']:.1f} dB | "
                      f"{o['max_abs_error']:.4g} |")
-    return lines
+    return Section("Fidelity per output", tuple(lines))
 
 
-def search_markdown(search: dict[str, Any]) -> list[str]:
+def search_sections(search: dict[str, Any]) -> list[Section]:
     """The candidates table and the sensitivity ranking of a ``--precision auto`` search."""
-    lines = ["", "## Candidates tried", "",
-             f"Budget: {search['budget']}. Speed-ups are against fp32, timed in alternating rounds on this host.",
+    lines = [f"Budget: {search['budget']}. Speed-ups are against fp32, timed in alternating rounds on this host.",
              *([f"Speed rule: {search['speed_rule']}."] if search.get("speed_rule") else []),
              *([f"**Cut short:** {search['cut_short']}."] if search.get("cut_short") else []), "",
              "| candidate | float layers | size | vs fp32 | speed-up | cosine min | worst channel | task | Δ top-1 "
@@ -172,23 +180,23 @@ def search_markdown(search: dict[str, Any]) -> list[str]:
             f"{_num(-c['drop_points'] if c.get('drop_points') is not None else None, '{:+.2f} pt')} | {result} |"
         )
     sens = search.get("sensitivity") or {}
+    found = [Section("Candidates tried", tuple(lines))]
     if sens.get("layers"):
-        lines += sensitivity_markdown(sens["layers"], sens["recipe"])
-    return lines
+        found.append(sensitivity_section(sens["layers"], sens["recipe"]))
+    return found
 
 
-def sensitivity_markdown(layers: list[dict[str, Any]], recipe: str | None, top: int = 15) -> list[str]:
+def sensitivity_section(layers: list[dict[str, Any]], recipe: str | None, top: int = 15) -> Section:
     """The most sensitive layers: output error when each alone is quantized."""
     alone = any(layer.get("cosine_min") is not None for layer in layers)
     how = (f"Each layer quantized alone ({recipe}); error = the worst of 1 − mean cosine (worst output), "
            "1 − worst channel cosine and 1 − the task metric." if alone else
            f"From one calibrated run of {recipe}: error = the noise int8 puts on each layer's weights and input "
            "activations, over their signal power.")
-    lines = ["", "## Per-layer sensitivity", "", how, "",
-             "| # | layer | op | weights | error | cosine min |", "|---|---|---|---|---|---|"]
+    lines = [how, "", "| # | layer | op | weights | error | cosine min |", "|---|---|---|---|---|---|"]
     for i, layer in enumerate(layers[:top], start=1):
         lines.append(f"| {i} | {layer['display']} | {layer['op']} | {layer['params']:,} | "
                      f"{layer['error']:.2e} | {_num(layer['cosine_min'])} |")
     if len(layers) > top:
         lines.append(f"| | … {len(layers) - top} more in report.json | | | | |")
-    return lines
+    return Section("Per-layer sensitivity", tuple(lines))

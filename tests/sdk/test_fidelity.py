@@ -12,7 +12,6 @@ from edgec.devices import get_profile
 from edgec.errors import ValidationError
 from edgec.sdk.quantize.budget import Budget
 from edgec.sdk.quantize.search import speed_rule
-from edgec.sdk.report.markdown import to_markdown
 from edgec.sdk.verify.detection import decode, match, nms
 from edgec.sdk.verify.fidelity import Reference, channel_axis
 from edgec.sdk.verify.task import TaskOptions
@@ -145,31 +144,6 @@ def test_speed_rule_rests_on_the_profile_where_host_timing_says_nothing():
     assert not jetson.timed_here("aarch64")  # a GPU board: CPU timings say nothing
     rule = speed_rule(jetson)
     assert "reported only" in rule and "int8" in rule and "fp16" in rule
-
-
-def _report(**summary):
-    return {
-        "model": {"source": "m.pt2"}, "device": {"name": "x86-64", "description": "x86"},
-        "target": {"format": "onnx", "precision": "int8", "precision_reason": "r", "recipe": {}},
-        "results": [{"name": "original (torch)", "size_bytes": 10, "latency": {"p50_ms": 1.0}, "accuracy": 0.95},
-                    {"name": "onnx int8", "size_bytes": 5, "latency": {"p50_ms": 0.5}, "accuracy": 0.9667,
-                     "fidelity": {"cosine_min": 0.99}, "shipped": True}],
-        "summary": {"size_vs_fp32": 0.5, "size_bytes": 5, "speedup_vs_fp32": 2.0, "speedup_vs_original": 2.0,
-                    **summary},
-        "verification": {"passed": True, "checks": ["ok"]},
-        "fit": {"size_bytes": 5, "storage_mb": 1, "model_ram_mb": 1, "problems": []},
-        "data": {"source": "test.npz", "calibration": "calib.npz", "calibration_samples": 100,
-                 "holdout_samples": 60, "synthetic": False, "warnings": []},
-        "host": {"machine": "x86_64", "threads": 2}, "versions": {"edgec": "0"},
-    }
-
-
-def test_report_says_gained_when_int8_is_more_accurate_and_names_both_data_files():
-    md = to_markdown(_report(accuracy_drop_points=-1.67, accuracy_change_points=1.67))
-    assert "96.7% against 95.0% for the original (gained 1.67 points)" in md
-    assert "Calibration: calib.npz, 100 samples. Verification: test.npz, 60 samples." in md
-    md = to_markdown(_report(accuracy_drop_points=0.5, accuracy_change_points=-0.5))
-    assert "(lost 0.50 points)" in md
 
 
 def test_report_json_of_a_conversion_has_per_output_fidelity(assets, tmp_path):

@@ -83,6 +83,16 @@ def test_a_format_module_never_asks_where_a_model_came_from(module):
     assert "export" not in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
 
 
+def test_every_verb_writes_its_report_through_the_one_writer():
+    calls = {}
+    for path in sorted((PACKAGE / "sdk").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "write_report":
+                calls[path.relative_to(PACKAGE).as_posix()] = ast.unparse(node.args[1])
+    assert calls == {"sdk/pipeline.py": "'report'", "sdk/analyze.py": "'sensitivity'",
+                     "sdk/compress/job.py": "f'{out.stem}.report'", "sdk/quantize/aware.py": "'qat'"}
+
+
 def test_progress_is_one_protocol_the_base_shows_nothing():
     progress = edgec.Progress()
     with progress.stage("anything"):
