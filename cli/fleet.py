@@ -53,6 +53,8 @@ def fleet_push(
     any_device: bool = typer.Option(False, "--any-device", help="Let boards of another CPU architecture than the bundle's device profile take it (they refuse it otherwise)."),
     take_back: bool = typer.Option(False, "--rollback", help="Deliberately take boards back to a version they replaced (signed boards refuse a replaced version otherwise)."),
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Push even if no board of the fleet is in the target yet (boards that join later take it)."),
+    blob_dir: Optional[Path] = typer.Option(None, "--blob-dir", help="Write the bundle here as <sha256>.tar instead of publishing it on the broker (with --blob-url)."),
+    blob_url: Optional[str] = typer.Option(None, "--blob-url", help="The http(s) URL a web server serves --blob-dir at; boards download from it with range requests."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Make BUNDLE the desired version of MODEL for boards, canaries first, and wait for them.
@@ -60,10 +62,12 @@ def fleet_push(
     \b
     Boards that are offline take it when they come back (the desired state and the bundle's
     chunks are retained by the broker). A canary that fails (parity check, load, error rate)
-    halts the rollout and is rolled back; exit code 1.
+    halts the rollout and is rolled back; exit code 1. For many boards, serve the bundle from
+    a web server instead (--blob-dir, --blob-url): the broker then carries only the desired state.
     \b
-    Example:
+    Examples:
       edgec fleet push build/rpi4 --model digits --to group:pi-lab --canary 2 --broker mqtt://host:1883 --key fleet-key
+      edgec fleet push build/rpi4 --model digits --to all --blob-dir /srv/www/edgec --blob-url https://host/edgec/ ...
     """
     from ..sdk.fleet.link import parse_target
     from ..sdk.fleet.rollout import push
@@ -72,7 +76,7 @@ def fleet_push(
     err = err_console()
     with _link(broker, fleet, username, password, ca_file, key) as link:
         result = push(link, bundle, model, target, canary=canary, timeout_s=timeout, allow_empty=allow_empty,
-                      rollback=take_back, any_device=any_device,
+                      rollback=take_back, any_device=any_device, blob_dir=blob_dir, blob_url=blob_url,
                       progress=lambda message: err.print(escape(message)))
     if as_json:
         out.print_json(data=dataclasses.asdict(result))

@@ -24,6 +24,13 @@ else:  # pragma: no cover
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
+def _known(table: type, data: dict[str, Any], name: str) -> None:
+    """Refuse keys ``table`` does not have (a typo would otherwise be ignored silently)."""
+    unknown = sorted(set(data) - {f.name for f in fields(table)})
+    if unknown:
+        raise ValidationError(f"unknown {name} key(s): {', '.join(unknown)}")
+
+
 @dataclass(frozen=True)
 class BatcherConfig:
     """Batching limits.
@@ -138,10 +145,7 @@ class TelemetryConfig:
         Raises:
             ValidationError: Unknown keys or bad values.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValidationError(f"unknown [telemetry] key(s): {', '.join(unknown)}")
+        _known(cls, data, "[telemetry]")
         data = dict(data)
         for key in ("spool", "ca_file", "cert_file", "key_file", "password_file"):
             if data.get(key) is not None:
@@ -172,6 +176,7 @@ class FleetConfig:
         watch_s = 30                         # ... or this long, whichever comes first,
         max_failure_rate = 0.05              # and roll back when more of them fail than this
         allow_unsigned = false               # true: take unsigned desired states (no trusted_keys): unsafe
+        blob_urls = ["https://cdn.example.com/edgec/"]  # bundles by URL only from under these (optional)
     """
 
     groups: tuple[str, ...] = ()
@@ -181,25 +186,29 @@ class FleetConfig:
     max_failure_rate: float = 0.05
     window: int = 8  # chunks asked for at once while downloading
     allow_unsigned: bool = False
+    blob_urls: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for group in self.groups:
             if not isinstance(group, str) or not _NAME.match(group):
                 raise ValidationError(f"[fleet] group {group!r} must be letters, digits, '.', '_' or '-'")
+        for url in self.blob_urls:
+            if not isinstance(url, str) or not re.fullmatch(r"https?://[^/@\s]+/\S*", url) or not url.endswith("/"):
+                raise ValidationError(f"[fleet] blob_urls entry {url!r} must be an http(s) URL ending in '/', "
+                                      'e.g. "https://cdn.example.com/edgec/"')
         if self.watch_requests < 0 or self.watch_s < 0 or not 0 <= self.max_failure_rate <= 1 or self.window < 1:
             raise ValidationError("[fleet] watch_requests and watch_s must be >= 0, max_failure_rate within 0..1, "
                                   "window >= 1")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> FleetConfig:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValidationError(f"unknown [fleet] key(s): {', '.join(unknown)}")
+        _known(cls, data, "[fleet]")
         data = dict(data)
-        if "groups" in data:
-            if not isinstance(data["groups"], list):
-                raise ValidationError('[fleet] groups must be a list, e.g. groups = ["pi-lab"]')
-            data["groups"] = tuple(data["groups"])
+        for key in ("groups", "blob_urls"):
+            if key in data:
+                if not isinstance(data[key], list):
+                    raise ValidationError(f'[fleet] {key} must be a list, e.g. {key} = ["..."]')
+                data[key] = tuple(data[key])
         if "store" in data:
             store = Path(str(data["store"]))
             data["store"] = store if store.is_absolute() else base / store
@@ -350,19 +359,14 @@ class ServeConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> ServeConfig:
         data = dict(data)
-        known = {f.name for f in fields(cls)}
         batcher = dict(data.pop("batcher", {}))
         if "max_bytes_mb" in batcher:
             batcher["max_bytes"] = int(float(batcher.pop("max_bytes_mb")) * 2**20)
-        bad = sorted(set(batcher) - {f.name for f in fields(BatcherConfig)})
-        if bad:
-            raise ValidationError(f"unknown [batcher] key(s): {', '.join(bad)}")
+        _known(BatcherConfig, batcher, "[batcher]")
         http = data.pop("http", {})
         if not isinstance(http, dict):
             raise ValidationError("[http] must be a table")
-        bad = sorted(set(http) - {f.name for f in fields(HttpConfig)})
-        if bad:
-            raise ValidationError(f"unknown [http] key(s): {', '.join(bad)}")
+        _known(HttpConfig, http, "[http]")
         data["http"] = HttpConfig(**http)
         telemetry = data.pop("telemetry", None)
         if telemetry is not None:
@@ -382,9 +386,7 @@ class ServeConfig:
             p = Path(m["path"])
             models.append(ModelConfig(m["name"], p if p.is_absolute() else base / p, bool(m.get("pinned", False)),
                                       bool(m.get("preload", True))))
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValidationError(f"unknown config key(s): {', '.join(unknown)}")
+        _known(cls, data, "config")
         for key, example in (("model_roots", '["/opt/models"]'), ("trusted_keys", '["/etc/edgec/fleet-key.pub"]')):
             paths = data.pop(key, [])
             if not isinstance(paths, list) or not all(isinstance(r, str) and r for r in paths):

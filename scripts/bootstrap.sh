@@ -12,13 +12,14 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[all,dev,tf]"
 # Tests run the real services: Debian's mosquitto (MQTT telemetry, fleet rollout), its clients
 # (mosquitto_pub/_sub, as the docs use them), prometheus (promtool's linter and a real scrape of
-# /metrics) and chromium (the dashboard page).
+# /metrics), chromium (the dashboard page) and nginx (bundles served by URL, with range requests).
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto openssl"
 command -v mosquitto_sub >/dev/null 2>&1 || missing="$missing mosquitto-clients"
 command -v curl >/dev/null 2>&1 || missing="$missing curl"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx-light"
 if [ -n "$missing" ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""

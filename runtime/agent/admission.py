@@ -1,5 +1,5 @@
-"""Whether a pushed bundle is for this board: its CPU architecture, the room it needs, not a downgrade, a
-version already here."""
+"""Whether a pushed bundle is for this board: its CPU architecture, the room it needs, where it may come from,
+not a downgrade, a version already here; and what a refused push is remembered by."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from ...errors import EdgecError
 from .delivery import Blob
+from .urlsource import url_problem
 from ..bundle.manifest import read_manifest
 from ..system import host_arch
 
@@ -62,6 +63,14 @@ def downgrade(entry: dict[str, Any], version: str, want: dict[str, Any], folder:
     return None
 
 
+def fetch_problem(want: dict[str, Any], blob: Blob, store: Path, budget_bytes: int, url_prefixes: tuple[str, ...], *,
+                  signed: bool) -> str | None:
+    """Why a board must not fetch ``blob`` for ``want`` (another board's bundle, no room for it, a URL it may not
+    use), or ``None``."""
+    return (wrong_device(want.get("device"), want) or room_for(store, blob, int(want.get("model_bytes", 0)), budget_bytes)
+            or (url_problem(blob.url, url_prefixes, signed) if blob.url is not None else None))
+
+
 def room_for(store: Path, blob: Blob, model_bytes: int, budget_bytes: int) -> str | None:
     """Why the bundle does not fit (disk for the download and the unpacked copy, the model budget), or ``None``."""
     free = shutil.disk_usage(store).free
@@ -84,3 +93,10 @@ def local_version(models: Iterable[Any], store: Path, model: str, version: str) 
     """A folder on this board holding ``version`` of ``model``: in the store, or the configured (starting) bundle."""
     candidates = [store / model / version, *(m.path for m in models if m.name == model)]
     return next((f for f in candidates if f.is_dir() and bundle_version(f) == version), None)
+
+
+def failure_key(want: dict[str, Any]) -> str:
+    """What a failure is remembered by: the push (a new push of the same bundle is tried again)."""
+    blob = want.get("blob")
+    return str(want.get("rollout") or (blob.get("sha256") if isinstance(blob, dict) else want.get("version")))
+

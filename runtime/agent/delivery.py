@@ -55,13 +55,17 @@ class Blob:
     size: int
     chunk_size: int
     chunks: tuple[str, ...]  # sha256 of each chunk
+    url: str | None = None  # where a web server serves it (runtime/agent/urlsource.py); None: chunks on the broker
 
     @classmethod
     def from_dict(cls, data: Any) -> Blob:
         try:
-            blob = cls(str(data["sha256"]), int(data["size"]), int(data["chunk_size"]), tuple(map(str, data["chunks"])))
-        except (KeyError, TypeError, ValueError):
+            blob = cls(str(data["sha256"]), int(data["size"]), int(data["chunk_size"]), tuple(map(str, data["chunks"])),
+                       data.get("url"))
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise BundleError("the update's blob description is malformed") from None
+        if blob.url is not None and not isinstance(blob.url, str):
+            raise BundleError("the update's blob URL is not a string")
         expected = -(-blob.size // blob.chunk_size) if blob.chunk_size > 0 else -1
         if blob.size <= 0 or blob.chunk_size <= 0 or len(blob.chunks) != expected:
             raise BundleError("the update's blob description is inconsistent (size, chunk size, chunk count)")
@@ -70,7 +74,8 @@ class Blob:
         return blob
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sha256": self.sha256, "size": self.size, "chunk_size": self.chunk_size, "chunks": list(self.chunks)}
+        return {"sha256": self.sha256, "size": self.size, "chunk_size": self.chunk_size, "chunks": list(self.chunks),
+                **({"url": self.url} if self.url else {})}
 
 
 class Download:

@@ -5,7 +5,7 @@ Topics (:mod:`edgec.runtime.topics`), under ``edgec/<fleet>/``, retained, QoS 1:
 - ``desired/<model>/device/<id>``, ``desired/<model>/group/<g>``, ``desired/<model>/all``
   (retained, from ``edgec fleet push``): the version a board should run, and the blob that
   carries it. The most specific one that names this board wins.
-- ``blobs/<sha256>/<index>`` (retained): the blob's chunks (:mod:`edgec.runtime.agent.delivery`).
+- ``blobs/<sha256>/<index>`` (retained): the blob's chunks (:mod:`.delivery`), or a web server's (``blob.url``).
 - ``<device>/update/<model>`` (retained, from the board): desired, running, state
   (``downloading``, ``verifying``, ``checking``, ``watching``, ``live``, ``rolled_back``,
   ``refused``, ``failed``), progress, and the reason of a failure.
@@ -33,12 +33,13 @@ from typing import Any
 
 from ...errors import BundleError, EdgecError, IntegrityError
 from ..config import FleetConfig, TelemetryConfig
-from .admission import (bundle_version, downgrade, local_version, manifest_device, release_of, room_for,
-                        wrong_device)
+from .admission import (bundle_version, downgrade, failure_key, fetch_problem, local_version, manifest_device,
+                        release_of, wrong_device)
 from .control import check as check_control
 from .delivery import Blob, Download, clean_downloads, inside, is_inside
 from ..files import write_atomic
 from .publisher import Publisher
+from .urlsource import UrlSource
 from ..serve.runtime import Runtime
 from ..topics import blob_topic, desired_topic, device_topic, fleet_root
 
@@ -210,7 +211,7 @@ class Updater:
                 self._report(model, want, "live")
             return
         entry = self.record.get(model, {})
-        if _failure_key(want) in entry.get("failed", []):
+        if failure_key(want) in entry.get("failed", []):
             return  # refused or rolled back already, and said so once; waits for another push
         if not isinstance(version, str) or not VERSION.fullmatch(version):
             return self._fail(model, want, "refused", f"the desired version {str(version)[:40]!r} is not a bundle "
@@ -228,8 +229,8 @@ class Updater:
                 blob = Blob.from_dict(want.get("blob"))
             except BundleError as exc:
                 return self._fail(model, want, "refused", str(exc))
-            problem = wrong_device(want.get("device"), want) or room_for(
-                self.store, blob, int(want.get("model_bytes", 0)), self.runtime.cache.budget_bytes)
+            problem = fetch_problem(want, blob, self.store, self.runtime.cache.budget_bytes, self.config.blob_urls,
+                                    signed=self.trusted is not None)
             if problem:
                 return self._fail(model, want, "refused", problem)
             if not (folder / "manifest.json").is_file() and not self._fetch(model, want, blob, folder):
@@ -272,18 +273,22 @@ class Updater:
     def _fetch(self, model: str, want: dict[str, Any], blob: Blob, folder: Path) -> bool:
         """Download the blob chunk by chunk; False when the desired version changed meanwhile."""
         download = Download(self.store / ".downloads", blob)
-        with self._lock:
-            self._download, self._asked = download, {}
+        with self._lock:  # chunks from the broker are routed to it; a URL's come from a UrlSource thread
+            self._download, self._asked = (download if blob.url is None else None), {}
+        web = UrlSource(blob.url, download, self._lock, lambda: self._events.put("chunk")).start() if blob.url else None
         last_report = 0.0
         try:
             while not download.complete:
                 if self._stopping.is_set() or self._wanted(model) != want:
                     return False
-                self._ask(download)
+                if web is None:
+                    self._ask(download)
+                elif web.failed:
+                    raise BundleError(f"the bundle could not be downloaded: {web.failed}")
                 if time.monotonic() - last_report > 1.0:
                     last_report = time.monotonic()
                     self._report(model, want, "downloading", progress=round(download.done / len(blob.chunks), 3),
-                                 resumed_from_chunk=download.resumed_from)
+                                 resumed_from_chunk=download.resumed_from, error=web.error if web else None)
                 try:
                     self._events.get(timeout=0.5)
                 except queue.Empty:
@@ -294,6 +299,8 @@ class Updater:
             download.finish(folder)
             return True
         finally:
+            if web is not None:
+                web.stop()
             with self._lock:
                 if self._download is download:
                     self._download = None
@@ -332,7 +339,7 @@ class Updater:
     def _fail(self, model: str, want: dict[str, Any], state: str, error: str) -> None:
         log.warning("update of %s to %s %s: %s", model, want.get("version"), state, error)
         entry = self.record.setdefault(model, {})
-        entry["failed"] = [*entry.get("failed", [])[-9:], _failure_key(want)]
+        entry["failed"] = [*entry.get("failed", [])[-9:], failure_key(want)]
         self._write_record()
         self._report(model, want, state, error=error)
         self.runtime.alert(f"update of model {model} to {want.get('version')} {state}: {error}", "model_update_failure")
@@ -390,10 +397,4 @@ class Updater:
             return
         self.record.setdefault(model, {})["seq"] = seq
         self._write_record()
-
-
-def _failure_key(want: dict[str, Any]) -> str:
-    """What a failure is remembered by: the push (a new push of the same bundle is tried again)."""
-    blob = want.get("blob")
-    return str(want.get("rollout") or (blob.get("sha256") if isinstance(blob, dict) else want.get("version")))
 

@@ -20,9 +20,10 @@ from typing import Any
 
 from ...errors import ValidationError
 from ...runtime.topics import blob_topic, desired_topic
-from ...runtime.agent.delivery import CHUNK_BYTES, describe_blob, pack
+from ...runtime.agent.delivery import CHUNK_BYTES, pack
 from ...runtime.bundle.manifest import read_manifest, verify_files
 from ...runtime.bundle.signing import read_signature
+from .blobs import publish_chunks, publish_web
 from .link import FleetLink, groups_of
 
 DONE = {"live"}
@@ -45,26 +46,10 @@ class Rollout:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def publish_blob(link: FleetLink, archive: Path, chunk_size: int = CHUNK_BYTES,
-                 progress: Callable[[int, int], None] | None = None) -> Any:
-    """Publish an archive's chunks as retained messages; returns its Blob."""
-    blob = describe_blob(archive, chunk_size)
-    pending: list[Any] = []
-    with open(archive, "rb") as fh:
-        for index in range(len(blob.chunks)):
-            pending.append(link.publish(blob_topic(link.fleet, blob.sha256, index), fh.read(chunk_size)))
-            if len(pending) >= 16:
-                pending.pop(0).wait_for_publish(60)
-            if progress is not None:
-                progress(index + 1, len(blob.chunks))
-    for info in pending:
-        info.wait_for_publish(60)
-    return blob
-
-
 def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary: int = 0, timeout_s: float = 600,
          chunk_size: int = CHUNK_BYTES, progress: Callable[[str], None] | None = None,
-         allow_empty: bool = False, rollback: bool = False, any_device: bool = False) -> Rollout:
+         allow_empty: bool = False, rollback: bool = False, any_device: bool = False,
+         blob_dir: Path | None = None, blob_url: str | None = None) -> Rollout:
     """Publish ``bundle`` as the desired version of ``model`` for ``target`` (``group/NAME``...).
 
     Raises:
@@ -74,8 +59,12 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
 
     ``rollback`` marks the push as deliberately taking boards back to a version they replaced
     (boards with ``trusted_keys`` refuse a replaced version otherwise); ``any_device`` lets boards
-    of another CPU architecture than the bundle's profile take it.
+    of another CPU architecture than the bundle's profile take it. ``blob_dir`` and ``blob_url`` put
+    the bundle in a folder a web server serves instead of on the broker (:mod:`.blobs`).
     """
+    if (blob_dir is None) != (blob_url is None):
+        raise ValidationError("--blob-dir and --blob-url go together: the folder the bundle is written to, and the "
+                              "URL a web server serves that folder at")
     say = progress or (lambda message: None)
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -93,8 +82,12 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "bundle.tar"
         pack(bundle, archive)
-        say(f"publishing {archive.stat().st_size} bytes in chunks of {chunk_size}")
-        blob = publish_blob(link, archive, chunk_size)
+        if blob_dir is not None and blob_url is not None:
+            say(f"writing {archive.stat().st_size} bytes to {blob_dir} and fetching them back from {blob_url}")
+            blob = publish_web(archive, Path(blob_dir), blob_url, chunk_size)
+        else:
+            say(f"publishing {archive.stat().st_size} bytes in chunks of {chunk_size}")
+            blob = publish_chunks(link, archive, chunk_size)
     previous = _trusted_desired(link, model, target, say)
     desired = {"model": model, "version": version, "rollout": uuid.uuid4().hex[:8], "blob": blob.to_dict(),
                "model_bytes": (bundle / manifest.model_file).stat().st_size, "format": manifest.format,
@@ -228,10 +221,11 @@ def _without_previous(desired: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _clear_old_blobs(link: FleetLink, previous: dict[str, Any] | None, keep: set[str]) -> None:
-    """Drop the retained chunks of the version before the previous one (two versions stay on the broker)."""
-    older = (previous or {}).get("previous")
-    if not older or older.get("blob", {}).get("sha256") in keep | {(previous or {}).get("blob", {}).get("sha256")}:
+    """Drop the retained chunks of the version before the previous one (two versions stay on the broker).
+    A blob served by URL has no chunks on the broker; its file stays in the --blob-dir."""
+    older = ((previous or {}).get("previous") or {}).get("blob") or {}
+    keep = keep | {((previous or {}).get("blob") or {}).get("sha256")}
+    if not older or older.get("url") or older.get("sha256") in keep:
         return
-    blob = older["blob"]
-    for index in range(len(blob.get("chunks", []))):
-        link.publish(blob_topic(link.fleet, blob['sha256'], index), b"")
+    for index in range(len(older.get("chunks", []))):
+        link.publish(blob_topic(link.fleet, older["sha256"], index), b"")

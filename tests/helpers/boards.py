@@ -23,7 +23,8 @@ class Board:
     """One board: its own folder, runtime.toml and `edgec serve` process."""
 
     def __init__(self, root: Path, name: str, broker: Mosquitto, initial: Path, *, groups=("lab",), trusted=None,
-                 watch_s: float = 0.5, top: str = "", telemetry: str = "", fleet: str = "test") -> None:
+                 watch_s: float = 0.5, top: str = "", telemetry: str = "", fleet: str = "test",
+                 fleet_table: str = "") -> None:
         self.name, self.root, self.port = name, root / name, free_port()
         self.root.mkdir(parents=True)
         shutil.copytree(initial, self.root / "initial")
@@ -34,7 +35,7 @@ class Board:
             f'[telemetry]\nbroker = "127.0.0.1"\nport = {broker.port}\nfleet = "{fleet}"\ndevice = "{name}"\n'
             f'interval_s = 1\nreconnect_max_s = 1\nspool = "spool.sqlite"\n{telemetry}'
             f'[fleet]\ngroups = {json.dumps(list(groups))}\nstore = "store"\nwatch_requests = 20\nwatch_s = {watch_s}\n'
-            + ("" if trusted else "allow_unsigned = true\n"))
+            + ("" if trusted else "allow_unsigned = true\n") + fleet_table)
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Board:
