@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from helpers.broker import Mosquitto  # noqa: E402
 
-from edgec.runtime.config import TelemetryConfig
+from edgec.runtime.fleet_config import TelemetryConfig
 from edgec.runtime.agent.publisher import Publisher, paho_client  # noqa: E402
 
 PAYLOAD = 256

@@ -46,6 +46,10 @@ def fleet_push(
     model: str = typer.Option(..., "--model", "-m", help="Model name on the boards (\\[\\[models]] name)."),
     to: str = typer.Option(..., "--to", help="group:NAME, device:ID or all."),
     canary: int = typer.Option(0, "--canary", help="Update this many boards of the group first; go on only if they are live."),
+    waves: Optional[str] = typer.Option(None, "--waves", help="Roll out in waves: numbers of boards or shares, the rest last, e.g. 1,10%,rest (--canary K is --waves K)."),
+    where: Optional[list[str]] = typer.Option(None, "--where", help="Only boards with these [fleet] tags, e.g. --where site=shop-3 --where hw=rpi4 (repeat, or comma-separate)."),
+    success_rate: float = typer.Option(1.0, "--success-rate", help="Share of a wave's boards that must be live before the next wave starts."),
+    abort_rate: Optional[float] = typer.Option(None, "--abort-rate", help="Halt and roll back fleet-wide when more than this share of the boards so far failed (default: any failure before the last wave)."),
     broker: str = BROKER, fleet: str = FLEET, username: Optional[str] = USER, password: Optional[str] = PASSWORD,
     ca_file: Optional[Path] = CA,
     key: Optional[Path] = KEY,
@@ -71,11 +75,13 @@ def fleet_push(
     """
     from ..sdk.fleet.link import parse_target
     from ..sdk.fleet.rollout import push
+    from ..sdk.fleet.waves import parse_where
 
     target = parse_target(to)
     err = err_console()
     with _link(broker, fleet, username, password, ca_file, key) as link:
-        result = push(link, bundle, model, target, canary=canary, timeout_s=timeout, allow_empty=allow_empty,
+        result = push(link, bundle, model, target, canary=canary, waves=waves, where=parse_where(where),
+                      success_rate=success_rate, abort_rate=abort_rate, timeout_s=timeout, allow_empty=allow_empty,
                       rollback=take_back, any_device=any_device, blob_dir=blob_dir, blob_url=blob_url,
                       progress=lambda message: err.print(escape(message)))
     if as_json:
@@ -84,8 +90,9 @@ def fleet_push(
         for device, state in sorted(result.states.items()):
             colour = "green" if state == "live" else "yellow" if state == "pending" else "red"
             reason = f": {escape(result.errors[device])}" if result.errors.get(device) else ""
-            out.print(f"{device}: [{colour}]{state}[/]{reason}")
-        verdict = "halted after the canaries" if result.halted else "done"
+            out.print(f"{escape(device)}: [{colour}]{escape(state)}[/]{reason}")
+        verdict = {"done": "done", "halted": "halted", "rolled_back": "halted and rolled back"}[result.state]
+        verdict += f" ({escape(result.reason)})" if result.reason else ""
         out.print(f"{model} {result.version} to {to}: {verdict} in {result.seconds:.1f} s "
                   f"({result.blob_bytes} bytes per board)")
     if result.halted or any(state != "live" for state in result.states.values()):
@@ -110,8 +117,12 @@ def fleet_status(
 
     from ..sdk.fleet.link import status
 
+    from ..sdk.fleet.waves import describe
+
     with _link(broker, fleet, username, password, ca_file) as link:
         rows = status(link, model)
+        with link._lock:
+            rollouts = [describe(r) for m, r in sorted(link.rollouts.items()) if model is None or m == model]
     if as_json:
         out.print_json(data=rows)
         return
@@ -124,6 +135,8 @@ def fleet_status(
                       r["state"] or "-", progress, r.get("pinned") or "-", escape((r["error"] or "")[:60]),
                       f"{r['age_s']:.0f}s")
     out.print(table)
+    for line in rollouts:
+        out.print(escape(line))
 
 
 @group.command("rollback")

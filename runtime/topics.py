@@ -1,9 +1,14 @@
 """Every MQTT topic edgec uses, built in one place for boards and hosts (specified in
 ``docs/telemetry.schema.json``): ``edgec/<fleet>/<device>/<kind>`` for what a board says and is told,
 ``edgec/<fleet>/desired/<model>/<target>`` for desired states, ``edgec/<fleet>/blobs/<sha256>/<index>``
-for bundle chunks. ``+`` and ``#`` may be passed for any level to make a subscription filter."""
+for bundle chunks, ``edgec/<fleet>/rollouts/<model>`` for the host's record of a rollout's waves.
+``+`` and ``#`` may be passed for any level to make a subscription filter. The second level's
+``desired``, ``blobs`` and ``rollouts`` are not device names (:data:`RESERVED`)."""
 
 from __future__ import annotations
+
+
+RESERVED = frozenset({"desired", "blobs", "rollouts"})
 
 
 def fleet_root(fleet: str) -> str:
@@ -26,3 +31,8 @@ def desired_topic(fleet: str, model: str, target: str) -> str:
 def blob_topic(fleet: str, sha256: str, index: int | str) -> str:
     """One chunk of a bundle."""
     return f"{fleet_root(fleet)}/blobs/{sha256}/{index}"
+
+
+def rollout_topic(fleet: str, model: str) -> str:
+    """The host's retained record of the newest rollout of ``model``: its waves, gates and outcome."""
+    return f"{fleet_root(fleet)}/rollouts/{model}"

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from ..._version import __version__
-from ..config import TelemetryConfig
+from ..fleet_config import TelemetryConfig
 
 # key, name, template (over the telemetry message), unit, device_class, icon
 BOARD_SENSORS = (

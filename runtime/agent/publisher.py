@@ -22,7 +22,7 @@ from typing import Any
 
 from ..._optional import need
 from ...errors import BrokerError, ValidationError
-from ..config import TelemetryConfig
+from ..fleet_config import TelemetryConfig
 from .spool import Spool, Spooled
 
 log = logging.getLogger("edgec.telemetry")

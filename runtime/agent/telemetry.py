@@ -33,7 +33,7 @@ from typing import Any
 
 from ..._version import __version__
 from ...errors import EdgecError, ValidationError
-from ..config import TelemetryConfig
+from ..fleet_config import TelemetryConfig
 from ..files import write_atomic
 from .control import check as check_control
 from .homeassistant import discovery

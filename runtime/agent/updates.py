@@ -2,14 +2,13 @@
 
 Topics (:mod:`edgec.runtime.topics`), under ``edgec/<fleet>/``, retained, QoS 1:
 
-- ``desired/<model>/device/<id>``, ``desired/<model>/group/<g>``, ``desired/<model>/all``
-  (retained, from ``edgec fleet push``): the version a board should run, and the blob that
-  carries it. The most specific one that names this board wins.
+- ``desired/<model>/device/<id>``, ``desired/<model>/group/<g>``, ``desired/<model>/all`` (retained, from
+  ``edgec fleet push``): the version a board should run, and its blob. The most specific one naming this board wins.
 - ``blobs/<sha256>/<index>`` (retained): the blob's chunks (:mod:`.delivery`), or a web server's (``blob.url``).
 - ``<device>/update/<model>`` (retained, from the board): desired, running, state
   (``downloading``, ``verifying``, ``checking``, ``watching``, ``live``, ``rolled_back``,
   ``refused``, ``failed``), progress, and the reason of a failure.
-- ``<device>/fleet`` (retained, from the board): its groups and running versions (who is in a group).
+- ``<device>/fleet`` (retained, from the board): its groups, tags and running versions (who a push reaches).
 
 An update is switched in through the runtime's reload (signature, sha256, a child-process
 load and the golden parity check first; in-flight requests are answered by the old version),
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BundleError, EdgecError, IntegrityError
-from ..config import FleetConfig, TelemetryConfig
+from ..fleet_config import FleetConfig, TelemetryConfig
 from .admission import (bundle_version, downgrade, failure_key, fetch_problem, local_version, manifest_device,
                         release_of, wrong_device)
 from .control import check as check_control
@@ -170,8 +169,8 @@ class Updater:
 
     def _publish_membership(self) -> None:
         if self.client is not None:
-            body = {"device": self.device, "groups": list(self.config.groups), "models": self._running_versions(),
-                    "started": self._started, "time": time.time()}
+            body = {"device": self.device, "groups": list(self.config.groups), "tags": dict(self.config.tags),
+                    "models": self._running_versions(), "started": self._started, "time": time.time()}
             self.client.publish(device_topic(self.fleet, self.device, "fleet"), json.dumps(body), qos=1, retain=True)
 
     # -- the work (its own thread) -----------------------------------------------------------------
@@ -288,7 +287,7 @@ class Updater:
                 if time.monotonic() - last_report > 1.0:
                     last_report = time.monotonic()
                     self._report(model, want, "downloading", progress=round(download.done / len(blob.chunks), 3),
-                                 resumed_from_chunk=download.resumed_from, error=web.error if web else None)
+                                 resumed_from_chunk=download.resumed_from, error=web and web.error)
                 try:
                     self._events.get(timeout=0.5)
                 except queue.Empty:
@@ -346,7 +345,8 @@ class Updater:
 
     def _report(self, model: str, want: dict[str, Any], state: str, **extra: Any) -> None:
         report = {"model": model, "device": self.device, "desired": want.get("version"), "rollout": want.get("rollout"),
-                  "running": self.runtime.running_version(model), "state": state, "time": time.time(), **extra}
+                  "running": self.runtime.running_version(model), "state": state, "time": time.time(),
+                  **{k: v for k, v in extra.items() if v is not None}}  # (an error only when there is one)
         with self._lock:
             self.states[model] = report
         self._publish(report)

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ...errors import BrokerError, ValidationError
-from ...runtime.topics import desired_topic, device_topic, fleet_root
+from ...runtime.topics import RESERVED, desired_topic, device_topic, fleet_root, rollout_topic
 from .view import MAX_MESSAGE_BYTES
 from ...runtime.agent.publisher import connect
 from ...runtime.agent.publisher import mqtt_client as host_client
@@ -63,6 +63,7 @@ class FleetLink:
     members: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> its fleet message
     updates: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (device, model) -> state
     desired: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (model, target) -> payload
+    rollouts: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> the newest rollout's record
     signer: Callable[..., dict[str, Any]] | None = None  # signs control messages (edgec.sdk.bundle.sign.control_signer)
 
     def __post_init__(self) -> None:
@@ -75,7 +76,8 @@ class FleetLink:
         self.client.max_inflight_messages_set(32)
         self.client.on_connect = lambda c, u, f, r, p=None: c.subscribe(
             [(device_topic(self.fleet, "+", "fleet"), 1), (device_topic(self.fleet, "+", "update/+"), 1),
-             (desired_topic(self.fleet, "#", ""), 1), (device_topic(self.fleet, "+", "cmd-result"), 1)])
+             (desired_topic(self.fleet, "#", ""), 1), (device_topic(self.fleet, "+", "cmd-result"), 1),
+             (rollout_topic(self.fleet, "+"), 1)])
         self.results: dict[str, dict[str, Any]] = {}  # command id -> the board's answer
         self.asked: set[str] = set()  # ids of the commands this link sent
         self.client.on_message = self._on_message
@@ -100,7 +102,14 @@ class FleetLink:
         if payload is not None and not isinstance(payload, dict):
             return  # every fleet message is a JSON object; anything else from the broker is dropped
         with self._changed:
-            if parts[0] == "desired" and len(parts) >= 3:
+            if parts[0] == "rollouts" and len(parts) == 2:
+                if payload is None:
+                    self.rollouts.pop(parts[1], None)
+                else:
+                    self.rollouts[parts[1]] = payload
+            elif parts[0] in RESERVED and parts[0] != "desired":
+                pass  # chunks, and nothing a board may name itself
+            elif parts[0] == "desired" and len(parts) >= 3:
                 key = (parts[1], "/".join(parts[2:]))
                 if payload is None:
                     self.desired.pop(key, None)

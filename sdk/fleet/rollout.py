@@ -10,6 +10,7 @@ return to the group's previous version.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 import uuid
@@ -19,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ValidationError
-from ...runtime.topics import blob_topic, desired_topic
+from ...runtime.topics import blob_topic, desired_topic, rollout_topic
 from ...runtime.agent.delivery import CHUNK_BYTES, pack
 from ...runtime.bundle.manifest import read_manifest, verify_files
 from ...runtime.bundle.signing import read_signature
 from .blobs import publish_chunks, publish_web
 from .link import FleetLink, groups_of
+from .waves import Record, Wave, matches, parse_waves, plan_waves, tags_of
 
 DONE = {"live"}
 FAILED = {"rolled_back", "refused", "failed"}
@@ -44,41 +46,54 @@ class Rollout:
     seconds: float
     blob_bytes: int
     errors: dict[str, str] = field(default_factory=dict)
+    state: str = "done"  # done, halted (a wave short of its success rate) or rolled_back
+    reason: str | None = None
+    waves: list[list[str]] = field(default_factory=list)
 
 
-def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary: int = 0, timeout_s: float = 600,
-         chunk_size: int = CHUNK_BYTES, progress: Callable[[str], None] | None = None,
+def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary: int = 0, waves: str | None = None,
+         where: dict[str, str] | None = None, success_rate: float = 1.0, abort_rate: float | None = None,
+         timeout_s: float = 600, chunk_size: int = CHUNK_BYTES, progress: Callable[[str], None] | None = None,
          allow_empty: bool = False, rollback: bool = False, any_device: bool = False,
          blob_dir: Path | None = None, blob_url: str | None = None) -> Rollout:
-    """Publish ``bundle`` as the desired version of ``model`` for ``target`` (``group/NAME``...).
+    """Publish ``bundle`` as the desired version of ``model`` for ``target`` (``group/NAME``...), wave by wave.
 
     Raises:
         BundleError, IntegrityError: Not a bundle, or its files do not match the manifest.
-        ValidationError: A canary count for a target that is not a group, or more canaries than members;
-            a target no board of the fleet is in (unless ``allow_empty``), with the groups that exist.
+        ValidationError: Waves for a single device, or waves that leave no boards for the last; a target
+            (and ``where``) no board of the fleet is in (unless ``allow_empty``), with the groups that exist.
 
-    ``rollback`` marks the push as deliberately taking boards back to a version they replaced
-    (boards with ``trusted_keys`` refuse a replaced version otherwise); ``any_device`` lets boards
-    of another CPU architecture than the bundle's profile take it. ``blob_dir`` and ``blob_url`` put
-    the bundle in a folder a web server serves instead of on the broker (:mod:`.blobs`).
+    ``waves`` (``"1,10%"``; ``canary`` K is ``"K"``) and the gates ``success_rate`` and
+    ``abort_rate`` are described in :mod:`.waves`; ``where`` narrows the target to boards with those
+    tags (they get device-level desired states). ``rollback`` marks the push as deliberately taking
+    boards back to a version they replaced (boards with ``trusted_keys`` refuse a replaced version
+    otherwise); ``any_device`` lets boards of another CPU architecture than the bundle's profile
+    take it. ``blob_dir`` and ``blob_url`` put the bundle in a folder a web server serves instead of
+    on the broker (:mod:`.blobs`).
     """
     if (blob_dir is None) != (blob_url is None):
         raise ValidationError("--blob-dir and --blob-url go together: the folder the bundle is written to, and the "
                               "URL a web server serves that folder at")
+    if not 0 < success_rate <= 1 or abort_rate is not None and not 0 <= abort_rate < 1:
+        raise ValidationError("--success-rate must be above 0 and at most 1, --abort-rate at least 0 and below 1")
     say = progress or (lambda message: None)
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
     version = manifest.version
     started = time.monotonic()
-    members = [m for m in link.group_members(target) if m in link.members]
+    where = dict(where or {})
+    with link._lock:
+        known = dict(link.members)
+    members = [m for m in link.group_members(target) if m in known and matches(known[m], where)]
     if not members and not allow_empty:
-        raise ValidationError(_no_boards(link, target))
-    if canary and not target.startswith("group/"):
-        raise ValidationError("--canary needs --to group:NAME (canaries are the first boards of the group)")
-    if canary and canary >= len(members):
-        raise ValidationError(f"--canary {canary} leaves no boards after the canaries: the group has {len(members)} "
-                              "(boards report their groups when they connect)")
+        raise ValidationError(_no_boards(link, target, where))
+    sizes = parse_waves(waves, canary)
+    if sizes and target.startswith("device/"):
+        raise ValidationError("--waves and --canary need --to group:NAME or all (waves are boards of the target)")
+    plan = plan_waves(members, sizes)
+    if where and len(plan) > 1 and not plan[-1]:
+        plan.pop()  # boards chosen by tags are all in the waves: there is no target-level state to set last
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "bundle.tar"
         pack(bundle, archive)
@@ -95,28 +110,79 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
                "device": {k: manifest.device.get(k) for k in ("name", "arch", "accelerator")},
                **({"any_device": True} if any_device else {}),
                "time": time.time(), "previous": _without_previous(previous), **({"rollback": True} if rollback else {})}
-    canaries = members[:canary]
-    states: dict[str, str] = {}
-    errors: dict[str, str] = {}
-    if canaries:
-        say(f"canaries first: {', '.join(canaries)}")
-        for device in canaries:
-            link.desire(model, f"device/{device}", desired)
-        states, errors = _await(link, model, desired, canaries, timeout_s)
-        for device in canaries:  # from now on they follow the group's desired state
+    record = Record(model, version, desired["rollout"], target, where, success_rate, abort_rate,
+                    [Wave(devices) for devices in plan])
+    pinned: list[str] = []  # boards given a device-level desired state by this rollout
+    for index, wave in enumerate(record.waves):
+        last = index == len(record.waves) - 1
+        wave.started = True
+        _publish_record(link, record)
+        if last and not where:  # the target's own desired state: late joiners take it too
+            if index:
+                say(f"wave {index + 1}/{len(record.waves)}: the rest of {target.replace('/', ':')}")
+            link.desire(model, target, desired)
+            for device in pinned:  # from now on they follow the target's desired state
+                link.publish(desired_topic(link.fleet, model, f"device/{device}"), b"")
+            pinned = []
+        else:
+            say(f"wave {index + 1}/{len(record.waves)}: {', '.join(wave.devices)}")
+            for device in wave.devices:
+                link.desire(model, f"device/{device}", desired)
+            pinned += wave.devices
+        wave.states, errors = _await(link, model, desired, wave.devices,
+                                     max(0.0, timeout_s - (time.monotonic() - started)))
+        record.errors.update(errors)
+        verdict = record.gate(index, FAILED)
+        if verdict is not None:
+            record.state, record.reason = verdict
+            if record.state == "rolled_back":
+                say(f"rolling back: {record.reason}")
+                _roll_back(link, model, target, previous, record, pinned, target_set=last and not where)
+            else:
+                say(f"halted: {record.reason}")
+            break
+    else:
+        record.state = "done"
+        _clear_old_blobs(link, previous, keep={blob.sha256})
+    _publish_record(link, record)
+    states = {d: s for w in record.waves for d, s in w.states.items()}
+    first = record.waves[0].devices if sizes and len(record.waves) > 1 else []
+    return Rollout(model, version, desired["rollout"], target, first, states, record.state != "done",
+                   time.monotonic() - started, blob.size, record.errors, record.state, record.reason,
+                   [w.devices for w in record.waves])
+
+
+def _publish_record(link: FleetLink, record: Record) -> None:
+    link.publish(rollout_topic(link.fleet, record.model), json.dumps(record.to_dict()))
+
+
+def _roll_back(link: FleetLink, model: str, target: str, previous: dict[str, Any] | None, record: Record,
+               pinned: list[str], *, target_set: bool) -> None:
+    """Put the boards this rollout made live back on the version before it; boards that failed went back alone."""
+    live = any(s == "live" for w in record.waves for s in w.states.values())
+    if not live and not target_set:  # nobody switched: the pins go, and boards follow their target as before
+        for device in pinned:
             link.publish(desired_topic(link.fleet, model, f"device/{device}"), b"")
-        if any(states[d] != "live" for d in canaries):
-            say("a canary failed: rollout halted, the group keeps its version")
-            return Rollout(model, version, desired["rollout"], target, canaries, states, True,
-                           time.monotonic() - started, blob.size, errors)
-    link.desire(model, target, desired)
-    rest = [d for d in members if d not in canaries]
-    more, more_errors = _await(link, model, desired, rest, max(0.0, timeout_s - (time.monotonic() - started)))
-    states.update(more)
-    errors.update(more_errors)
-    _clear_old_blobs(link, previous, keep={blob.sha256})
-    return Rollout(model, version, desired["rollout"], target, canaries, states, False, time.monotonic() - started,
-                   blob.size, errors)
+        return
+    try:
+        back = _back(previous or _starting_version(link, model, target))
+    except ValidationError as exc:
+        record.reason = f"{record.reason}; could not roll back: {exc}"
+        return
+    if record.where:  # boards chosen by tags stay pinned, to the version before
+        for device in pinned:
+            link.desire(model, f"device/{device}", back)
+        return
+    link.desire(model, target, back)
+    for device in pinned:
+        link.publish(desired_topic(link.fleet, model, f"device/{device}"), b"")
+
+
+def _back(previous: dict[str, Any]) -> dict[str, Any]:
+    """A desired state taking boards back to ``previous`` (signed anew: they ran the newer one)."""
+    back = {k: v for k, v in previous.items() if k not in ("sig", "topic", "seq", "expires")}
+    back.update(rollout=uuid.uuid4().hex[:8], time=time.time(), previous=None, rollback=True)
+    return back
 
 
 def _trusted_desired(link: FleetLink, model: str, target: str,
@@ -158,12 +224,16 @@ def _starting_version(link: FleetLink, model: str, target: str) -> dict[str, Any
     return {"model": model, "version": versions.pop(), "blob": None}
 
 
-def _no_boards(link: FleetLink, target: str) -> str:
+def _no_boards(link: FleetLink, target: str, where: dict[str, str] | None = None) -> str:
     """Why a target has no boards, with what the fleet does have."""
     with link._lock:
         groups = sorted({g for m in link.members.values() for g in groups_of(m)})
         devices = sorted(link.members)
+        tags = sorted({f"{k}={v}" for m in link.members.values() for k, v in tags_of(m).items()})
     shown = target.replace("/", ":")
+    if where and devices:
+        return (f"no board of fleet {link.fleet!r} in {shown} has the tags {', '.join(f'{k}={v}' for k, v in where.items())}:"
+                f" the tags boards declare are {', '.join(tags[:30]) or 'none'}. Pass --allow-empty to push anyway")
     if not devices:
         return (f"no board of fleet {link.fleet!r} has reported to this broker: check --fleet (the boards' [telemetry] "
                 f"fleet) and --broker, or pass --allow-empty to push before boards join")
@@ -186,9 +256,7 @@ def rollback(link: FleetLink, model: str, target: str) -> dict[str, Any]:
                               "someone else published it, so its previous version is not trusted either. Push a "
                               "bundle you know (edgec fleet push BUNDLE --key KEY) instead, and lock the broker down "
                               "(see Securing a fleet)")
-    previous = current.get("previous") or _starting_version(link, model, target)
-    back = {k: v for k, v in previous.items() if k not in ("sig", "topic", "seq", "expires")}
-    back.update(rollout=uuid.uuid4().hex[:8], time=time.time(), previous=None, rollback=True)
+    back = _back(current.get("previous") or _starting_version(link, model, target))
     link.desire(model, target, back).wait_for_publish(30)
     return back
 

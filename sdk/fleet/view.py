@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..._optional import need
+from ...runtime.topics import RESERVED
 
 KINDS = {"status": "status", "telemetry": "telemetry", "events": "event"}  # topic -> where the view keeps it
 HISTORY = 120  # latency points kept per device and model (20 minutes at the default 10 s)
@@ -81,8 +82,8 @@ class FleetView:
 
     def update(self, topic_name: str, payload: bytes) -> bool:
         parts = topic_name.split("/")
-        if parts[0] != "edgec" or not (len(parts) == 4 and parts[3] in KINDS
-                                       or len(parts) == 5 and parts[3] == "update"):
+        if parts[0] != "edgec" or len(parts) < 4 or parts[2] in RESERVED or not (
+                len(parts) == 4 and parts[3] in KINDS or len(parts) == 5 and parts[3] == "update"):
             return False
         if not payload:  # a retained message cleared
             return False

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from edgec.runtime.config import TelemetryConfig
+from edgec.runtime.fleet_config import TelemetryConfig
 
 
 class Subscriber:

@@ -20,7 +20,7 @@ from edgec.runtime.config import ServeConfig
 from edgec.runtime.serve.runtime import Runtime
 from edgec.runtime.agent.spool import Spool
 from edgec.runtime.agent.telemetry import Telemetry
-from edgec.runtime.config import TelemetryConfig
+from edgec.runtime.fleet_config import TelemetryConfig
 from edgec.runtime.agent.publisher import Publisher
 
 mqtt = pytest.importorskip("paho.mqtt.client")
@@ -65,7 +65,7 @@ def test_a_30s_broker_outage_at_50_msgs_loses_nothing_and_keeps_order(broker, tm
 PRODUCER = """
 import sys, time
 from pathlib import Path
-from edgec.runtime.config import TelemetryConfig
+from edgec.runtime.fleet_config import TelemetryConfig
 from edgec.runtime.agent.publisher import Publisher
 port, spool, count = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 cfg = TelemetryConfig(broker="127.0.0.1", port=port, fleet="test", device="pi-1", spool=spool, reconnect_max_s=1,

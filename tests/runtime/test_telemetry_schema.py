@@ -33,6 +33,8 @@ def kind_of(topic: str) -> str | None:
         return None
     if parts[2] == "desired":
         return "desired"
+    if parts[2] == "rollouts":
+        return "rollout"
     if len(parts) == 5 and parts[3] in ("update", "cmd"):
         return parts[3]
     return parts[3] if len(parts) == 4 else None

@@ -21,7 +21,7 @@ from edgec.errors import ValidationError
 from edgec.runtime.agent.admission import bundle_version
 from edgec.runtime.agent.delivery import Download, describe_blob, pack
 from edgec.runtime.agent.urlsource import UrlSource, url_problem
-from edgec.runtime.config import FleetConfig
+from edgec.runtime.fleet_config import FleetConfig
 
 CHUNK = 64 * 1024
 EDGEC = Path(sys.executable).parent / "edgec"
