@@ -230,19 +230,22 @@ def broker(host: str, port: int, *, tls: bool = False, username: str | None = No
     except OSError as exc:
         return Check("broker", f"broker {where}", False, f"cannot connect: {exc.strerror or exc}",
                      "check the broker's host and port, and that it is running")
-    from .agent.publisher import connect, mqtt_client
+    from .agent.publisher import mqtt_client, open_client
 
     try:
-        client = mqtt_client(username=username, password=password, tls=tls, ca_file=ca_file)
+        mqtt_client(username=username, password=password, tls=tls, ca_file=ca_file)
     except (ImportError, EdgecError, OSError) as exc:  # no paho-mqtt, or a CA file that cannot be read
         return Check("broker", f"broker {where}", None, f"the port answers; MQTT not tried: {exc}")
-    try:
-        connect(client, host, port, timeout_s=timeout_s)  # the fleet tools' own connection, and its errors
+    try:  # the fleet tools' own connection, and its errors
+        client = open_client(lambda protocol: mqtt_client(username=username, password=password, tls=tls,
+                                                          ca_file=ca_file, protocol=protocol),
+                             host, port, timeout_s=timeout_s)
     except EdgecError as exc:
         return Check("broker", f"broker {where}", False, str(exc))
     client.loop_stop()
     client.disconnect()
-    return Check("broker", f"broker {where}", True, "connected")
+    speaks = "MQTT 5" if client.protocol == 5 else 'MQTT 3.1.1 only: boards need protocol = "3.1.1" in [telemetry]'
+    return Check("broker", f"broker {where}", True, f"connected ({speaks})")
 
 
 def report() -> list[Check]:

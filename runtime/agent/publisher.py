@@ -17,6 +17,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,17 @@ def paho_client() -> Any:
     return need("paho.mqtt.client", extra="runtime", purpose="to talk MQTT")
 
 
+class UnsupportedProtocol(BrokerError):
+    """The broker does not speak the MQTT version asked for (MQTT 5 to aedes, or RabbitMQ before 3.13)."""
+
+
 def mqtt_client(*, client_id: str = "", username: str | None = None, password: str | None = None,
-                tls: bool = False, ca_file: Path | str | None = None) -> Any:
-    """A paho client (MQTT 5) for a short-lived connection (the host's fleet tools, ``edgec doctor``):
+                tls: bool = False, ca_file: Path | str | None = None, protocol: str = "5") -> Any:
+    """A paho client (MQTT ``protocol``) for a short-lived connection (the host's fleet tools, ``edgec doctor``):
     credentials, and TLS when asked or given a CA."""
     mqtt = paho_client()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)
     if username is not None:
         client.username_pw_set(username, password)
     if tls or ca_file is not None:
@@ -75,8 +81,30 @@ def connect(client: Any, broker: str, port: int, *, timeout_s: float = 10.0) -> 
                           "(a TLS port spoken to without mqtts://, or the other way round?)")
     if getattr(answer["reason"], "is_failure", False):
         client.loop_stop()
+        if _protocol_refused(answer["reason"]):
+            raise UnsupportedProtocol(f"MQTT broker {broker}:{port} does not speak MQTT 5")
         raise BrokerError(f"MQTT broker {broker}:{port} refused the connection: {answer['reason']}; "
                           "check --username and --password (or EDGEC_MQTT_PASSWORD)")
+
+
+def open_client(make: Callable[[str], Any], broker: str, port: int, *, timeout_s: float = 10.0) -> Any:
+    """A client from ``make(protocol)``, connected: MQTT 5, or MQTT 3.1.1 when the broker does not speak 5
+    (aedes; RabbitMQ before 3.13). What the host's tools connect with.
+
+    Raises:
+        BrokerError: As :func:`connect`.
+    """
+    client = make("5")
+    try:
+        connect(client, broker, port, timeout_s=timeout_s)
+    except UnsupportedProtocol:
+        client = make("3.1.1")
+        connect(client, broker, port, timeout_s=timeout_s)
+    return client
+
+
+def _protocol_refused(reason: Any) -> bool:
+    return "protocol version" in str(reason).lower()  # MQTT 5's 0x84, MQTT 3.1.1's return code 1
 
 
 def connect_settings(client: Any, cfg: TelemetryConfig) -> None:
@@ -306,7 +334,9 @@ class Publisher:
     # -- paho callbacks (network thread) ------------------------------------------------------
     def _connected_cb(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
         if getattr(reason, "is_failure", False):
-            log.warning("MQTT broker %s:%s refused the connection: %s", self.config.broker, self.config.port, reason)
+            log.warning("MQTT broker %s:%s refused the connection: %s%s", self.config.broker, self.config.port, reason,
+                        '; it does not speak MQTT 5: set protocol = "3.1.1" in [telemetry]'
+                        if _protocol_refused(reason) and self.config.protocol == "5" else "")
             return
         self.connects += 1
         log.info("connected to MQTT broker %s:%s", self.config.broker, self.config.port)

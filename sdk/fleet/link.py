@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 from ...errors import BrokerError, ValidationError
 from ...runtime.topics import RESERVED, desired_topic, device_topic, fleet_root, rollout_topic
 from .view import MAX_MESSAGE_BYTES
-from ...runtime.agent.publisher import connect
+from ...runtime.agent.publisher import open_client
 from ...runtime.agent.publisher import mqtt_client as host_client
 
 
@@ -70,20 +70,23 @@ class FleetLink:
         self.base = fleet_root(self.fleet)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self.client = host_client(client_id=f"edgec-host-{uuid.uuid4().hex[:8]}", username=self.username,
-                                  password=self.password, tls=self.tls,
-                                  ca_file=self.ca_file)
-        self.client.max_inflight_messages_set(32)
-        self.client.on_connect = lambda c, u, f, r, p=None: c.subscribe(
+        self.client: Any = None
+        self.results: dict[str, dict[str, Any]] = {}  # command id -> the board's answer
+        self.asked: set[str] = set()  # ids of the commands this link sent
+
+    def _client(self, protocol: str) -> Any:
+        client = host_client(client_id=f"edgec-host-{uuid.uuid4().hex[:8]}", username=self.username,
+                             password=self.password, tls=self.tls, ca_file=self.ca_file, protocol=protocol)
+        client.max_inflight_messages_set(32)
+        client.on_connect = lambda c, u, f, r, p=None: c.subscribe(
             [(device_topic(self.fleet, "+", "fleet"), 1), (device_topic(self.fleet, "+", "update/+"), 1),
              (desired_topic(self.fleet, "#", ""), 1), (device_topic(self.fleet, "+", "cmd-result"), 1),
              (rollout_topic(self.fleet, "+"), 1)])
-        self.results: dict[str, dict[str, Any]] = {}  # command id -> the board's answer
-        self.asked: set[str] = set()  # ids of the commands this link sent
-        self.client.on_message = self._on_message
+        client.on_message = self._on_message
+        return client
 
     def __enter__(self) -> FleetLink:
-        connect(self.client, self.host, self.port)
+        self.client = open_client(self._client, self.host, self.port)  # MQTT 5, or 3.1.1 if that is all it speaks
         time.sleep(0.5)  # the retained states arrive right after the subscription
         return self
 

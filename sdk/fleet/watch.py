@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ...runtime.topics import device_topic
-from ...runtime.agent.publisher import connect
+from ...runtime.agent.publisher import open_client
 from ...runtime.agent.publisher import mqtt_client as host_client
 from .view import FleetView
 
@@ -33,7 +33,6 @@ def subscribe(broker: str, port: int, view: FleetView, *, fleet: str = "+", user
         BrokerError: The broker cannot be reached.
     """
     lock = threading.Lock()
-    client = host_client(username=username, password=password, tls=tls, ca_file=ca_file)
 
     def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         c.subscribe([(device_topic(fleet, "+", "+"), 1), (device_topic(fleet, "+", "update/+"), 1)])
@@ -42,10 +41,13 @@ def subscribe(broker: str, port: int, view: FleetView, *, fleet: str = "+", user
         with lock:
             view.update(message.topic, message.payload)
 
-    client.on_connect = on_connect
-    client.on_message = on_message
-    connect(client, broker, port)
-    return client, lock
+    def make(protocol: str) -> Any:
+        client = host_client(username=username, password=password, tls=tls, ca_file=ca_file, protocol=protocol)
+        client.on_connect = on_connect
+        client.on_message = on_message
+        return client
+
+    return open_client(make, broker, port), lock
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

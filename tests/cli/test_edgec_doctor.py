@@ -72,7 +72,7 @@ def test_the_broker_is_checked_by_flag_and_from_runtime_toml(tmp_path):
         (tmp_path / "runtime.toml").write_text(f'[telemetry]\nbroker = "127.0.0.1"\nport = {broker.port}\n'
                                                f'spool = "{tmp_path / "spool.db"}"\n')
         code, checks, _ = doctor("--config", tmp_path / "runtime.toml")
-        assert code == 0 and by_what(checks)[f"broker mqtt://127.0.0.1:{broker.port}"]["detail"] == "connected"
+        assert code == 0 and by_what(checks)[f"broker mqtt://127.0.0.1:{broker.port}"]["detail"] == "connected (MQTT 5)"
     finally:
         broker.stop()
     closed = free_port()

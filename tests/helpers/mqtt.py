@@ -13,12 +13,12 @@ from edgec.runtime.fleet_config import TelemetryConfig
 
 
 class Subscriber:
-    """A dashboard: a persistent session (survives broker restarts) subscribed to edgec/#."""
+    """A dashboard subscribed to edgec/#: a persistent session (survives broker restarts) unless told."""
 
-    def __init__(self, port: int, name: str = "dashboard") -> None:
+    def __init__(self, port: int, name: str = "dashboard", *, persistent: bool = True) -> None:
         self.messages: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, clean_session=False)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, clean_session=not persistent)
         self.client.reconnect_delay_set(1, 1)
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe("edgec/#", qos=1)
         self.client.on_message = self._on_message
@@ -28,8 +28,8 @@ class Subscriber:
         time.sleep(0.3)  # the SUBACK
 
     def _on_message(self, client, userdata, message) -> None:
-        if "/cmd/" in message.topic:
-            return  # commands to the device (some deliberately malformed), not from it
+        if "/cmd/" in message.topic or "/blobs/" in message.topic or not message.payload:
+            return  # commands to the device (some deliberately malformed), bundle chunks, cleared retained states
         with self.lock:
             self.messages.append((message.topic, json.loads(message.payload)))
 

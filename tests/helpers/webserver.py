@@ -55,7 +55,7 @@ class Nginx:
     def start(self, timeout_s: float = 10.0) -> Nginx:
         self.process = subprocess.Popen([self.binary, "-c", str(self.conf), "-p", str(self.workdir)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _listening(self.port, self.process, timeout_s, self.workdir / "error.log")
+        listening(self.port, self.process, timeout_s, self.workdir / "error.log")
         return self
 
     def stop(self) -> None:
@@ -97,7 +97,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _listening(port: int, process: subprocess.Popen, timeout_s: float, log: Path) -> None:
+def listening(port: int, process: subprocess.Popen, timeout_s: float, log: Path) -> None:
     until = time.monotonic() + timeout_s
     while time.monotonic() < until:
         if process.poll() is not None:
