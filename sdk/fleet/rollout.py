@@ -274,7 +274,14 @@ def _await(link: FleetLink, model: str, desired: dict[str, Any], devices: list[s
             return "live"
         return None
 
-    link.wait_for(lambda: all(final(d) for d in devices), timeout_s)
+    pending = list(reversed(devices))
+
+    def settled() -> bool:  # each board checked once when it settles, one more check per message: O(n + messages)
+        while pending and final(pending[-1]):
+            pending.pop()
+        return not pending
+
+    link.wait_for(settled, timeout_s)
     with link._lock:
         states = {d: final(d) or "pending" for d in devices}
         errors = {d: link.updates.get((d, model), {}).get("error") or "" for d in devices if states[d] in FAILED}
