@@ -232,14 +232,12 @@ def broker(host: str, port: int, *, tls: bool = False, username: str | None = No
                      "check the broker's host and port, and that it is running")
     from .agent.publisher import mqtt_client, open_client
 
-    try:
-        mqtt_client(username=username, password=password, tls=tls, ca_file=ca_file)
-    except (ImportError, EdgecError, OSError) as exc:  # no paho-mqtt, or a CA file that cannot be read
-        return Check("broker", f"broker {where}", None, f"the port answers; MQTT not tried: {exc}")
     try:  # the fleet tools' own connection, and its errors
         client = open_client(lambda protocol: mqtt_client(username=username, password=password, tls=tls,
                                                           ca_file=ca_file, protocol=protocol),
                              host, port, timeout_s=timeout_s)
+    except (ImportError, OSError) as exc:  # no paho-mqtt (MissingDependencyError), or a CA file that cannot be read
+        return Check("broker", f"broker {where}", None, f"the port answers; MQTT not tried: {exc}")
     except EdgecError as exc:
         return Check("broker", f"broker {where}", False, str(exc))
     client.loop_stop()

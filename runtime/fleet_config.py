@@ -18,6 +18,16 @@ from .topics import RESERVED, device_topic
 NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
+MAX_TAGS = 32
+
+
+def valid_tag(key: Any, value: Any) -> bool:
+    """A tag as boards declare it and pushes select by: a name (64 characters at most) and a value (128), each
+    letters, digits, ".", "_" or "-"."""
+    return (isinstance(key, str) and isinstance(value, str) and len(key) <= 64 and len(value) <= 128
+            and bool(NAME.fullmatch(key)) and bool(NAME.fullmatch(value)))
+
+
 def known_keys(table: type, data: dict[str, Any], name: str) -> None:
     """Refuse keys ``table`` does not have (a typo would otherwise be ignored silently)."""
     unknown = sorted(set(data) - {f.name for f in fields(table)})
@@ -162,9 +172,8 @@ class FleetConfig:
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tags, dict) or len(self.tags) > 32 or not all(
-                isinstance(k, str) and NAME.match(k) and len(k) <= 64 and isinstance(v, str) and NAME.match(v)
-                and len(v) <= 128 for k, v in self.tags.items()):
+        if not isinstance(self.tags, dict) or len(self.tags) > MAX_TAGS or not all(
+                valid_tag(k, v) for k, v in self.tags.items()):
             raise ValidationError('[fleet] tags must be at most 32 names and values of letters, digits, ".", "_" or '
                                   '"-", e.g. tags = {site = "shop-3", hw = "rpi4"}')
         for group in self.groups:

@@ -99,4 +99,3 @@ def failure_key(want: dict[str, Any]) -> str:
     """What a failure is remembered by: the push (a new push of the same bundle is tried again)."""
     blob = want.get("blob")
     return str(want.get("rollout") or (blob.get("sha256") if isinstance(blob, dict) else want.get("version")))
-

@@ -20,8 +20,7 @@ from urllib.parse import urlparse
 from ...errors import BrokerError, ValidationError
 from ...runtime.topics import RESERVED, desired_topic, device_topic, fleet_root, rollout_topic
 from .view import MAX_MESSAGE_BYTES
-from ...runtime.agent.publisher import open_client
-from ...runtime.agent.publisher import mqtt_client as host_client
+from ...runtime.agent.publisher import mqtt_client as host_client, open_client
 
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
@@ -110,14 +109,14 @@ class FleetLink:
                     self.rollouts.pop(parts[1], None)
                 else:
                     self.rollouts[parts[1]] = payload
-            elif parts[0] in RESERVED and parts[0] != "desired":
-                pass  # chunks, and nothing a board may name itself
             elif parts[0] == "desired" and len(parts) >= 3:
                 key = (parts[1], "/".join(parts[2:]))
                 if payload is None:
                     self.desired.pop(key, None)
                 else:
                     self.desired[key] = payload
+            elif parts[0] in RESERVED:
+                pass  # the fleet's own levels (chunks, odd rollout topics): never a board
             elif len(parts) == 2 and parts[1] == "fleet" and payload is not None:
                 self.members[parts[0]] = payload
             elif len(parts) == 3 and parts[1] == "update" and payload is not None:

@@ -121,9 +121,7 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
             if index:
                 say(f"wave {index + 1}/{len(record.waves)}: the rest of {target.replace('/', ':')}")
             link.desire(model, target, desired)
-            for device in pinned:  # from now on they follow the target's desired state
-                link.publish(desired_topic(link.fleet, model, f"device/{device}"), b"")
-            pinned = []
+            pinned = _unpin(link, model, pinned)  # from now on they follow the target's desired state
         else:
             say(f"wave {index + 1}/{len(record.waves)}: {', '.join(wave.devices)}")
             for device in wave.devices:
@@ -161,8 +159,7 @@ def _roll_back(link: FleetLink, model: str, target: str, previous: dict[str, Any
     """Put the boards this rollout made live back on the version before it; boards that failed went back alone."""
     live = any(s == "live" for w in record.waves for s in w.states.values())
     if not live and not target_set:  # nobody switched: the pins go, and boards follow their target as before
-        for device in pinned:
-            link.publish(desired_topic(link.fleet, model, f"device/{device}"), b"")
+        _unpin(link, model, pinned)
         return
     try:
         back = _back(previous or _starting_version(link, model, target))
@@ -174,8 +171,14 @@ def _roll_back(link: FleetLink, model: str, target: str, previous: dict[str, Any
             link.desire(model, f"device/{device}", back)
         return
     link.desire(model, target, back)
-    for device in pinned:
+    _unpin(link, model, pinned)
+
+
+def _unpin(link: FleetLink, model: str, devices: list[str]) -> list[str]:
+    """Clear the device-level desired states this rollout set; the (now empty) list of pinned boards."""
+    for device in devices:
         link.publish(desired_topic(link.fleet, model, f"device/{device}"), b"")
+    return []
 
 
 def _back(previous: dict[str, Any]) -> dict[str, Any]:

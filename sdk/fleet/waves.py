@@ -11,14 +11,12 @@ of the waves on ``edgec/<fleet>/rollouts/<model>`` that ``edgec fleet status`` s
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import ValidationError
-
-_TAG = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+from ...runtime.fleet_config import MAX_TAGS, valid_tag
 
 
 def parse_where(terms: list[str] | tuple[str, ...] | None) -> dict[str, str]:
@@ -26,7 +24,7 @@ def parse_where(terms: list[str] | tuple[str, ...] | None) -> dict[str, str]:
     found: dict[str, str] = {}
     for term in (t for item in terms or () for t in item.split(",") if t.strip()):
         key, eq, value = (part.strip() for part in term.partition("="))
-        if not eq or not _TAG.fullmatch(key) or not _TAG.fullmatch(value):
+        if not eq or not valid_tag(key, value):
             raise ValidationError(f"--where {term!r} must be NAME=VALUE (letters, digits, '.', '_', '-'), "
                                   "e.g. --where site=shop-3")
         if found.get(key, value) != value:
@@ -36,9 +34,11 @@ def parse_where(terms: list[str] | tuple[str, ...] | None) -> dict[str, str]:
 
 
 def tags_of(member: dict[str, Any]) -> dict[str, str]:
-    """The tags a board's membership message declares (string names and values only)."""
+    """The tags a board's membership message declares: only tags a board could declare, and at most as many
+    (anything else from the broker is never matched or printed)."""
     tags = member.get("tags")
-    return {k: v for k, v in tags.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(tags, dict) else {}
+    found = [(k, v) for k, v in tags.items() if valid_tag(k, v)] if isinstance(tags, dict) else []
+    return dict(found[:MAX_TAGS])
 
 
 def matches(member: dict[str, Any], where: dict[str, str]) -> bool:

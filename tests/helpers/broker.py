@@ -6,10 +6,9 @@ import getpass
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-from .processes import terminate
+from .processes import listening, terminate
 
 
 def free_port() -> int:
@@ -53,17 +52,8 @@ class Mosquitto:
     def start(self, timeout_s: float = 10.0) -> Mosquitto:
         self.process = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        until = time.monotonic() + timeout_s
-        while time.monotonic() < until:
-            if self.process.poll() is not None:
-                log = (self.workdir / "mosquitto.log")
-                raise RuntimeError(f"mosquitto exited: {log.read_text()[-500:] if log.exists() else ''}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout_s}s")
+        listening(self.port, self.process, timeout_s, self.workdir / "mosquitto.log", "mosquitto")
+        return self
 
     def stop(self) -> None:
         """SIGTERM, as a service manager stops it (it saves its persistence file first)."""

@@ -10,8 +10,7 @@ import subprocess
 from pathlib import Path
 
 from .broker import free_port
-from .processes import terminate
-from .webserver import listening
+from .processes import listening, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "cluster"

@@ -8,14 +8,12 @@ import functools
 import getpass
 import http.server
 import shutil
-import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 from .broker import free_port
-from .processes import terminate
+from .processes import listening, terminate
 
 
 class Nginx:
@@ -95,16 +93,3 @@ class PlainHttp:
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
-
-
-def listening(port: int, process: subprocess.Popen, timeout_s: float, log: Path) -> None:
-    until = time.monotonic() + timeout_s
-    while time.monotonic() < until:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited: {log.read_text()[-500:] if log.exists() else ''}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listened on port {port} within {timeout_s}s")

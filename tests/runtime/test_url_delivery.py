@@ -216,3 +216,13 @@ def test_a_push_by_url_reaches_every_board_through_an_outage_and_the_broker_carr
             board.stop()
         server.stop()
         broker.stop()
+
+
+@pytest.mark.parametrize("url", [3, ["http://host/a.tar"], {"u": 1}])
+def test_a_blob_url_that_is_not_a_string_is_refused_before_anything_else(url):
+    from edgec.errors import BundleError
+    from edgec.runtime.agent.delivery import Blob
+
+    chunk = "0" * 64
+    with pytest.raises(BundleError, match="blob URL is not a string"):
+        Blob.from_dict({"sha256": chunk, "size": 10, "chunk_size": 10, "chunks": [chunk], "url": url})

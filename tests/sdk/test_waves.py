@@ -7,7 +7,7 @@ import pytest
 from edgec.errors import ValidationError
 from edgec.runtime.config import ServeConfig
 from edgec.sdk.fleet.rollout import FAILED
-from edgec.sdk.fleet.waves import Record, Wave, describe, matches, parse_waves, parse_where, plan_waves
+from edgec.sdk.fleet.waves import Record, Wave, describe, matches, parse_waves, parse_where, plan_waves, tags_of
 
 BOARDS = [f"pi-{i:02d}" for i in range(1, 21)]
 
@@ -92,3 +92,10 @@ def test_a_board_may_not_be_named_like_a_fleet_topic_level(tmp_path):
     (tmp_path / "runtime.toml").write_text('[telemetry]\nbroker = "localhost"\ndevice = "rollouts"\n')
     with pytest.raises(ValidationError, match="topic level edgec uses"):
         ServeConfig.from_toml(tmp_path / "runtime.toml")
+
+
+def test_tags_from_the_broker_that_no_board_could_declare_are_dropped_and_bounded():
+    hostile = {"tags": {"hw": "rpi4\x1b[2J", "site\n": "x", "ok": "yes", **{f"t{i}": "v" for i in range(100)}}}
+    tags = tags_of(hostile)
+    assert "hw" not in tags and "site\n" not in tags and tags["ok"] == "yes" and len(tags) == 32
+    assert not matches(hostile, {"hw": "rpi4"})
