@@ -54,10 +54,7 @@ def publish_web(archive: Path, folder: Path, base_url: str, chunk_size: int, *, 
         ValidationError: ``base_url`` is not an http(s) URL.
         BundleError: The URL does not serve the file (wrong folder, a redirect, another file) within ``check_s``.
     """
-    base = base_url if base_url.endswith("/") else base_url + "/"
-    problem = url_problem(base, (), signed=True)
-    if problem:
-        raise ValidationError(f"--blob-url: {problem}")
+    base = web_base(base_url)
     blob = describe_blob(archive, chunk_size)
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / f"{blob.sha256}.tar"
@@ -71,6 +68,19 @@ def publish_web(archive: Path, folder: Path, base_url: str, chunk_size: int, *, 
     blob = dataclasses.replace(blob, url=base + dest.name)
     check_served(blob, check_s)
     return blob
+
+
+def web_base(base_url: str) -> str:
+    """``base_url`` ending in ``/``, checked as boards check the URLs they are given.
+
+    Raises:
+        ValidationError: Not an http(s) URL with a host.
+    """
+    base = base_url if base_url.endswith("/") else base_url + "/"
+    problem = url_problem(base, (), signed=True)
+    if problem:
+        raise ValidationError(f"--blob-url: {problem}")
+    return base
 
 
 def check_served(blob: Blob, timeout_s: float) -> None:

@@ -24,7 +24,7 @@ from ...runtime.topics import blob_topic, desired_topic, rollout_topic
 from ...runtime.agent.delivery import CHUNK_BYTES, pack
 from ...runtime.bundle.manifest import read_manifest, verify_files
 from ...runtime.bundle.signing import read_signature
-from .blobs import publish_chunks, publish_web
+from .blobs import publish_chunks, publish_web, web_base
 from .link import FleetLink, groups_of
 from .waves import Record, Wave, matches, parse_waves, plan_waves, tags_of
 
@@ -74,6 +74,8 @@ def push(link: FleetLink, bundle: str | Path, model: str, target: str, *, canary
     if (blob_dir is None) != (blob_url is None):
         raise ValidationError("--blob-dir and --blob-url go together: the folder the bundle is written to, and the "
                               "URL a web server serves that folder at")
+    if blob_url is not None:
+        web_base(blob_url)  # a URL no board would take is refused before anything is packed or written
     if not 0 < success_rate <= 1 or abort_rate is not None and not 0 <= abort_rate < 1:
         raise ValidationError("--success-rate must be above 0 and at most 1, --abort-rate at least 0 and below 1")
     say = progress or (lambda message: None)

@@ -152,6 +152,8 @@ def test_a_push_whose_url_does_not_serve_the_bundle_fails_before_any_board_is_to
                                text=True, timeout=60)
         wrong = subprocess.run([str(EDGEC), *common, "--blob-dir", str(tmp_path / "out" / "blobs"), "--blob-url",
                                 elsewhere.url + "blobs/"], capture_output=True, text=True, timeout=120)
+        scheme = subprocess.run([str(EDGEC), *common, "--blob-dir", str(tmp_path / "never"), "--blob-url",
+                                 "ftp://127.0.0.1/blobs/"], capture_output=True, text=True, timeout=60)
         desired = _retained(broker.port, "edgec/test/desired/#")
     finally:
         elsewhere.stop()
@@ -160,6 +162,7 @@ def test_a_push_whose_url_does_not_serve_the_bundle_fails_before_any_board_is_to
     assert wrong.returncode == 1 and "boards could not fetch the bundle from http://127.0.0.1" in wrong.stderr
     assert "HTTP 404" in wrong.stderr and "Traceback" not in wrong.stderr
     assert desired == []
+    assert scheme.returncode == 1 and "not an http(s) URL" in scheme.stderr and not (tmp_path / "never").exists()
 
 
 def _retained(port: int, pattern: str) -> list[str]:
