@@ -34,7 +34,7 @@ def convert_page(report: dict[str, Any]) -> Report:
     page = Report(f"edgec report: {report['model']['source']} → {device['name']} "
                   f"({target['format']} {target['precision']})", report, lead=_lead(report))
     page.add("Summary", _summary(report, shipped))
-    page.extend(s for s in [output_section(shipped.get("fidelity") or {})] if s)
+    page.extend([output_section(shipped.get("fidelity") or {})])
     if report.get("search"):
         page.extend(search_sections(report["search"]))
     stages = {k: v for k, v in report.get("timings_s", {}).items() if k != "total"}

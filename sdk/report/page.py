@@ -43,13 +43,12 @@ class Report:
             self.sections.append(Section(title, lines))
         return self
 
-    def extend(self, sections: Iterable[Section]) -> Report:
+    def extend(self, sections: Iterable[Section | None]) -> Report:
+        """Append sections made elsewhere; ``None`` (a part with nothing to say) is left out."""
         for section in sections:
-            self.add(section.title, section.lines)
+            if section is not None:
+                self.add(section.title, section.lines)
         return self
-
-    def section(self, title: str) -> Section | None:
-        return next((s for s in self.sections if s.title == title), None)
 
     def markdown(self) -> str:
         lines = [f"# {self.title}", ""]

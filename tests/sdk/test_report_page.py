@@ -50,6 +50,6 @@ def test_a_conversion_page_has_one_section_per_part_and_keeps_its_data_whole():
     assert page.data is data
     assert [s.title for s in page.sections] == ["Summary", "Verification", "Fit on x86-64", "Data",
                                                  "Host and versions"]
-    assert page.section("Summary").lines[0] == "- Size: 50.0% of the fp32 onnx artifact (5 B)."
+    assert page.sections[0].lines[0] == "- Size: 50.0% of the fp32 onnx artifact (5 B)."
     assert "**onnx int8 (shipped)**" in "\n".join(page.lead)
     assert page.markdown().count("\n## ") == len(page.sections)
