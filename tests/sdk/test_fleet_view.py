@@ -95,3 +95,23 @@ def test_what_a_board_names_reaches_the_terminal_as_text_not_escapes_or_markup()
     assert "\x1b" not in drawn and "[bold red]owned[/]" in drawn.replace("\n", "")  # shown, not obeyed
     line = plain_line(rows[0])
     assert "\x1b" not in line and 'model="?[2J[bold red]owned[/] x"' in line, line
+
+
+def test_the_fleets_own_topic_levels_never_become_boards():
+    """A publisher on `edgec/<fleet>/rollouts/...` or `.../blobs/...` shaped like a board's topics is not a board;
+    a malformed rollout record is not kept."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("paho.mqtt.client")
+    from edgec.sdk.fleet.link import FleetLink
+
+    view = FleetView()
+    assert not view.update("edgec/shop/rollouts/status", json.dumps(status()).encode())
+    assert not view.update("edgec/shop/blobs/telemetry", json.dumps(GOOD).encode())
+    assert view.devices == {}
+    link = FleetLink("127.0.0.1", 1, fleet="shop")
+    for topic, payload in [("rollouts/fleet", b'{"device": "x", "groups": ["lab"]}'),
+                           ("rollouts/update/digits", b'{"state": "live"}'), ("rollouts/digits/x", b'{"a": 1}'),
+                           ("blobs/fleet", b'{"groups": ["lab"]}'), ("rollouts/digits", b'[1]')]:
+        link._on_message(None, None, SimpleNamespace(topic=f"edgec/shop/{topic}", payload=payload))
+    assert link.members == {} and link.updates == {} and link.rollouts == {"fleet": {"device": "x", "groups": ["lab"]}}
