@@ -24,6 +24,7 @@ from typing import Any
 from ..._optional import need
 from ...errors import BrokerError, ValidationError
 from ..fleet_config import TelemetryConfig
+from .latest import Latest
 from .spool import Spool, Spooled
 
 log = logging.getLogger("edgec.telemetry")
@@ -179,6 +180,7 @@ class Publisher:
         self._beat = time.monotonic()  # the sender's last pass
         self.on_problem: Any = None  # called with a one-line message (the agent publishes it as an event)
         self.connect_listeners: list[Any] = []  # called with the client after each connect (the update agent)
+        self.latest = Latest()  # retained states where the newest must win (publish_latest)
         self._sender = self._new_sender()
         if config.broker:
             self.client = self._make_client()  # bad TLS files fail here, before the spool is opened
@@ -259,6 +261,12 @@ class Publisher:
         self._wake.set()
         return seq
 
+    def publish_latest(self, topic_name: str, payload: bytes) -> None:
+        """Publish a retained state right away, outside the spool: only its newest payload matters, and
+        the broker is made to keep that one (:mod:`.latest`)."""
+        if self.client is not None:
+            self.latest.publish(self.client, topic_name, payload)
+
     def _new_sender(self) -> threading.Thread:
         return threading.Thread(target=self._send_loop, name="edgec-telemetry-send", daemon=True)
 
@@ -306,6 +314,8 @@ class Publisher:
 
     def _send_pass(self) -> None:
         self._ack_drained()
+        if self.client is not None:
+            self.latest.settle(self.client)
         if self.client is None or not self._connected.is_set():
             return
         room = self.config.window - len(self._inflight)
@@ -368,6 +378,7 @@ class Publisher:
         if getattr(reason, "is_failure", False):  # MQTT 5: refused for good (e.g. not authorized)
             log.warning("MQTT broker refused message %s: %s; dropping it", mid, reason)
         self._acked.append(mid)
+        self.latest.acked(mid)
         self._wake.set()
 
     def _message_cb(self, client: Any, userdata: Any, message: Any) -> None:

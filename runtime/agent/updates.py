@@ -163,15 +163,15 @@ class Updater:
             self._events.put("desired")
 
     def _publish(self, state: dict[str, Any]) -> None:
-        if self.client is not None:
-            self.client.publish(device_topic(self.fleet, self.device, f"update/{state['model']}"), json.dumps(state), qos=1,
-                                retain=True)
+        if self.client is not None:  # (started: before, the connect publishes every state)
+            self.publisher.publish_latest(device_topic(self.fleet, self.device, f"update/{state['model']}"),
+                                          json.dumps(state).encode())
 
     def _publish_membership(self) -> None:
         if self.client is not None:
             body = {"device": self.device, "groups": list(self.config.groups), "tags": dict(self.config.tags),
                     "models": self._running_versions(), "started": self._started, "time": time.time()}
-            self.client.publish(device_topic(self.fleet, self.device, "fleet"), json.dumps(body), qos=1, retain=True)
+            self.publisher.publish_latest(device_topic(self.fleet, self.device, "fleet"), json.dumps(body).encode())
 
     # -- the work (its own thread) -----------------------------------------------------------------
     def _work(self) -> None:
