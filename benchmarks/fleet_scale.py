@@ -7,8 +7,10 @@ the publisher with its SQLite spool, the telemetry agent (every ``--interval`` s
 agent, which downloads the bundle (chunks from the broker, or by URL from nginx), checks every
 chunk's sha256, unpacks it and reports. Only the model behind them is a stub
 (:class:`SimRuntime`: ``reload`` records the version instead of loading onnxruntime). Boards
-live in worker processes (``--per-process``, 100: paho's select() stops at descriptor 1023), each
-board's threads as in ``edgec serve``.
+live in worker processes (``--per-process``), each board's threads as in ``edgec serve`` except
+paho's network thread: one :class:`shared_loop.SharedLoop` per process moves every board's bytes.
+Ten thousand boards are ~40,000 threads: the kernel's ``pid_max`` must allow them
+(``sysctl kernel.pid_max=131072``; the benchmark says so when it is lower).
 
 Measured, per fleet size and delivery:
 
@@ -33,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -99,7 +102,11 @@ def worker(args: argparse.Namespace) -> None:
     from edgec.runtime.config import ModelConfig
     from edgec.runtime.fleet_config import FleetConfig, TelemetryConfig
 
+    from shared_loop import SharedLoop
+
     logging.getLogger("edgec").setLevel(logging.ERROR)  # allow_unsigned's warning, a thousand times
+    threading.stack_size(512 * 1024)  # four threads a board: 8 MB stacks each would be 320 GB of address space
+    network = SharedLoop()
     root = Path(args.root)
     version = bundle_version(INITIAL)
     boards = []
@@ -114,7 +121,10 @@ def worker(args: argparse.Namespace) -> None:
         fleet = FleetConfig(groups=("all-boards",), store=folder / "store", watch_requests=0, watch_s=0,
                             allow_unsigned=True, blob_urls=tuple(args.blob_urls))
         runtime = SimRuntime(type("Config", (), {"models": (ModelConfig("digits", INITIAL),)})(), version)
-        agent = Telemetry(telemetry, runtime).start()
+        agent = Telemetry(telemetry, runtime)
+        client = agent.publisher.client
+        client.loop_start = lambda client=client: network.adopt(client)  # this process's one network thread
+        agent.start()
         Updater(runtime, telemetry, fleet, agent.publisher).start()
         boards.append(agent)
         if len(boards) % 25 == 0:  # boards come up a few at a time, as a fleet's do, not all in one instant
@@ -274,9 +284,7 @@ def main() -> None:
     parser.add_argument("--boards", default="1000,5000,10000", help="fleet sizes, comma-separated")
     parser.add_argument("--delivery", default="chunks,url", help="chunks (on the broker), url (nginx), or both")
     parser.add_argument("--broker", choices=("mosquitto", "cluster"), default="mosquitto")
-    # paho watches its socket with select(), which takes no file descriptor above 1023: a process holding
-    # a board's socket and SQLite spool (~7 descriptors) runs out near 140 boards.
-    parser.add_argument("--per-process", type=int, default=100, help="boards per worker process (at most ~140)")
+    parser.add_argument("--per-process", type=int, default=250, help="boards per worker process")
     parser.add_argument("--interval", type=float, default=30.0, help="each board's telemetry interval (s)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a push waits for every board")
     parser.add_argument("--protocol", default=None, help="the boards' MQTT protocol (default: 5, 3.1.1 on the cluster)")
@@ -292,6 +300,11 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a broker with 10,000 connections needs the fds
     if args.worker:
         return worker(args)
+    threads = 5 * max(int(x) for x in args.boards.split(","))
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    if threads > pid_max:
+        sys.exit(f"{args.boards} boards need ~{threads} threads but kernel.pid_max is {pid_max}: "
+                 f"raise it (sysctl kernel.pid_max=131072) or simulate fewer boards")
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgec-scale-") as tmp:
         for n in (int(x) for x in args.boards.split(",")):

@@ -29,6 +29,7 @@ from .spool import Spool, Spooled
 
 log = logging.getLogger("edgec.telemetry")
 SCHEMA = 1  # the payload schema every message carries
+IDLE_WAKE_S = 5.0  # how often an idle board's threads wake on their own (a fleet of idle boards stays idle)
 
 
 def paho_client() -> Any:
@@ -279,7 +280,7 @@ class Publisher:
         failures = 0
         while not self._stopping:
             self._beat = time.monotonic()
-            self._wake.wait(0.5)
+            self._wake.wait(IDLE_WAKE_S)  # a message, an ack, a connect or stop() wakes it sooner
             self._wake.clear()
             try:
                 self._send_pass()

@@ -37,7 +37,7 @@ from ..fleet_config import TelemetryConfig
 from ..files import write_atomic
 from .control import check as check_control
 from .homeassistant import discovery
-from .publisher import SCHEMA, Publisher
+from .publisher import IDLE_WAKE_S, SCHEMA, Publisher
 from ..system import CpuMeter, cpu_temperature_c, rss_bytes
 
 log = logging.getLogger("edgec.telemetry")
@@ -120,6 +120,10 @@ class Telemetry:
     def stop(self, flush_s: float = 5.0) -> None:
         self._stop.set()
         self._tick.set()
+        try:
+            self._commands.put_nowait(("", b""))  # (a full queue keeps the loop busy: it sees the stop anyway)
+        except queue.Full:
+            pass
         for t in self._threads:
             t.join(5)
         if self.runtime is not None and self._on_alert in self.runtime.alert_listeners:
@@ -234,8 +238,10 @@ class Telemetry:
     def _command_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                topic_name, payload = self._commands.get(timeout=0.5)
+                topic_name, payload = self._commands.get(timeout=IDLE_WAKE_S)
             except queue.Empty:
+                continue
+            if not topic_name:  # stop() woke it
                 continue
             verb = topic_name.rsplit("/", 1)[-1]
             request_id = None

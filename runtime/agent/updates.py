@@ -37,7 +37,7 @@ from .admission import (bundle_version, downgrade, failure_key, fetch_problem, l
 from .control import check as check_control
 from .delivery import Blob, Download, clean_downloads, inside, is_inside
 from ..files import write_atomic
-from .publisher import Publisher
+from .publisher import IDLE_WAKE_S, Publisher
 from .urlsource import UrlSource
 from ..serve.runtime import Runtime
 from ..topics import blob_topic, desired_topic, device_topic, fleet_root
@@ -177,7 +177,7 @@ class Updater:
     def _work(self) -> None:
         while not self._stopping.is_set():
             try:
-                self._events.get(timeout=1.0)
+                self._events.get(timeout=IDLE_WAKE_S)  # every change puts an event
             except queue.Empty:
                 pass
             while self._refused:
