@@ -63,8 +63,11 @@ class SharedLoop:
         self._poke()
 
     def _done_writing(self, client: Any) -> None:
+        # paho clears its "registered" flag before this call: a packet queued by another thread in between
+        # registers again, and must not be forgotten here (else the client never writes again)
         with self._lock:
-            self._writers.discard(client)
+            if not client.want_write():
+                self._writers.discard(client)
 
     def _poke(self) -> None:
         try:
@@ -97,8 +100,10 @@ class SharedLoop:
             if now >= misc:
                 misc = now + MISC_EVERY_S
                 for client in list(self._clients):
-                    if client not in self._due and client.loop_misc() != 0:
-                        self._lost(client)
+                    if client in self._due:
+                        continue
+                    if client.loop_misc() != 0 or (client.want_write() and client.loop_write() != 0):
+                        self._lost(client)  # (a write the callbacks missed goes out here, a second late)
                 self._reconnect_due(now)
 
     def _reconnect_due(self, now: float) -> None:
