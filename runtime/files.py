@@ -1,7 +1,8 @@
-"""Small files written whole or not at all (a temporary beside the target, fsync, rename)."""
+"""Small files written whole or not at all (a temporary beside the target, fsync, rename), and read back."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -20,3 +21,12 @@ def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def read_json_object(path: Path) -> dict:
+    """The JSON object in ``path``; ``{}`` when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -36,7 +36,7 @@ from .admission import (bundle_version, downgrade, failure_key, fetch_problem, l
                         release_of, wrong_device)
 from .control import check as check_control
 from .delivery import Blob, Download, clean_downloads, inside, is_inside
-from ..files import write_atomic
+from ..files import read_json_object, write_atomic
 from .publisher import IDLE_WAKE_S, Publisher
 from .urlsource import UrlSource
 from ..serve.runtime import Runtime
@@ -67,6 +67,7 @@ class Updater:
         self._lock = threading.Lock()
         self._download: Download | None = None
         self._asked: dict[int, float] = {}  # chunk index -> when it was asked for
+        self._moved = 0.0  # when a chunk last came: chunks are asked again only once delivery stalled
         self.trusted = runtime.cache.trusted  # None: unsigned control messages (allow_unsigned = true)
         # Control messages refused on paho's thread, reported by the worker (bounded: a flood drops the oldest).
         self._refused: collections.deque[tuple[str, dict[str, Any], str]] = collections.deque(maxlen=8)
@@ -85,7 +86,7 @@ class Updater:
         self.store.mkdir(parents=True, exist_ok=True)
         self._started = {m.name: v for m in self.runtime.config.models if (v := bundle_version(m.path))}
         clean_downloads(self.store / ".downloads")
-        self.record = self._read_record()
+        self.record = read_json_object(self._record_path)
         self._restore()
         self.client = self.publisher.client  # desired states and chunks routed here; commands stay the agent's
         for pattern in (desired_topic(self.fleet, "+", "#"), blob_topic(self.fleet, "+", "+")):
@@ -130,6 +131,7 @@ class Updater:
                 if download is not None and download.blob.sha256 == parts[1]:
                     download.accept(index, message.payload)  # written to disk here, in order or not
                     self._asked.pop(index, None)
+                    self._moved = time.monotonic()
             client.unsubscribe(message.topic)
             self._events.put("chunk")
         elif parts[0] == "desired" and len(parts) >= 3:
@@ -273,7 +275,7 @@ class Updater:
         """Download the blob chunk by chunk; False when the desired version changed meanwhile."""
         download = Download(self.store / ".downloads", blob)
         with self._lock:  # chunks from the broker are routed to it; a URL's come from a UrlSource thread
-            self._download, self._asked = (download if blob.url is None else None), {}
+            self._download, self._asked, self._moved = (download if blob.url is None else None), {}, time.monotonic()
         web = UrlSource(blob.url, download, self._lock, lambda: self._events.put("chunk")).start() if blob.url else None
         last_report = 0.0
         try:
@@ -306,10 +308,13 @@ class Updater:
             download.close()
 
     def _ask(self, download: Download) -> None:
+        """Subscribe to the next chunks; ask again for ones asked long ago only when none came for a while (a
+        retained chunk asked twice is sent twice: a slow board re-asking what is on its way multiplies traffic)."""
         now = time.monotonic()
         with self._lock:
+            stalled = now - self._moved >= RESUBSCRIBE_S
             wanted = [i for i in download.wanted(self.config.window)
-                      if now - self._asked.get(i, -RESUBSCRIBE_S) >= RESUBSCRIBE_S]
+                      if i not in self._asked or (stalled and now - self._asked[i] >= RESUBSCRIBE_S)]
             for i in wanted:
                 self._asked[i] = now
         if wanted and self.client is not None and self.client.is_connected():
@@ -357,13 +362,6 @@ class Updater:
     def _current_folder(self, model: str) -> Path | None:
         loaded = self.runtime.cache.peek(model)
         return Path(loaded.path) if loaded is not None else None
-
-    def _read_record(self) -> dict[str, dict[str, Any]]:
-        try:
-            data = json.loads(self._record_path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
 
     def _write_record(self) -> None:
         write_atomic(self._record_path, json.dumps(self.record, indent=2).encode())
