@@ -222,3 +222,33 @@ def fleet_command(
         raise typer.Exit(1)
 
 
+capture = typer.Typer(help="Samples boards kept of what they served (\\[capture] in their runtime.toml).",
+                      no_args_is_help=True)
+group.add_typer(capture, name="capture")
+
+
+@capture.command("pull")
+@handles_errors
+def capture_pull(
+    board: str = typer.Option(..., "--board", help="The board's address, e.g. http://pi-kitchen:8080."),
+    model: str = typer.Option(..., "--model", "-m", help="Model name on the board."),
+    dest: Path = typer.Option(..., "--out", "-o", help="The .npz to write (edgec convert --calib/--eval take it)."),
+    token: str = typer.Option(..., "--token", help="The board's admin_token (or EDGEC_ADMIN_TOKEN).",
+                              envvar="EDGEC_ADMIN_TOKEN"),
+    max_mb: float = typer.Option(256, "--max-mb", help="Refuse an answer larger than this."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+) -> None:
+    """Fetch the samples a board kept of one model's served data, as an .npz keyed by its input names.
+
+    \b
+    The samples never leave the board unasked: this is the asking (admin token).
+    Examples:
+      edgec fleet capture pull --board http://pi-kitchen:8080 --model digits --token $TOKEN --out field.npz
+      edgec convert model.pt2 --device rpi4 --calib field.npz --out build/rpi4-next
+    """
+    from ..sdk.fleet.capture import pull
+
+    got = pull(board, model, token, dest, max_mb=max_mb, force=force)
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(got["reasons"].items())) or "none"
+    out.print(escape(f"{got['samples']} sample(s) of {model} ({reasons}), {got['bytes'] / 1024:.0f} kB -> {dest}"))
+

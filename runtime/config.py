@@ -96,6 +96,75 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    """``[drift]``: each model's served data against its bundle's held-out data (``drift.json``).
+
+    Attributes:
+        enabled: Keep the statistics (on by default: a bundle without ``drift.json`` is skipped).
+        window: The last served samples compared with the reference.
+        min_samples: Samples in the window before a score is given.
+        threshold: The drift score (population stability index) at which the ``drift`` alert is raised.
+        cpu_budget: Most of one core the statistics may take; requests beyond it are not sampled.
+    """
+
+    enabled: bool = True
+    window: int = 500
+    min_samples: int = 200
+    threshold: float = 0.25
+    cpu_budget: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValidationError(f"[drift] enabled must be true or false, got {self.enabled!r}")
+        if not isinstance(self.window, int) or not 50 <= self.window <= 100_000:
+            raise ValidationError(f"[drift] window must be a whole number from 50 to 100000, got {self.window!r}")
+        if not isinstance(self.min_samples, int) or not 1 <= self.min_samples <= self.window:
+            raise ValidationError(f"[drift] min_samples must be from 1 to window ({self.window}), got {self.min_samples!r}")
+        if not isinstance(self.threshold, (int, float)) or not self.threshold > 0:
+            raise ValidationError(f"[drift] threshold must be a number above 0 (0.25 is a real shift), got {self.threshold!r}")
+        if not isinstance(self.cpu_budget, (int, float)) or not 0 < self.cpu_budget <= 1:
+            raise ValidationError(f"[drift] cpu_budget must be above 0 and at most 1 (a share of one core), "
+                                  f"got {self.cpu_budget!r}")
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """``[capture]``: sampled served inputs with the model's answers, kept on the board (off by default).
+
+    Attributes:
+        enabled: Keep samples (nothing is ever sent anywhere: an admin fetches them).
+        folder: Where (relative to runtime.toml), one sub-folder per model.
+        max_samples: Samples kept per model; the oldest go first.
+        max_mb: Disk kept per model; the oldest go first.
+        per_minute: Most samples written per minute, over all models.
+        low_confidence: Answers less confident than this (a classifier's top class) are always kept.
+        keep_share: The share of the other samples kept (ten times as many while drift is alerted).
+    """
+
+    enabled: bool = False
+    folder: Path = Path("capture")
+    max_samples: int = 1000
+    max_mb: float = 32.0
+    per_minute: int = 30
+    low_confidence: float = 0.5
+    keep_share: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValidationError(f"[capture] enabled must be true or false, got {self.enabled!r}")
+        for key, low, high in (("max_samples", 1, 1_000_000), ("per_minute", 1, 60_000)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or not low <= value <= high:
+                raise ValidationError(f"[capture] {key} must be a whole number from {low} to {high}, got {value!r}")
+        if not isinstance(self.max_mb, (int, float)) or not 0 < self.max_mb <= 1 << 20:
+            raise ValidationError(f"[capture] max_mb must be a number above 0, got {self.max_mb!r}")
+        for key in ("low_confidence", "keep_share"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValidationError(f"[capture] {key} must be from 0 to 1, got {value!r}")
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """Everything ``edgec serve`` needs (the ``runtime.toml`` file).
 
@@ -117,6 +186,10 @@ class ServeConfig:
         max_queue_delay_ms = 0
         max_queue = 64
         max_bytes_mb = 64
+        [drift]                    # served data against the bundle's held-out data (see DriftConfig)
+        threshold = 0.25
+        [capture]                  # off by default: sampled inputs kept on the board (see CaptureConfig)
+        enabled = true
         [[models]]
         name = "digits"
         path = "build/rpi4"
@@ -143,6 +216,8 @@ class ServeConfig:
     trusted_keys: tuple[Path, ...] = ()
     http: HttpConfig = field(default_factory=HttpConfig)
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     telemetry: TelemetryConfig | None = None
     fleet: FleetConfig | None = None
 
@@ -197,6 +272,23 @@ class ServeConfig:
             raise ValidationError("[http] must be a table")
         known_keys(HttpConfig, http, "[http]")
         data["http"] = HttpConfig(**http)
+        drift = data.pop("drift", {})
+        if not isinstance(drift, dict):
+            raise ValidationError("[drift] must be a table")
+        known_keys(DriftConfig, drift, "[drift]")
+        data["drift"] = DriftConfig(**drift)
+        capture = dict(data.pop("capture", {})) if isinstance(data.get("capture", {}), dict) else None
+        if capture is None:
+            raise ValidationError("[capture] must be a table")
+        known_keys(CaptureConfig, capture, "[capture]")
+        if "folder" in capture:
+            if not isinstance(capture["folder"], str) or not capture["folder"]:
+                raise ValidationError('[capture] folder must be a path, e.g. folder = "/var/lib/edgec/capture"')
+            folder = Path(capture["folder"])
+            capture["folder"] = folder if folder.is_absolute() else base / folder
+        else:
+            capture["folder"] = base / CaptureConfig.folder
+        data["capture"] = CaptureConfig(**capture)
         telemetry = data.pop("telemetry", None)
         if telemetry is not None:
             if not isinstance(telemetry, dict):

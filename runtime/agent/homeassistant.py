@@ -32,6 +32,9 @@ MODEL_SENSORS = (
      "mdi:speedometer"),
     ("errors", "{model} errors/s", "{{{{ value_json.models['{model}'].errors_per_s }}}}", "err/s", None,
      "mdi:alert-circle-outline"),
+    # PSI has no unit; "None" (no score yet, or no reference) reads as unknown in HA
+    ("drift", "{model} drift (PSI)", "{{{{ value_json.models['{model}'].drift.score if value_json.models['{model}'].drift is defined else None }}}}", None, None,
+     "mdi:chart-bell-curve"),
 )
 
 
@@ -59,7 +62,7 @@ def discovery(config: TelemetryConfig, models: list[str]) -> list[tuple[str, dic
     out = []
     for key, name, template, unit, cls, icon in sensors:
         payload = {"name": name, "unique_id": f"{node}_{key}", "object_id": f"{node}_{key}",
-                   "value_template": template, "unit_of_measurement": unit, **common}
+                   "value_template": template, **({"unit_of_measurement": unit} if unit else {}), **common}
         if cls is not None:
             payload["device_class"] = cls
         if icon is not None:

@@ -180,6 +180,9 @@ class Telemetry:
                 "queue_depth": batcher["queue_depth"], "batch_sizes": batcher["stats"]["batch_sizes"],
                 "rejected": batcher["stats"]["rejected"],
             }
+            drift = stats.get("drift", {}).get(name)
+            if drift is not None and "unavailable" not in drift:
+                out["models"][name]["drift"] = {k: drift[k] for k in ("score", "statistic", "samples", "threshold", "alert")}
             p95 = lat.get("p95_ms")
             if self.config.latency_alert_ms is not None and p95 is not None and p95 > self.config.latency_alert_ms:
                 self.event("latency", f"model {name} p95 latency {p95:.1f} ms is above {self.config.latency_alert_ms:g} ms",

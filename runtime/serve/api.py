@@ -42,6 +42,7 @@ INLINE_MAX_S = 0.001
 _NAME = r"([A-Za-z0-9_.\-]+)"
 _V1 = re.compile(rf"^/v1/models/{_NAME}/(predict|reload)$")
 _V2 = re.compile(rf"^/v2/models/{_NAME}(?:/versions/{_NAME})?(?:/(ready|infer))?$")
+_CAPTURE = re.compile(rf"^/v1/models/{_NAME}/capture$")
 
 
 @dataclass
@@ -177,6 +178,8 @@ class Api:
             match = _V2.match(path)
             if match and match.group(3) != "infer":
                 return self._model_get(*match.groups())
+            if capture := _CAPTURE.match(path):
+                return await self._capture(capture.group(1), headers)
             raise HttpError(404, f"no route GET {path}")
         if method != "POST":
             raise HttpError(405, f"method {method} is not served: use GET or POST", {"Allow": "GET, POST"})
@@ -210,6 +213,18 @@ class Api:
             raise HttpError(504, str(exc)) from None
         except EdgecError as exc:  # BundleError and kin: the model, not the request
             raise HttpError(409 if v1 and v1.group(2) == "reload" else 503, str(exc)) from None
+
+    async def _capture(self, name: str, headers: _Headers) -> Response:
+        """The samples kept for a model, as one ``.npz`` (admin token: they are the board's served data)."""
+        self._authorize(headers)
+        rt = self.runtime
+        if name not in rt.batchers:
+            raise HttpError(404, f"unknown model {name!r}; serving {', '.join(sorted(rt.batchers)) or 'none'}")
+        if not rt.capture.config.enabled:
+            raise HttpError(409, "data capture is off on this board: set [capture] enabled = true in its runtime.toml")
+        body = await asyncio.get_running_loop().run_in_executor(self._pool, rt.capture.pull, name)
+        return Response(200, body, "application/octet-stream",
+                        {"content-disposition": f'attachment; filename="{name}-capture.npz"'})
 
     # -- bodies ------------------------------------------------------------------------------------
     def _authorize(self, headers: _Headers) -> None:

@@ -21,6 +21,8 @@ from ...errors import AccessError, DeadlineError, EdgecError, InputError
 from ...formats import FORMATS
 from .batcher import Batcher
 from .cache import ModelCache
+from .capture import Capture
+from .driftwatch import DriftWatch
 from ..config import ServeConfig
 from ..bundle.manifest import Manifest, read_manifest
 from ..bundle.signing import TrustedKeys
@@ -53,6 +55,8 @@ class Runtime:
         # Parts that report their own health (telemetry): name -> check returning {"ok": bool, ...}.
         self.health_checks: dict[str, Callable[[], dict[str, Any]]] = {}
         self._lock = threading.Lock()
+        self.capture = Capture(config.capture)  # opt-in: sampled inputs kept on the board
+        self.drift = DriftWatch(config.drift, self.alert, self.capture)  # served data against the bundle's
         self.pressure = MemoryPressure(self.cache.min_available_bytes, every_s=PRESSURE_EVERY_S)
         for m in config.models:
             try:
@@ -73,10 +77,16 @@ class Runtime:
     def _batcher(self, name: str) -> Batcher:
         with self._lock:
             if name not in self.batchers:
-                self.batchers[name] = Batcher(name, lambda feeds, n=name: self.cache.get(n).predict(feeds),
+                self.batchers[name] = Batcher(name, lambda feeds, n=name: self._serve(n, feeds),
                                               self.config.batcher, pressure=self.pressure, alert=self.alert)
                 self.latency[name] = LatencyWindow()
             return self.batchers[name]
+
+    def _serve(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        model = self.cache.get(name)
+        outputs = model.predict(feeds)
+        self.drift.offer(name, model, feeds, outputs)
+        return outputs
 
     def alert(self, message: str, kind: str = "memory_pressure") -> None:
         log.warning(message)
@@ -266,6 +276,8 @@ class Runtime:
             "latency": {n: {**lat.percentiles(), "requests": lat.count, "errors": lat.errors, "failures": lat.failures,
                             "seconds_total": lat.total_s}
                         for n, lat in self.latency.items()},
+            "drift": self.drift.describe(),
+            "capture": {n: self.capture.describe(n) for n in self.batchers} if self.config.capture.enabled else {},
             "alerts": list(self.alerts)[-10:],
             "failed": self.failed,
         }
@@ -277,3 +289,4 @@ class Runtime:
     def close(self, drain: bool = True) -> None:
         for b in self.batchers.values():
             b.close(drain=drain)
+        self.drift.close()

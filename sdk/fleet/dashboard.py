@@ -92,17 +92,23 @@ def board(key: tuple[str, str], d: dict[str, Any], now: float, rules: AlertRules
         m = models.get(model) if isinstance(models.get(model), dict) else {}
         latency = m.get("latency_ms") if isinstance(m.get("latency_ms"), dict) else {}
         update = d["updates"].get(model)
+        drift = m.get("drift") if isinstance(m.get("drift"), dict) else {}
         row = {"name": model, "version": m.get("version"), "precision": m.get("precision"),
                "p50_ms": _num(latency.get("p50")), "p95_ms": _num(latency.get("p95")),
                "requests": _num(m.get("requests")), "errors": _num(m.get("errors")),
                "requests_per_s": _num(m.get("requests_per_s")), "errors_per_s": _num(m.get("errors_per_s")),
                "queue_depth": _num(m.get("queue_depth")),
+               "drift": _num(drift.get("score")), "drift_alert": drift.get("alert") is True,
+               "drift_statistic": drift.get("statistic") if isinstance(drift.get("statistic"), str) else None,
                "history": [[round(at, 3), p50, p95] for at, p50, p95 in d["history"].get(model, ())],
                "update": {k: update.get(k) for k in ("state", "desired", "running", "progress", "error")}
                if update else None}
         out["models"].append(row)
         if (row["errors_per_s"] or 0) > 0:
             alerts.append({"kind": "errors", "message": f"{name}/{model}: {row['errors_per_s']:g} errors/s"})
+        if row["drift_alert"]:
+            alerts.append({"kind": "drift", "message": f"{name}/{model}: served data drifted (PSI {row['drift']:.2f} "
+                           f"on {row['drift_statistic']})" if row["drift"] is not None else f"{name}/{model}: drift"})
         if update and update.get("state") in ("rolled_back", "refused", "failed"):
             alerts.append({"kind": "rollout", "message": f"{name}/{model}: update {update.get('state')}"
                            + (f": {update['error']}" if update.get("error") else "")})

@@ -141,9 +141,9 @@ def test_home_assistant_sensors_read_numbers_from_real_telemetry(tmp_path, fixtu
         client.disconnect()
         broker.stop()
     message = next(t for t in telemetry if t["models"]["digits"]["requests"] >= 10)
-    assert len(retained) == 9, sorted(retained)  # 5 board sensors, 4 for the one model
+    assert len(retained) == 10, sorted(retained)  # 5 board sensors, 5 for the one model
     assert all(t.startswith("homeassistant/sensor/edgec_test_pi_1/") for t in retained)  # '.' is not allowed in ids
-    assert len({c["unique_id"] for c in retained.values()}) == 9
+    assert len({c["unique_id"] for c in retained.values()}) == 10
     env = jinja2.Environment()
     values = {}
     for topic, config in retained.items():
@@ -154,3 +154,4 @@ def test_home_assistant_sensors_read_numbers_from_real_telemetry(tmp_path, fixtu
     assert float(values["rss"]) == pytest.approx(message["process"]["rss_bytes"] / 2**20, abs=0.06)
     assert float(values["digits_p95"]) == pytest.approx(message["models"]["digits"]["latency_ms"]["p95"])
     assert values["temperature"] in ("None",) or float(values["temperature"]) > 0  # None where no sensor: HA shows unknown
+    assert values["digits_drift"] == "None"  # 10 samples: no score yet (a scored one: tests/runtime/test_drift_board.py)

@@ -59,6 +59,8 @@ function drawBoards(boards) {
       cell(row, "p95_ms", fmt(m && m.p95_ms, 2), "n");
       cell(row, "requests_per_s", fmt(m && m.requests_per_s, 1), "n");
       cell(row, "errors", m ? fmt(m.errors, 0) : "–", m && m.errors_per_s > 0 ? "n hot" : "n");
+      cell(row, "drift", fmt(m && m.drift, 2), m && m.drift_alert ? "n hot" : "n")
+        .setAttribute("title", m && m.drift_statistic ? `largest on ${m.drift_statistic}` : "");
       if (i === 0) {
         const span = String(models.length);
         const cache = b.cache_used_mb === null ? "–" : `${fmt(b.cache_used_mb)} / ${fmt(b.cache_budget_mb, 0)}`;

@@ -1,0 +1,243 @@
+"""Drift: does a model on the board still see the data it was verified on?
+
+``edgec convert`` runs the shipped model on the held-out samples and stores, in the bundle's
+``drift.json`` (covered by the manifest's sha256 sums, hence by its signature), the distribution of
+a few per-sample statistics:
+
+- of every input: its mean (per channel when an image has 2 to 8 of them), its standard
+  deviation, and the fraction of its values outside the range the held-out data spans;
+- of every output: for a classifier's scores, the top class's confidence (after a softmax when
+  the scores are logits) and, up to 32 classes, the predicted class; else its mean and
+  standard deviation.
+
+Each statistic's distribution is kept as up to ten bins between its quantiles on the held-out data,
+plus a bin for values below and one for values above everything held out (a class is a bin of its own). The board bins the same statistics of what it serves over a sliding
+window and compares the two with the **population stability index**,
+``PSI = sum((w - r) * ln(w / r))`` over the bins (``r``: the reference's share of samples in a bin,
+``w``: the window's, both smoothed so that an empty bin stays finite). A model's drift score is the
+largest PSI of its statistics, with the statistic's name. By the usual reading, under 0.1 is no
+shift, 0.1-0.25 a moderate one, over 0.25 a real one: the default alert threshold is 0.25.
+
+Only numpy is imported; the host builds the reference with the same functions the board uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import BundleError
+
+REFERENCE_NAME = "drift.json"
+SCHEMA = 1
+BINS = 10  # at most: fewer when the reference has under 500 samples (``bins_for``)
+MIN_PER_BIN = 50
+MAX_FEATURES = 64
+MAX_EDGES = 64
+MAX_REFERENCE_BYTES = 1 << 20
+MAX_ROWS = 64  # rows of one batch taken into the window (a batch of 512 is a sample of 64)
+MAX_CLASSES_BINNED = 32
+STATS = ("mean", "std", "outside", "confidence", "class")
+
+
+# -- statistics (both sides) -----------------------------------------------------------------------
+def channel_axis(shape: Sequence[int | None]) -> int | None:
+    """The channel axis of an image batch with 2 to 4 channels (NCHW or NHWC, whichever side is the
+    small one: an 8x8 image is not 8 channels), else None."""
+    if len(shape) != 4:
+        return None
+    first, last = shape[1], shape[-1]
+    small = lambda n: isinstance(n, int) and n <= 4  # noqa: E731
+    if small(first) and not small(last):
+        return 1 if first >= 2 else None
+    if small(last) and not small(first):
+        return 3 if last >= 2 else None
+    return None
+
+
+def values(feature: Mapping[str, Any], array: np.ndarray) -> np.ndarray:
+    """One statistic per row of ``array`` (float64)."""
+    a = np.asarray(array)
+    n = a.shape[0] if a.ndim else 1
+    stat = feature["stat"]
+    if stat == "class":
+        return a.reshape(n, -1).argmax(1).astype(np.float64)
+    a = a.astype(np.float32, copy=False)
+    if feature.get("channel") is not None:
+        a = np.take(a, feature["channel"], axis=feature["axis"])
+    flat = a.reshape(n, -1)
+    if stat == "mean":
+        return flat.mean(1, dtype=np.float64)
+    if stat == "std":
+        return flat.std(1, dtype=np.float64)
+    if stat == "outside":
+        return ((flat < feature["low"]) | (flat > feature["high"])).mean(1)
+    if feature.get("softmax"):  # confidence of logits
+        shifted = flat - flat.max(1, keepdims=True)
+        exp = np.exp(shifted)
+        return (1.0 / exp.sum(1)).astype(np.float64)  # the top class's probability: exp(0) / sum
+    return flat.max(1).astype(np.float64)
+
+
+def binned(edges: Any, v: np.ndarray) -> np.ndarray:
+    """Bin ``i`` holds ``edges[i-1] < v <= edges[i]`` (a point mass stays in the bin its edge closes)."""
+    return np.searchsorted(edges, v, side="left")
+
+
+def bins_for(samples: int) -> int:
+    """Bins per statistic: ten, or fewer so that each keeps ~50 reference samples (a PSI of small samples is
+    biased upwards by about (bins - 1) / samples on each side)."""
+    return max(3, min(BINS, samples // MIN_PER_BIN))
+
+
+def _plan(side: str, name: str, shape: Sequence[int | None], sample: np.ndarray) -> list[dict[str, Any]]:
+    """The statistics kept for one tensor (without their bins yet)."""
+    base = {"side": side, "tensor": name}
+    if side == "output" and sample.ndim == 2 and 2 <= sample.shape[1] <= 1000 and sample.dtype.kind == "f":
+        rows = sample.astype(np.float64)
+        probabilities = bool(np.all(rows >= 0) and np.all(rows <= 1) and np.allclose(rows.sum(1), 1, atol=1e-3))
+        plan = [{**base, "name": f"{name}.confidence", "stat": "confidence", "softmax": not probabilities}]
+        if sample.shape[1] <= MAX_CLASSES_BINNED:
+            plan.append({**base, "name": f"{name}.class", "stat": "class", "classes": int(sample.shape[1])})
+        return plan
+    axis = channel_axis(shape) if sample.ndim == 4 else None
+    if axis is None:
+        plan = [{**base, "name": f"{name}.mean", "stat": "mean"}]
+    else:
+        plan = [{**base, "name": f"{name}.mean[{c}]", "stat": "mean", "channel": c, "axis": axis}
+                for c in range(sample.shape[axis])]
+    plan.append({**base, "name": f"{name}.std", "stat": "std"})
+    if side == "input" and sample.dtype.kind == "f":
+        plan.append({**base, "name": f"{name}.outside", "stat": "outside",
+                     "low": float(np.min(sample)), "high": float(np.max(sample))})
+    return plan
+
+
+def reference(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+              input_shapes: Mapping[str, Sequence[int | None]], output_shapes: Mapping[str, Sequence[int | None]]
+              ) -> dict[str, Any]:
+    """The reference distributions (``drift.json``) of held-out ``inputs`` and the model's ``outputs`` on them."""
+    features = []
+    rows = len(np.asarray(next(iter(inputs.values()))))
+    bins = bins_for(rows)
+    for side, tensors, shapes in (("input", inputs, input_shapes), ("output", outputs, output_shapes)):
+        for name, array in tensors.items():
+            array = np.asarray(array)
+            for feature in _plan(side, name, shapes.get(name, array.shape), array):
+                v = values(feature, array)
+                if feature["stat"] == "class":
+                    edges = [k + 0.5 for k in range(feature["classes"] - 1)]
+                else:  # between the quantiles, and a bin each for below and above all the held-out data
+                    inner = np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1])
+                    edges = np.unique([np.nextafter(v.min(), -np.inf), *inner, v.max()]).tolist()
+                counts = np.bincount(binned(edges, v), minlength=len(edges) + 1)
+                features.append({**feature, "edges": edges, "expected": (counts / counts.sum()).tolist()})
+    return {"schema": SCHEMA, "samples": rows, "features": features[:MAX_FEATURES]}
+
+
+# -- the board's side -------------------------------------------------------------------------------
+def read_reference(folder: Path, files: Mapping[str, str], inputs: Sequence[str], outputs: Sequence[str]
+                   ) -> dict[str, Any] | None:
+    """A bundle's ``drift.json``, checked against its sha256 and for sense; None when it has none.
+
+    Raises:
+        BundleError: The file does not match the manifest, or is not a reference this runtime can use.
+    """
+    if REFERENCE_NAME not in files:
+        return None
+    path = Path(folder) / REFERENCE_NAME
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_REFERENCE_BYTES + 1)
+    except OSError as exc:
+        raise BundleError(f"{REFERENCE_NAME} of {Path(folder).name}: {exc.strerror}") from None
+    if len(data) > MAX_REFERENCE_BYTES or hashlib.sha256(data).hexdigest() != files[REFERENCE_NAME]:
+        raise BundleError(f"{REFERENCE_NAME} of {Path(folder).name} does not match the manifest's sha256")
+    try:
+        ref = json.loads(data)
+        return _checked(ref, set(inputs), set(outputs))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BundleError(f"{REFERENCE_NAME} of {Path(folder).name} is not a drift reference: {exc}") from None
+
+
+def _checked(ref: Any, inputs: set[str], outputs: set[str]) -> dict[str, Any]:
+    if not isinstance(ref, dict) or ref.get("schema") != SCHEMA:
+        raise ValueError(f"schema {ref.get('schema') if isinstance(ref, dict) else None!r}, not {SCHEMA}")
+    features = ref["features"]
+    if not isinstance(features, list) or not 0 < len(features) <= MAX_FEATURES:
+        raise ValueError(f"1 to {MAX_FEATURES} features expected")
+    for f in features:
+        names = inputs if f["side"] == "input" else outputs if f["side"] == "output" else set()
+        if f["tensor"] not in names or f["stat"] not in STATS or not isinstance(f["name"], str):
+            raise ValueError(f"feature {f.get('name')!r} names no {f.get('side')} of the model")
+        edges, expected = f["edges"], f["expected"]
+        if (not isinstance(edges, list) or len(edges) > MAX_EDGES or not isinstance(expected, list)
+                or len(expected) != len(edges) + 1):
+            raise ValueError(f"feature {f['name']!r}: bad bins")
+        e, p = np.asarray(edges, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+        if not (np.all(np.isfinite(e)) and np.all(np.diff(e) > 0) and np.all(p >= 0) and abs(p.sum() - 1) < 1e-6):
+            raise ValueError(f"feature {f['name']!r}: bins not increasing, or shares not summing to 1")
+        if f.get("channel") is not None and not (isinstance(f["channel"], int) and f.get("axis") in (1, 3)):
+            raise ValueError(f"feature {f['name']!r}: bad channel")
+        if f["stat"] == "outside" and not all(isinstance(f[k], (int, float)) for k in ("low", "high")):
+            raise ValueError(f"feature {f['name']!r}: bad range")
+    return ref
+
+
+def psi(expected: np.ndarray, counts: np.ndarray) -> float:
+    """The population stability index of ``counts`` (the window) against the ``expected`` shares."""
+    r = np.maximum(expected, 1e-3)
+    r = r / r.sum()
+    w = (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
+    return float(np.sum((w - r) * np.log(w / r)))
+
+
+class DriftMonitor:
+    """One model version's statistics over its last ``window`` served samples."""
+
+    def __init__(self, ref: Mapping[str, Any], *, window: int = 500) -> None:
+        self.features = list(ref["features"])
+        self.edges = [np.asarray(f["edges"], dtype=np.float64) for f in self.features]
+        self.expected = [np.asarray(f["expected"], dtype=np.float64) for f in self.features]
+        self.window = window
+        self._tensors = sorted({(f["side"], f["tensor"]) for f in self.features})  # all batch-first
+        self._ring = np.zeros((window, len(self.features)), dtype=np.uint8)  # each sample's bin per statistic
+        self._counts = np.zeros((len(self.features), MAX_EDGES + 1), dtype=np.int64)
+        self.samples = 0  # in the window
+        self.seen = 0  # in all
+        self._pos = 0
+
+    def add(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+        """Take a served batch (at most ``MAX_ROWS`` of its rows) into the window."""
+        rows = min(MAX_ROWS, *(len(np.atleast_1d((inputs if side == "input" else outputs)[name]))
+                               for side, name in self._tensors))
+        bins = np.empty((rows, len(self.features)), dtype=np.uint8)
+        for j, (feature, edges) in enumerate(zip(self.features, self.edges)):
+            tensor = (inputs if feature["side"] == "input" else outputs)[feature["tensor"]]
+            bins[:, j] = binned(edges, values(feature, np.asarray(tensor)[:rows]))
+        for row in bins:
+            if self.samples == self.window:
+                old = self._ring[self._pos]
+                self._counts[np.arange(len(old)), old] -= 1
+            else:
+                self.samples += 1
+            self._ring[self._pos] = row
+            self._counts[np.arange(len(row)), row] += 1
+            self._pos = (self._pos + 1) % self.window
+        self.seen += rows
+
+    def scores(self) -> dict[str, float]:
+        """Each statistic's PSI over the window."""
+        return {f["name"]: psi(expected, self._counts[j, :len(expected)])
+                for j, (f, expected) in enumerate(zip(self.features, self.expected))}
+
+    def score(self) -> tuple[float, str]:
+        """The drift score (the largest PSI) and the statistic it comes from."""
+        scores = self.scores()
+        worst = max(scores, key=scores.get)
+        return scores[worst], worst

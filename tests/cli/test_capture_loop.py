@@ -1,0 +1,60 @@
+"""Closing the loop from the field: a board keeps samples of what it served (most of all what it was unsure
+of), `edgec fleet capture pull` brings them back with the admin token, and the next `edgec convert`
+calibrates on them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.boards import Board
+from helpers.broker import Mosquitto
+from helpers.shifts import SHIFTS
+
+EDGEC = Path(sys.executable).parent / "edgec"
+TOKEN = "capture-admin-token-0123456789"
+
+
+@pytest.mark.slow  # a board, a pull and a conversion
+def test_samples_pulled_from_a_board_calibrate_the_next_bundle(tmp_path, fixture_bundle, digits_test):
+    pytest.importorskip("onnx")
+    broker = Mosquitto(tmp_path / "broker").start()
+    source = fixture_bundle("onnx", "fp32")
+    board = Board(tmp_path, "pi-1", broker, source,
+                  top=f'admin_token = "{TOKEN}"\n[capture]\nenabled = true\nfolder = "kept"\nkeep_share = 0.5\n'
+                      f'per_minute = 5000\n[drift]\ncpu_budget = 1.0\n').start()
+    try:
+        served = np.concatenate([digits_test.x, SHIFTS["rotate"](digits_test.x)])
+        for i in range(0, len(served), 10):
+            assert board.predict(served[i:i + 10]) == 200
+        pull = [str(EDGEC), "fleet", "capture", "pull", "--board", board.url, "--model", "digits"]
+
+        refused = subprocess.run([*pull, "--token", "not-the-token-0123456789", "--out", str(tmp_path / "no.npz")],
+                                 capture_output=True, text=True)
+        assert refused.returncode == 1 and "401" in refused.stderr and not (tmp_path / "no.npz").exists()
+
+        field = tmp_path / "field.npz"
+        got = subprocess.run([*pull, "--token", TOKEN, "--out", str(field)], capture_output=True, text=True)
+        assert got.returncode == 0, got.stderr
+        with np.load(field) as npz:
+            x, reasons = npz["input"], npz["reason"]
+        assert len(x) == len(reasons) >= 100 and x.shape[1:] == (1, 8, 8) and x.dtype == np.float32
+        assert f"{len(x)} sample(s) of digits" in got.stdout and "low_confidence" in set(reasons)
+        # every kept row is one the board was served
+        assert all(any(np.array_equal(row, s) for s in served) for row in x[:20])
+        assert (tmp_path / "pi-1" / "kept" / "digits").is_dir()  # on the board's disk, beside its runtime.toml
+    finally:
+        board.stop()
+        broker.stop()
+
+    out = tmp_path / "next"
+    convert = subprocess.run([str(EDGEC), "convert", str(source / "model.onnx"), "--device", "x86", "--precision",
+                              "int8", "--calib", str(field), "--out", str(out)], capture_output=True, text=True)
+    assert convert.returncode == 0, convert.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert "field.npz" in json.dumps(report["data"])
+    assert (out / "drift.json").is_file()  # the next bundle's reference comes from the field
