@@ -43,7 +43,7 @@ from ..serve.runtime import Runtime
 from ..topics import blob_topic, desired_topic, device_topic, fleet_root
 
 log = logging.getLogger("edgec.fleet")
-RESUBSCRIBE_S = 10.0  # ask again for chunks that did not come
+RESUBSCRIBE_S = 10.0  # ask again for chunks that did not come (then 20 s, 40 s... up to 5 minutes)
 # A bundle version (the first 12 hex digits of its model file's sha256), the only form a
 # version from the broker may take before it names a folder.
 VERSION = re.compile(r"[0-9a-f]{12}")
@@ -66,7 +66,7 @@ class Updater:
         self._events: queue.Queue[str] = queue.Queue()
         self._lock = threading.Lock()
         self._download: Download | None = None
-        self._asked: dict[int, float] = {}  # chunk index -> when it was asked for
+        self._asked: dict[int, tuple[float, int]] = {}  # chunk index -> (when to ask again, times asked before)
         self._moved = 0.0  # when a chunk last came: chunks are asked again only once delivery stalled
         self.trusted = runtime.cache.trusted  # None: unsigned control messages (allow_unsigned = true)
         # Control messages refused on paho's thread, reported by the worker (bounded: a flood drops the oldest).
@@ -314,9 +314,10 @@ class Updater:
         with self._lock:
             stalled = now - self._moved >= RESUBSCRIBE_S
             wanted = [i for i in download.wanted(self.config.window)
-                      if i not in self._asked or (stalled and now - self._asked[i] >= RESUBSCRIBE_S)]
+                      if i not in self._asked or (stalled and now >= self._asked[i][0])]
             for i in wanted:
-                self._asked[i] = now
+                tries = self._asked[i][1] + 1 if i in self._asked else 0
+                self._asked[i] = (now + min(300.0, RESUBSCRIBE_S * 2 ** tries), tries)
         if wanted and self.client is not None and self.client.is_connected():
             self.client.subscribe([(blob_topic(self.fleet, download.blob.sha256, i), 1) for i in wanted])
 
