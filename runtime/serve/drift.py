@@ -206,35 +206,46 @@ class DriftMonitor:
         self.expected = [np.asarray(f["expected"], dtype=np.float64) for f in self.features]
         self.window = window
         self._tensors = sorted({(f["side"], f["tensor"]) for f in self.features})  # all batch-first
-        self._ring = np.zeros((window, len(self.features)), dtype=np.uint8)  # each sample's bin per statistic
-        self._counts = np.zeros((len(self.features), MAX_EDGES + 1), dtype=np.int64)
+        count, width = len(self.features), MAX_EDGES + 1
+        self._ring = np.zeros((window, count), dtype=np.uint8)  # each sample's bin per statistic
+        self._counts = np.zeros((count, width), dtype=np.int64)
+        self._offsets = np.arange(count) * width  # a statistic's bins in the flattened counts
+        # The reference's shares as psi() smooths them, one row per statistic, in one array: all scored at once.
+        self._nbins = np.array([len(e) for e in self.expected], dtype=np.float64)
+        self._mask = np.zeros((count, width), dtype=bool)
+        self._r = np.ones((count, width))
+        for j, expected in enumerate(self.expected):
+            floored = np.maximum(expected, 1e-3)
+            self._r[j, :len(expected)] = floored / floored.sum()
+            self._mask[j, :len(expected)] = True
         self.samples = 0  # in the window
         self.seen = 0  # in all
         self._pos = 0
 
     def add(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
         """Take a served batch (at most ``MAX_ROWS`` of its rows) into the window."""
-        rows = min(MAX_ROWS, *(len(np.atleast_1d((inputs if side == "input" else outputs)[name]))
-                               for side, name in self._tensors))
-        bins = np.empty((rows, len(self.features)), dtype=np.uint8)
+        rows = min(MAX_ROWS, self.window, *(len(np.atleast_1d((inputs if side == "input" else outputs)[name]))
+                                            for side, name in self._tensors))
+        bins = np.empty((rows, len(self.features)), dtype=np.int64)
         for j, (feature, edges) in enumerate(zip(self.features, self.edges)):
             tensor = (inputs if feature["side"] == "input" else outputs)[feature["tensor"]]
             bins[:, j] = binned(edges, values(feature, np.asarray(tensor)[:rows]))
-        for row in bins:
-            if self.samples == self.window:
-                old = self._ring[self._pos]
-                self._counts[np.arange(len(old)), old] -= 1
-            else:
-                self.samples += 1
-            self._ring[self._pos] = row
-            self._counts[np.arange(len(row)), row] += 1
-            self._pos = (self._pos + 1) % self.window
+        slots = (self._pos + np.arange(rows)) % self.window
+        counts = self._counts.reshape(-1)
+        old = self._ring[slots[slots < self.samples]]  # the samples these rows push out of a full window
+        if len(old):
+            counts -= np.bincount((old + self._offsets).ravel(), minlength=counts.size)
+        self._ring[slots] = bins
+        counts += np.bincount((bins + self._offsets).ravel(), minlength=counts.size)
+        self.samples = min(self.window, self.samples + rows)
+        self._pos = (self._pos + rows) % self.window
         self.seen += rows
 
     def scores(self) -> dict[str, float]:
-        """Each statistic's PSI over the window."""
-        return {f["name"]: psi(expected, self._counts[j, :len(expected)])
-                for j, (f, expected) in enumerate(zip(self.features, self.expected))}
+        """Each statistic's PSI over the window (:func:`psi` for all of them at once)."""
+        w = (self._counts + 0.5) / (self._counts.sum(1, keepdims=True) + 0.5 * self._nbins[:, None])
+        terms = np.where(self._mask, (w - self._r) * np.log(w / self._r), 0.0)
+        return {f["name"]: float(v) for f, v in zip(self.features, terms.sum(1))}
 
     def score(self) -> tuple[float, str]:
         """The drift score (the largest PSI) and the statistic it comes from."""
