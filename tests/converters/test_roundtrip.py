@@ -34,7 +34,7 @@ def test_manifest_describes_the_artifact(bundles, fmt, precision):
     assert (manifest.format, manifest.precision) == (fmt, precision)
     assert [t.name for t in manifest.inputs] == ["input"] and [t.name for t in manifest.outputs] == ["output"]
     assert manifest.inputs[0].shape[1:] == (1, 8, 8)
-    assert set(manifest.files) == {f"model.{fmt}", "golden.npz", "report.json", "report.md"}
+    assert set(manifest.files) == {f"model.{fmt}", "golden.npz", "drift.json", "report.json", "report.md"}
     for name, digest in manifest.files.items():
         assert sha256_file(bundle / name) == digest
     assert manifest.versions["edgec"] == edgec.__version__
@@ -92,6 +92,8 @@ def test_jetson_family_name_converts_without_calibration(assets, tmp_path):
     assert (result.manifest.format, result.manifest.precision) == ("onnx", "fp16")
     assert result.report["data"]["synthetic"] is True
     assert result.manifest.execution_providers[0] == "TensorrtExecutionProvider"
+    assert "drift.json" not in result.manifest.files  # random inputs describe no deployment: nothing to drift from
+    assert not (result.bundle / "drift.json").exists()
 
 
 @pytest.mark.parametrize("reduce_range", [True, False])
