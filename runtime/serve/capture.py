@@ -64,9 +64,16 @@ class Capture:
     def folder(self, model: str) -> Path:
         return self.config.folder / model  # (model names are the runtime's, never a request's string)
 
-    def offer(self, name: str, feeds: dict[str, Any], outputs: dict[str, Any], *, drifting: bool) -> int:
-        """Keep some rows of a served batch; returns how many were written."""
+    def offer(self, name: str, feeds: dict[str, Any], outputs: dict[str, Any], *, drifting: bool,
+              batched: set[str] | None = None) -> int:
+        """Keep some rows of a served batch (of its tensors in ``batched``, those whose first axis is the
+        batch: a recurrent state ``[2, batch, 128]`` has no rows to keep); returns how many were written."""
         if not self.config.enabled:
+            return 0
+        if batched is not None:
+            feeds = {k: v for k, v in feeds.items() if k in batched}
+            outputs = {k: v for k, v in outputs.items() if k in batched}
+        if not feeds:
             return 0
         rows = min(MAX_ROWS, *(len(np.atleast_1d(a)) for a in (*feeds.values(), *outputs.values())))
         conf = confidence(outputs, rows)

@@ -133,7 +133,8 @@ class DriftWatch:
     def _take(self, name: str, model: Any, feeds: dict[str, Any], outputs: dict[str, Any]) -> None:
         monitor = self._monitor(name, model) if self.config.enabled else None
         if self.capture is not None:
-            self.capture.offer(name, feeds, outputs, drifting=self._alerted.get(name, False))
+            batched = {s.name for s in (*model.inputs, *model.outputs) if s.shape and s.shape[0] in (None, 1)}
+            self.capture.offer(name, feeds, outputs, drifting=self._alerted.get(name, False), batched=batched)
         if monitor is None:
             return
         monitor.add(feeds, outputs)

@@ -88,3 +88,16 @@ def test_bad_capture_settings_name_the_key(table, message):
 def test_a_relative_capture_folder_is_beside_runtime_toml(tmp_path):
     (tmp_path / "runtime.toml").write_text('[capture]\nenabled = true\nfolder = "kept"\n')
     assert ServeConfig.from_toml(tmp_path / "runtime.toml").capture.folder == tmp_path / "kept"
+
+
+def test_a_recurrent_state_is_not_cut_into_rows(tmp_path):
+    """A state ``[2, batch, 4]`` beside ``[batch, 3]`` inputs has no rows: only the batch-first tensors are kept."""
+    from edgec.runtime.serve.capture import Capture
+
+    capture = Capture(CaptureConfig(enabled=True, folder=tmp_path, keep_share=1.0, per_minute=100))
+    feeds = {"x": np.arange(15, dtype=np.float32).reshape(5, 3), "h0": np.zeros((2, 5, 4), np.float32)}
+    outputs = {"y": np.ones((5, 2), np.float32), "h1": np.ones((2, 5, 4), np.float32)}
+    assert capture.offer("rnn", feeds, outputs, drifting=False, batched={"x", "y"}) == 5
+    pulled = np.load(io.BytesIO(capture.pull("rnn")))
+    assert sorted(pulled.files) == ["output.y", "reason", "time", "x"]
+    assert np.array_equal(pulled["x"], feeds["x"])
