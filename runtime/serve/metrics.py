@@ -92,10 +92,11 @@ def prometheus_text(stats: dict[str, Any]) -> str:
                        f'precision="{m["precision"]}"}}', 1) for m in cache["loaded"]])
     lines += _family("edgec_batches_total", "counter", "Batches run by model.",
                      per_model(batchers, lambda b: b["stats"]["batches"]))
-    drift = {name: d for name, d in stats.get("drift", {}).items() if d["score"] is not None}
+    drift = {name: d for name, d in stats.get("drift", {}).items() if "unavailable" not in d}  # watched models
     lines += _family("edgec_drift_score", "gauge",
                      "Population stability index of served data against the bundle's held-out data (largest over "
-                     "its statistics; over 0.25 is a real shift).", per_model(drift, lambda d: d["score"]))
+                     "its statistics; over 0.25 is a real shift; NaN until min_samples).",
+                     per_model(drift, lambda d: "NaN" if d["score"] is None else d["score"]))
     lines += _family("edgec_drift_alert", "gauge", "1 while the model's drift score is over its alert threshold.",
                      per_model(drift, lambda d: int(d["alert"])))
     lines += _family("edgec_drift_samples", "gauge", "Served samples in the drift window.",

@@ -157,5 +157,12 @@ class FleetView:
             for model, m in sorted(models.items()):
                 out.append({**base, "model": model, "version": m.get("version"), **m.get("latency_ms", {}),
                             "requests_per_s": m.get("requests_per_s"), "errors_per_s": m.get("errors_per_s"),
-                            "queue_depth": m.get("queue_depth")})
+                            "queue_depth": m.get("queue_depth"),
+                            "drift": _score(m.get("drift"))})
         return out
+
+
+def _score(drift: Any) -> float | None:
+    """A model's drift score from a board's telemetry, if it is a number (anything else reads as none)."""
+    score = drift.get("score") if isinstance(drift, dict) else None
+    return float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None

@@ -69,6 +69,8 @@ def test_a_board_reports_no_drift_on_clean_digits_and_alerts_on_blurred_ones(tmp
         row = dashboard_board(("test", "pi-1"), view.devices[("test", "pi-1")], message["time"], AlertRules())
         assert row["models"][0]["drift"] == pytest.approx(drift["score"]) and row["models"][0]["drift_alert"]
         assert any(a["kind"] == "drift" for a in row["alerts"])
+        # `edgec telemetry watch` reads the same view: its rows carry the score
+        assert [r["drift"] for r in view.rows() if r["model"] == "digits"] == [pytest.approx(drift["score"])]
     finally:
         board.stop()
         dash.close()
