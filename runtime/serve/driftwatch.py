@@ -47,8 +47,13 @@ class DriftWatch:
         if time.monotonic() < self._next:
             self.skipped += 1
             return
+        # What the thread needs of the model, not the model: a queued batch must not keep an evicted bundle
+        # (its memory, its session) alive, nor let its last reference go on this thread.
+        specs = (*model.inputs, *model.outputs)
+        about = (model.manifest.version, model.path, dict(model.manifest.files), [s.name for s in model.inputs],
+                 [s.name for s in model.outputs], {s.name for s in specs if s.shape and s.shape[0] in (None, 1)})
         try:
-            self._queue.put_nowait((name, model, feeds, outputs))
+            self._queue.put_nowait((name, about, feeds, outputs))
         except queue.Full:
             self.skipped += 1
             return
@@ -109,15 +114,14 @@ class DriftWatch:
             self.taken += 1
             self._next = time.monotonic() + spent * (1.0 / self.config.cpu_budget - 1.0)
 
-    def _monitor(self, name: str, model: Any) -> DriftMonitor | None:
-        version = model.manifest.version
+    def _monitor(self, name: str, about: tuple) -> DriftMonitor | None:
+        version, path, files, inputs, outputs, _ = about
         current = self._monitors.get(name)
         if current is not None and current[0] == version:
             return current[1]
         monitor, why = None, None
         try:
-            ref = read_reference(model.path, model.manifest.files, [s.name for s in model.inputs],
-                                 [s.name for s in model.outputs])
+            ref = read_reference(path, files, inputs, outputs)
             if ref is None:
                 why = "the bundle has no drift.json: convert it again with this edgec to watch its drift"
             else:
@@ -130,11 +134,10 @@ class DriftWatch:
             self._alerted[name] = False
         return monitor
 
-    def _take(self, name: str, model: Any, feeds: dict[str, Any], outputs: dict[str, Any]) -> None:
-        monitor = self._monitor(name, model) if self.config.enabled else None
+    def _take(self, name: str, about: tuple, feeds: dict[str, Any], outputs: dict[str, Any]) -> None:
+        monitor = self._monitor(name, about) if self.config.enabled else None
         if self.capture is not None:
-            batched = {s.name for s in (*model.inputs, *model.outputs) if s.shape and s.shape[0] in (None, 1)}
-            self.capture.offer(name, feeds, outputs, drifting=self._alerted.get(name, False), batched=batched)
+            self.capture.offer(name, feeds, outputs, drifting=self._alerted.get(name, False), batched=about[5])
         if monitor is None:
             return
         monitor.add(feeds, outputs)
