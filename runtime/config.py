@@ -95,6 +95,26 @@ class HttpConfig:
                                   f"got {self.max_connections!r}")
 
 
+def _check(table: str, config: Any, rules: tuple[tuple[str, Any, str], ...]) -> None:
+    """Raise ``[table] key must be <what>, got <value>`` for the first value its rule refuses."""
+    for key, ok, what in rules:
+        value = getattr(config, key)
+        if not ok(value):
+            raise ValidationError(f"[{table}] {key} must be {what}, got {value!r}")
+
+
+def _flag(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float))
+
+
+def _whole(low: int, high: Any) -> Any:
+    return lambda value: isinstance(value, int) and low <= value <= high
+
+
 @dataclass(frozen=True)
 class DriftConfig:
     """``[drift]``: each model's served data against its bundle's held-out data (``drift.json``).
@@ -114,17 +134,13 @@ class DriftConfig:
     cpu_budget: float = 0.02
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ValidationError(f"[drift] enabled must be true or false, got {self.enabled!r}")
-        if not isinstance(self.window, int) or not 50 <= self.window <= 100_000:
-            raise ValidationError(f"[drift] window must be a whole number from 50 to 100000, got {self.window!r}")
-        if not isinstance(self.min_samples, int) or not 1 <= self.min_samples <= self.window:
-            raise ValidationError(f"[drift] min_samples must be from 1 to window ({self.window}), got {self.min_samples!r}")
-        if not isinstance(self.threshold, (int, float)) or not self.threshold > 0:
-            raise ValidationError(f"[drift] threshold must be a number above 0 (0.25 is a real shift), got {self.threshold!r}")
-        if not isinstance(self.cpu_budget, (int, float)) or not 0 < self.cpu_budget <= 1:
-            raise ValidationError(f"[drift] cpu_budget must be above 0 and at most 1 (a share of one core), "
-                                  f"got {self.cpu_budget!r}")
+        _check("drift", self, (
+            ("enabled", _flag, "true or false"),
+            ("window", _whole(50, 100_000), "a whole number from 50 to 100000"),
+            ("min_samples", _whole(1, self.window), f"from 1 to window ({self.window})"),
+            ("threshold", lambda v: _number(v) and v > 0, "a number above 0 (0.25 is a real shift)"),
+            ("cpu_budget", lambda v: _number(v) and 0 < v <= 1, "above 0 and at most 1 (a share of one core)"),
+        ))
 
 
 @dataclass(frozen=True)
@@ -150,18 +166,14 @@ class CaptureConfig:
     keep_share: float = 0.01
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ValidationError(f"[capture] enabled must be true or false, got {self.enabled!r}")
-        for key, low, high in (("max_samples", 1, 1_000_000), ("per_minute", 1, 60_000)):
-            value = getattr(self, key)
-            if not isinstance(value, int) or not low <= value <= high:
-                raise ValidationError(f"[capture] {key} must be a whole number from {low} to {high}, got {value!r}")
-        if not isinstance(self.max_mb, (int, float)) or not 0 < self.max_mb <= 1 << 20:
-            raise ValidationError(f"[capture] max_mb must be a number above 0, got {self.max_mb!r}")
-        for key in ("low_confidence", "keep_share"):
-            value = getattr(self, key)
-            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ValidationError(f"[capture] {key} must be from 0 to 1, got {value!r}")
+        _check("capture", self, (
+            ("enabled", _flag, "true or false"),
+            ("max_samples", _whole(1, 1_000_000), "a whole number from 1 to 1000000"),
+            ("per_minute", _whole(1, 60_000), "a whole number from 1 to 60000"),
+            ("max_mb", lambda v: _number(v) and 0 < v <= 1 << 20, "a number above 0"),
+            ("low_confidence", lambda v: _number(v) and 0 <= v <= 1, "from 0 to 1"),
+            ("keep_share", lambda v: _number(v) and 0 <= v <= 1, "from 0 to 1"),
+        ))
 
 
 @dataclass(frozen=True)
