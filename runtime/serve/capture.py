@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..config import CaptureConfig
-from .drift import MAX_ROWS
+from .drift import MAX_ROWS, is_classifier, is_probabilities, top_probability
 
 log = logging.getLogger("edgec.runtime")
 SUFFIX = ".npz"
@@ -40,13 +40,10 @@ def confidence(outputs: dict[str, np.ndarray], rows: int) -> np.ndarray | None:
     found = None
     for scores in outputs.values():
         s = np.asarray(scores)
-        if s.ndim != 2 or not 2 <= s.shape[1] <= 1000 or s.dtype.kind != "f" or len(s) < rows:
+        if not is_classifier(s) or len(s) < rows:
             continue
         s = s[:rows].astype(np.float64)
-        if not (np.all(s >= 0) and np.allclose(s.sum(1), 1, atol=1e-3)):
-            s = np.exp(s - s.max(1, keepdims=True))
-            s /= s.sum(1, keepdims=True)
-        top = s.max(1)
+        top = top_probability(s, softmax=not is_probabilities(s))
         found = top if found is None else np.minimum(found, top)
     return found
 

@@ -77,11 +77,26 @@ def values(feature: Mapping[str, Any], array: np.ndarray) -> np.ndarray:
         return flat.std(1, dtype=np.float64)
     if stat == "outside":
         return ((flat < feature["low"]) | (flat > feature["high"])).mean(1)
-    if feature.get("softmax"):  # confidence of logits
-        shifted = flat - flat.max(1, keepdims=True)
-        exp = np.exp(shifted)
-        return (1.0 / exp.sum(1)).astype(np.float64)  # the top class's probability: exp(0) / sum
-    return flat.max(1).astype(np.float64)
+    return top_probability(flat, softmax=bool(feature.get("softmax")))
+
+
+def is_classifier(scores: np.ndarray) -> bool:
+    """A classifier's scores: float rows of 2 to 1000 classes."""
+    return scores.ndim == 2 and 2 <= scores.shape[1] <= 1000 and scores.dtype.kind == "f"
+
+
+def is_probabilities(scores: np.ndarray) -> bool:
+    """Rows already in [0, 1] that sum to 1 (else they are logits)."""
+    rows = scores.astype(np.float64)
+    return bool(np.all(rows >= 0) and np.all(rows <= 1) and np.allclose(rows.sum(1), 1, atol=1e-3))
+
+
+def top_probability(scores: np.ndarray, *, softmax: bool) -> np.ndarray:
+    """Per row, the top class's probability (float64), after a softmax when the scores are logits."""
+    if softmax:
+        exp = np.exp(scores - scores.max(1, keepdims=True))
+        return (1.0 / exp.sum(1)).astype(np.float64)  # exp(0) / sum
+    return scores.max(1).astype(np.float64)
 
 
 def binned(edges: Any, v: np.ndarray) -> np.ndarray:
@@ -98,10 +113,8 @@ def bins_for(samples: int) -> int:
 def _plan(side: str, name: str, shape: Sequence[int | None], sample: np.ndarray) -> list[dict[str, Any]]:
     """The statistics kept for one tensor (without their bins yet)."""
     base = {"side": side, "tensor": name}
-    if side == "output" and sample.ndim == 2 and 2 <= sample.shape[1] <= 1000 and sample.dtype.kind == "f":
-        rows = sample.astype(np.float64)
-        probabilities = bool(np.all(rows >= 0) and np.all(rows <= 1) and np.allclose(rows.sum(1), 1, atol=1e-3))
-        plan = [{**base, "name": f"{name}.confidence", "stat": "confidence", "softmax": not probabilities}]
+    if side == "output" and is_classifier(sample):
+        plan = [{**base, "name": f"{name}.confidence", "stat": "confidence", "softmax": not is_probabilities(sample)}]
         if sample.shape[1] <= MAX_CLASSES_BINNED:
             plan.append({**base, "name": f"{name}.class", "stat": "class", "classes": int(sample.shape[1])})
         return plan
