@@ -28,6 +28,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from .view import FORGET_AFTER_S, FleetView
+from .view import number as _num
+
+MAX_STATISTIC = 80  # characters of a board's statistic name shown (it is the board's string)
 
 WEB = Path(__file__).with_name("web")
 COOKIE = "edgec_dashboard"
@@ -49,10 +52,6 @@ class AlertRules:
     memory_fraction: float = 0.9
     offline_after: float = 3.0
     event_window_s: float = 300.0
-
-
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def board(key: tuple[str, str], d: dict[str, Any], now: float, rules: AlertRules) -> dict[str, Any]:
@@ -99,7 +98,7 @@ def board(key: tuple[str, str], d: dict[str, Any], now: float, rules: AlertRules
                "requests_per_s": _num(m.get("requests_per_s")), "errors_per_s": _num(m.get("errors_per_s")),
                "queue_depth": _num(m.get("queue_depth")),
                "drift": _num(drift.get("score")), "drift_alert": drift.get("alert") is True,
-               "drift_statistic": drift.get("statistic") if isinstance(drift.get("statistic"), str) else None,
+               "drift_statistic": drift["statistic"][:MAX_STATISTIC] if isinstance(drift.get("statistic"), str) else None,
                "history": [[round(at, 3), p50, p95] for at, p50, p95 in d["history"].get(model, ())],
                "update": {k: update.get(k) for k in ("state", "desired", "running", "progress", "error")}
                if update else None}

@@ -162,7 +162,11 @@ class FleetView:
         return out
 
 
+def number(value: Any) -> float | None:
+    """A figure from a board's message, if it is a number (anything else reads as none)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _score(drift: Any) -> float | None:
-    """A model's drift score from a board's telemetry, if it is a number (anything else reads as none)."""
-    score = drift.get("score") if isinstance(drift, dict) else None
-    return float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+    """A model's drift score from a board's telemetry."""
+    return number(drift.get("score")) if isinstance(drift, dict) else None
