@@ -70,3 +70,33 @@ def test_samples_pulled_from_a_board_calibrate_the_next_bundle(tmp_path, fixture
     report = json.loads((out / "report.json").read_text())
     assert "field.npz" in json.dumps(report["data"])
     assert (out / "drift.json").is_file()  # the next bundle's reference comes from the field
+
+
+@pytest.mark.parametrize("answer, max_mb, why", [
+    (b"<html>not the samples</html>", 1, "not"),  # a proxy's page, not an .npz
+    (None, 1, "pickle"),  # an .npz holding a pickled object: never unpickled
+    (bytes(3 * 2**20), 1, "more than 1 mb"),  # larger than --max-mb: refused while reading
+])
+def test_a_hostile_answer_to_a_pull_is_refused_and_nothing_is_written(tmp_path, answer, max_mb, why):
+    """What comes back is the network's: checked as a bounded .npz of plain arrays before anything is written."""
+    import io
+
+    from helpers.webserver import PlainHttp
+
+    if answer is None:
+        buffer = io.BytesIO()
+        np.savez(buffer, input=np.array([{"a": 1}], dtype=object))
+        answer = buffer.getvalue()
+    route = tmp_path / "www" / "v1" / "models" / "digits" / "capture"
+    route.parent.mkdir(parents=True)
+    route.write_bytes(answer)
+    server = PlainHttp(tmp_path / "www").start()
+    try:
+        out = tmp_path / "field.npz"
+        done = subprocess.run([str(EDGEC), "fleet", "capture", "pull", "--board", server.url.rstrip("/"), "--model",
+                               "digits", "--token", TOKEN, "--out", str(out), "--max-mb", str(max_mb)],
+                              capture_output=True, text=True)
+        assert done.returncode == 1 and why in done.stderr.lower(), done.stderr
+        assert not out.exists() and not list(tmp_path.glob(".field.npz*"))
+    finally:
+        server.stop()
