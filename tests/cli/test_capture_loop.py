@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -59,6 +60,19 @@ def test_samples_pulled_from_a_board_calibrate_the_next_bundle(tmp_path, fixture
         # every kept row is one the board was served
         assert all(any(np.array_equal(row, s) for s in served) for row in x[:20])
         assert (tmp_path / "pi-1" / "kept" / "digits").is_dir()  # on the board's disk, beside its runtime.toml
+
+        def status(path: str, token: str | None = TOKEN) -> int:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            try:
+                with urllib.request.urlopen(urllib.request.Request(board.url + path, headers=headers), timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert status("/v1/models/digits/capture", token=None) == 401
+        assert status("/v1/models/nobody/capture") == 404  # only a model the board serves names a folder
+        assert status("/v1/models/..%2F..%2Fetc/capture") == 404
+        assert status("/v1/models/digits/../../capture") == 404
     finally:
         board.stop()
         broker.stop()
