@@ -39,7 +39,7 @@ def main() -> int:
     from edgec.sdk.quantize.budget import Budget
     from edgec.sdk.verify.artifact import open_artifact, outputs_of, reference_outputs
     from edgec.sdk.verify.fidelity import run_batched
-    from edgec.sdk.verify.timing import paired_speedup
+    from edgec.runtime.timing import paired_speedup
 
     with tempfile.TemporaryDirectory(prefix="edgec-detector-") as tmp:
         root = Path(tmp)

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from edgec import convert
 from edgec.runtime import load
-from edgec.sdk.verify.timing import paired_speedup
+from edgec.runtime.timing import paired_speedup
 from edgec.sdk.examples.zoo import (
     digits_cnn,
     digits_dwcnn,

@@ -65,7 +65,7 @@ def overhead(root: Path, x: np.ndarray) -> list[dict]:
     from edgec.runtime import load
     from edgec.runtime.serve.batcher import Batcher
     from edgec.runtime.config import BatcherConfig
-    from edgec.sdk.verify.timing import paired_speedup
+    from edgec.runtime.timing import paired_speedup
 
     rows = []
     one = x[:1]

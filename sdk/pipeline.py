@@ -44,7 +44,7 @@ from .report.markdown import convert_page
 from .verify.artifact import MeasureFn, Specs, make_measure, open_artifact, reference_outputs, source_latency
 from .quantize.budget import cosine_checks, task_checks
 from .verify.fidelity import Fidelity
-from .verify.timing import measure_latency, paired_speedup
+from ..runtime.timing import measure_latency, paired_speedup
 
 # Sanity floors per precision. They catch broken conversions; accuracy budgets for
 # choosing a precision belong to the quantization policy search.

@@ -15,7 +15,7 @@ import numpy as np
 from ...converters import converter_for
 from ...runtime.bundle.backends.onnx import session
 from ..load.models import load_model
-from ..verify.timing import measure_latency, paired_speedup
+from ...runtime.timing import measure_latency, paired_speedup
 from .prune import count, weight_sparsity
 
 

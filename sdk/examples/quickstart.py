@@ -20,7 +20,7 @@ from ...errors import BundleError
 from ...runtime.bundle.model import load
 from ..pipeline import convert
 from ..progress import SILENT, Progress, Step
-from ..verify.timing import measure_latency
+from ...runtime.timing import measure_latency
 from .zoo import digits_cnn, digits_splits, evaluate_accuracy, export_pt2, seeded, train
 
 DEVICES = ("rpi4", "x86-64")

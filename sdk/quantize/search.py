@@ -29,7 +29,7 @@ from ...formats import CALIBRATIONS, Format, get_format
 from ...runtime.system import host_arch
 from ..progress import SILENT, Step
 from ..verify.artifact import Measured, MeasureFn
-from ..verify.timing import measure_latency, paired_speedup
+from ...runtime.timing import measure_latency, paired_speedup
 from .budget import Budget
 from .results import Candidate, LayerSensitivity, SearchResult
 from .sensitivity import one_run, sensitivity

@@ -16,7 +16,7 @@ from ...converters.base import Source
 from ...devices import DeviceProfile
 from ...formats import get_format
 from ..verify.fidelity import Fidelity
-from ..verify.timing import Latency
+from ...runtime.timing import Latency
 
 
 @dataclass(frozen=True)

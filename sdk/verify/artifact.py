@@ -23,7 +23,7 @@ from ...runtime.bundle.model import LoadedModel
 from ...runtime.bundle.tensors import TensorSpec
 from .fidelity import Fidelity, Reference, run_batched
 from .task import TaskOptions
-from .timing import Latency, measure_latency
+from ...runtime.timing import Latency, measure_latency
 
 Specs = tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
 

@@ -1,4 +1,5 @@
-"""Latency measured on this host: single calls timed after warm-up, and paired speed-ups.
+"""Latency measured where the code runs (the host while converting, a board measuring candidates): single
+calls timed after warm-up, and paired speed-ups.
 
 Nothing here is estimated from MAC counts; a speed-up is always two real runs timed in
 alternating rounds on the same machine state.
