@@ -35,7 +35,8 @@ from ..fleet_config import FleetConfig, TelemetryConfig
 from .admission import (bundle_version, downgrade, failure_key, fetch_problem, local_version, manifest_device,
                         release_of, wrong_device)
 from .control import check as check_control
-from .delivery import Blob, Download, clean_downloads, inside, is_inside
+from ..bundle.archive import inside, is_inside
+from .delivery import Blob, Download, clean_downloads
 from ..files import read_json_object, write_atomic
 from .publisher import IDLE_WAKE_S, Publisher
 from .urlsource import UrlSource

@@ -21,7 +21,8 @@ from typing import Any
 
 from ...errors import ValidationError
 from ...runtime.topics import blob_topic, desired_topic, rollout_topic
-from ...runtime.agent.delivery import CHUNK_BYTES, pack
+from ...runtime.agent.delivery import CHUNK_BYTES
+from ...runtime.bundle.archive import pack
 from ...runtime.bundle.manifest import read_manifest, verify_files
 from ...runtime.bundle.signing import read_signature
 from .blobs import publish_chunks, publish_web, web_base

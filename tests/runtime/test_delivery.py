@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from edgec.errors import BundleError
-from edgec.runtime.agent.delivery import pack, unpack
+from edgec.runtime.bundle.archive import pack, unpack
 
 
 def test_unpack_works_where_tarfile_has_no_extraction_filter(tmp_path, fixture_bundle, monkeypatch):

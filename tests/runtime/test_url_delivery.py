@@ -19,7 +19,8 @@ from helpers.webserver import Nginx, PlainHttp
 
 from edgec.errors import ValidationError
 from edgec.runtime.agent.admission import bundle_version
-from edgec.runtime.agent.delivery import Download, describe_blob, pack
+from edgec.runtime.agent.delivery import Download, describe_blob
+from edgec.runtime.bundle.archive import pack
 from edgec.runtime.agent.urlsource import UrlSource, url_problem
 from edgec.runtime.fleet_config import FleetConfig
 
