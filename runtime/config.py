@@ -177,6 +177,36 @@ class CaptureConfig:
 
 
 @dataclass(frozen=True)
+class MeasureConfig:
+    """``[measure]``: candidate models timed on this board for ``edgec convert --measure-on`` (off by default).
+
+    A candidate is loaded, checked on its golden samples and timed in a child process, never in
+    the serving one, and removed afterwards; it never replaces what the board serves. Turning this
+    on lets whoever holds the admin token run model files of their choice in that child, signed
+    or not: keep it for boards that measure, not ones in the field.
+
+    Attributes:
+        enabled: Take candidates on ``POST /v1/measure`` (admin token).
+        max_mb: Largest candidate upload.
+        max_rss_mb: The child is stopped past this much memory (default: ``budget_mb``).
+        timeout_s: The child is stopped past this many seconds.
+    """
+
+    enabled: bool = False
+    max_mb: float = 256.0
+    max_rss_mb: float | None = None
+    timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        _check("measure", self, (
+            ("enabled", _flag, "true or false"),
+            ("max_mb", lambda v: _number(v) and 0 < v <= 1 << 20, "a number above 0"),
+            ("max_rss_mb", lambda v: v is None or (_number(v) and v > 0), "a number above 0"),
+            ("timeout_s", lambda v: _number(v) and 0 < v <= 86_400, "seconds above 0"),
+        ))
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """Everything ``edgec serve`` needs (the ``runtime.toml`` file).
 
@@ -201,6 +231,8 @@ class ServeConfig:
         [drift]                    # served data against the bundle's held-out data (see DriftConfig)
         threshold = 0.25
         [capture]                  # off by default: sampled inputs kept on the board (see CaptureConfig)
+        enabled = true
+        [measure]                  # off by default: candidates timed here for convert --measure-on
         enabled = true
         [[models]]
         name = "digits"
@@ -230,6 +262,7 @@ class ServeConfig:
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
     telemetry: TelemetryConfig | None = None
     fleet: FleetConfig | None = None
 
@@ -284,11 +317,12 @@ class ServeConfig:
             raise ValidationError("[http] must be a table")
         known_keys(HttpConfig, http, "[http]")
         data["http"] = HttpConfig(**http)
-        drift = data.pop("drift", {})
-        if not isinstance(drift, dict):
-            raise ValidationError("[drift] must be a table")
-        known_keys(DriftConfig, drift, "[drift]")
-        data["drift"] = DriftConfig(**drift)
+        for key, table in (("drift", DriftConfig), ("measure", MeasureConfig)):
+            values = data.pop(key, {})
+            if not isinstance(values, dict):
+                raise ValidationError(f"[{key}] must be a table")
+            known_keys(table, values, f"[{key}]")
+            data[key] = table(**values)
         capture = dict(data.pop("capture", {})) if isinstance(data.get("capture", {}), dict) else None
         if capture is None:
             raise ValidationError("[capture] must be a table")

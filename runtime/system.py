@@ -26,6 +26,25 @@ def rss_bytes() -> int | None:
         return int(psutil.Process().memory_info().rss)
 
 
+def peak_rss_bytes() -> int | None:
+    """The most resident memory this process has held (``VmHWM``; ``ru_maxrss`` elsewhere; None without either)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kB on Linux
+    except (ImportError, OSError):
+        return None
+
+
 def available_bytes() -> int | None:
     """Memory the system can still give (psutil), or None without psutil."""
     try:
@@ -122,3 +141,66 @@ def host_arch(machine: str | None = None) -> str:
 
     machine = (machine or platform.machine()).lower()
     return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+# Packages whose versions decide how a board runs a model, by distribution name (read without importing).
+RUNTIME_PACKAGES = ("edgec", "numpy", "onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "tflite-runtime",
+                    "tensorflow")
+
+
+def board_info() -> dict[str, object]:
+    """What this machine is, for a measurement's record: board and CPU model, cores, memory, runtime versions."""
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in RUNTIME_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    total = None
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {"board": _device_tree_model(), "cpu": cpu_model(), "arch": host_arch(), "cores": os.cpu_count(),
+            "memory_bytes": total, "system": f"{platform.system()} {platform.release()}", "versions": versions}
+
+
+def cpu_model(cpuinfo: str | None = None) -> str | None:
+    """The CPU's name from ``/proc/cpuinfo``: x86's ``model name``; on ARM the core named by its part number."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            import platform
+
+            return platform.processor() or None
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    if fields.get("model name"):
+        return fields["model name"]
+    part = ARM_PARTS.get((fields.get("cpu implementer", ""), fields.get("cpu part", "")))
+    if part:
+        return part
+    return fields.get("hardware") or fields.get("model") or None
+
+
+# (implementer, part) as /proc/cpuinfo prints them on ARM, for the cores edge boards use.
+ARM_PARTS = {("0x41", "0xd03"): "ARM Cortex-A53", ("0x41", "0xd04"): "ARM Cortex-A35",
+             ("0x41", "0xd05"): "ARM Cortex-A55", ("0x41", "0xd07"): "ARM Cortex-A57",
+             ("0x41", "0xd08"): "ARM Cortex-A72", ("0x41", "0xd09"): "ARM Cortex-A73",
+             ("0x41", "0xd0a"): "ARM Cortex-A75", ("0x41", "0xd0b"): "ARM Cortex-A76",
+             ("0x41", "0xd0c"): "ARM Neoverse-N1", ("0x41", "0xd41"): "ARM Cortex-A78",
+             ("0x41", "0xd42"): "ARM Cortex-A78AE", ("0x41", "0xd4b"): "ARM Cortex-A78C"}
+
+
+def _device_tree_model() -> str | None:
+    """The board's own name where its firmware gives one (``Raspberry Pi 4 Model B Rev 1.4``, Jetson boards)."""
+    try:
+        return Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00\n ") or None
+    except OSError:
+        return None

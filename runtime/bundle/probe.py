@@ -29,6 +29,7 @@ from typing import Any
 from ...errors import BundleError, EdgecError, first_line
 
 TIMEOUT_S = 120.0
+RSS_POLL_S = 0.05  # how often a child with a memory cap is looked at
 _PRELOAD = ("numpy", "edgec.runtime.bundle.model", "onnxruntime")
 _helper: subprocess.Popen | None = None
 _lock = threading.Lock()
@@ -46,17 +47,40 @@ def probe(bundle: str | Path, *, threads: int | None = None, lean: bool = False,
         BundleError: The child crashed, hung past ``timeout_s``, or refused the bundle; the
             message says which and why.
     """
+    return _child(bundle, {"threads": threads, "lean": lean}, timeout_s).get("parity")
+
+
+def measure(bundle: str | Path, *, batch: int, budget_s: float, threads: int | None = None,
+            timeout_s: float = TIMEOUT_S, max_rss_bytes: int | None = None) -> dict[str, Any]:
+    """Load ``bundle`` in a child process, check it on its golden samples, then time it there
+    (:func:`.bench.bench`) and read the memory it took; the child is killed past ``max_rss_bytes``.
+
+    Returns:
+        ``{"parity", "load_ms", "rss_before_bytes", "peak_rss_bytes", "added_rss_bytes", "timing"}``.
+
+    Raises:
+        BundleError: As :func:`probe`, or the child passed ``max_rss_bytes``.
+    """
+    request = {"threads": threads, "lean": False, "max_rss": max_rss_bytes,
+               "measure": {"batch": int(batch), "budget_s": float(budget_s)}}
+    return _child(bundle, request, timeout_s)["measured"]
+
+
+def _child(bundle: str | Path, options: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     bundle = Path(bundle)
-    request = {"id": next(_ids), "bundle": str(bundle), "threads": threads, "lean": lean, "timeout": timeout_s}
+    request = {"id": next(_ids), "bundle": str(bundle), "timeout": timeout_s, **options}
     result = _ask_helper(request) if hasattr(os, "fork") else _run_alone(request)
     if result.get("ok"):
-        return result.get("parity")
+        return result
     if result.get("signal"):
         raise BundleError(f"loading {bundle.name} crashed its backend ({result['signal']}) in a test process: the "
                           "model file is damaged or unsupported")
     if result.get("timeout"):
         raise BundleError(f"{bundle.name} did not load and run within {timeout_s:g}s in a test process: its model "
                           "hangs the backend")
+    if result.get("memory"):
+        raise BundleError(f"{bundle.name} took more than {options['max_rss'] >> 20} MB of memory in a test process "
+                          "and was stopped")
     raise BundleError(str(result.get("error") or f"{bundle.name} was refused in a test process"))
 
 
@@ -110,6 +134,8 @@ def _run_alone(request: dict[str, Any]) -> dict[str, Any]:
         command += ["--threads", str(request["threads"])]
     if request["lean"]:
         command.append("--lean")
+    if request.get("measure"):
+        command += ["--measure", json.dumps(request["measure"])]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=request["timeout"])
     except subprocess.TimeoutExpired:
@@ -127,20 +153,36 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _load_and_run(bundle: str, threads: int | None, lean: bool) -> dict[str, Any]:
-    """(in the probe's child) Load the bundle, warm it up and run the parity check on its golden samples."""
+def _load_and_run(bundle: str, threads: int | None, lean: bool,
+                  measure: dict[str, Any] | None = None) -> dict[str, Any]:
+    """(in the probe's child) Load the bundle, warm it up and run the parity check on its golden samples;
+    with ``measure`` (``{"batch", "budget_s"}``), time it and read the memory it took as well."""
+    from ..system import peak_rss_bytes, rss_bytes
     from .model import load
     from .parity import require_parity
 
+    before = rss_bytes()
     try:
         model = load(bundle, threads=threads, lean=lean)
         model.warm_up()
         parity = require_parity(model)
+        measured = None
+        if measure is not None:
+            from .bench import MAX_BATCH, MAX_BUDGET_S, bench
+
+            batch = min(max(1, int(measure["batch"])), MAX_BATCH)
+            budget = min(max(0.05, float(measure["budget_s"])), MAX_BUDGET_S)
+            timing = bench(model, batch=batch, budget_s=budget, threads=threads or model.manifest.threads)
+            peak = peak_rss_bytes()
+            measured = {"parity": parity.describe() if parity is not None else None,
+                        "load_ms": model.load_seconds * 1e3, "rss_before_bytes": before, "peak_rss_bytes": peak,
+                        "added_rss_bytes": peak - before if peak is not None and before is not None else None,
+                        "timing": timing}
     except EdgecError as exc:
         return {"ok": False, "error": str(exc)}
     except Exception as exc:  # an error type of the backend's own: the bundle is refused with it
         return {"ok": False, "error": f"{Path(bundle).name}: {type(exc).__name__}: {first_line(exc)}"}
-    return {"ok": True, "parity": parity.describe() if parity is not None else None}
+    return {"ok": True, "parity": parity.describe() if parity is not None else None, "measured": measured}
 
 
 def _fork_one(request: dict[str, Any]) -> dict[str, Any]:
@@ -150,20 +192,26 @@ def _fork_one(request: dict[str, Any]) -> dict[str, Any]:
     if pid == 0:  # the child: probe, answer, and leave without running the helper's cleanup
         os.close(read)
         try:
-            result = _load_and_run(request["bundle"], request.get("threads"), bool(request.get("lean")))
+            result = _load_and_run(request["bundle"], request.get("threads"), bool(request.get("lean")),
+                                   request.get("measure"))
             os.write(write, json.dumps(result).encode())
         finally:
             os._exit(0)
     os.close(write)
     deadline = time.monotonic() + float(request.get("timeout") or TIMEOUT_S)
+    max_rss = request.get("max_rss")
     data = b""
     while True:
-        ready, _, _ = select.select([read], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
+        left = max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select([read], [], [], min(left, RSS_POLL_S) if max_rss else left)
+        over = bool(max_rss) and (_rss_of(pid) or 0) > max_rss
+        if over or (not ready and time.monotonic() >= deadline):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             os.close(read)
-            return {"ok": False, "timeout": True}
+            return {"ok": False, "memory": True} if over else {"ok": False, "timeout": True}
+        if not ready:
+            continue
         chunk = os.read(read, 65536)
         if not chunk:
             break
@@ -176,6 +224,15 @@ def _fork_one(request: dict[str, Any]) -> dict[str, Any]:
         return json.loads(data)
     except json.JSONDecodeError:
         return {"ok": False, "error": f"the probe of {Path(request['bundle']).name} exited without an answer"}
+
+
+def _rss_of(pid: int) -> int | None:
+    """Resident memory of process ``pid`` (Linux ``/proc``; None where it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _serve() -> int:
@@ -215,13 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundle", type=Path, nargs="?")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--lean", action="store_true")
+    parser.add_argument("--measure", type=json.loads, default=None, help='time it too: {"batch": 8, "budget_s": 1}')
     parser.add_argument("--serve", action="store_true", help="run as the helper: requests on stdin, answers on stdout")
     args = parser.parse_args(argv)
     if args.serve:
         return _serve()
     if args.bundle is None:
         parser.error("give a bundle, or --serve")
-    result = _load_and_run(str(args.bundle), args.threads, args.lean)
+    result = _load_and_run(str(args.bundle), args.threads, args.lean, args.measure)
     print(json.dumps(result))
     return 0 if result["ok"] else 1
 

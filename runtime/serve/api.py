@@ -5,9 +5,9 @@ Open Inference Protocol (KServe v2, what ``tritonclient`` and KServe clients spe
 ``/v2/models/{name}[/versions/{v}]/ready``; ``POST /v2/models/{name}[/versions/{v}]/infer``
 (JSON tensors, or the binary tensor data extension).
 
-edgec's own: ``GET /health``, ``/ready``, ``/v1/models``, ``/v1/stats``, ``/metrics``
-(Prometheus text); ``POST /v1/models/{name}/predict`` (JSON, ``.npy`` or ``.npz`` bodies)
-and ``/v1/models/{name}/reload``.
+edgec's own: ``GET /health``, ``/ready``, ``/v1/models``, ``/v1/stats``, ``/metrics`` (Prometheus text);
+``POST /v1/models/{name}/predict`` (JSON, ``.npy`` or ``.npz`` bodies); with the admin token
+``POST /v1/models/{name}/reload``, ``GET /v1/models/{name}/capture`` and ``GET|POST /v1/measure``.
 
 Errors are JSON ``{"error": message}`` with a status that says whose fault it is. Bodies
 are read as they arrive, within ``max_request_mb``.
@@ -22,15 +22,16 @@ import logging
 import math
 import re
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..._version import __version__
 from ...errors import AccessError, DeadlineError, EdgecError, InputError, QueueFullError
 from . import oip
-from .bodies import decode_inputs, encode_outputs
+from .bodies import decode_inputs, encode_outputs, json_cost, json_end
 from .waiter import Waiter
 from .http import DRAIN_LIMIT
+from .measure import ARCHIVE, Measurer
+from .replies import Headers, HttpError, Response, json_response
 from .metrics import responses_text
 from .runtime import Runtime
 
@@ -43,56 +44,6 @@ _NAME = r"([A-Za-z0-9_.\-]+)"
 _V1 = re.compile(rf"^/v1/models/{_NAME}/(predict|reload)$")
 _V2 = re.compile(rf"^/v2/models/{_NAME}(?:/versions/{_NAME})?(?:/(ready|infer))?$")
 _CAPTURE = re.compile(rf"^/v1/models/{_NAME}/capture$")
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    ctype: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def json_response(status: int, data: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(status, json.dumps(data).encode(), "application/json", headers or {})
-
-
-class _Headers(dict):
-    """A request's headers by lower-case name (uvicorn gives them lower-cased), decoded when read."""
-
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        super().__init__(raw)
-
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        value = super().get(name.encode("latin-1"))
-        return default if value is None else value.decode("latin-1")
-
-
-def json_end(body: bytes, headers: _Headers, json_route: bool) -> int:
-    """How many leading bytes of ``body`` are JSON: all of a /v1 JSON body, a /v2 body's JSON head."""
-    if json_route:
-        head = headers.get(oip.HEADER_LENGTH)
-        return len(body) if head is None else min(len(body), int(head)) if head.isdigit() else 0
-    return len(body) if headers.get("content-type", "").split(";")[0].strip().lower() in ("application/json", "") else 0
-
-
-def json_cost(body: bytes, end: int) -> int:
-    """An upper bound on the memory ``json.loads(body[:end])`` takes: a str copy of the text, and per
-    list, object, element and string the CPython objects it makes (measured on CPython 3.11 with
-    tracemalloc: a list of one number 100 bytes, a float and its slot 33, an empty object 75)."""
-    if end <= 0:
-        return 0
-    count = body.count
-    return (end + 104 * count(b"[", 0, end) + 240 * count(b"{", 0, end) + 40 * (count(b",", 0, end) + 1)
-            + 32 * count(b'"', 0, end))
-
-
-class HttpError(Exception):
-    """A request answered with ``status`` and a JSON error; ``close`` ends the connection after it."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, close: bool = False) -> None:
-        super().__init__(message)
-        self.status, self.headers, self.close = status, dict(headers or {}), close
 
 
 def _route_kind(method: str, path: str) -> str:
@@ -128,17 +79,21 @@ class Api:
         self._pending = 0  # body bytes held by them (received, being decoded or run)
         self.max_pending = int(self.config.http.max_pending_mb * 2**20)
         self.responses: dict[tuple[str, int], int] = {}  # (route kind, status) -> count, for /metrics
+        self.measurer = Measurer(self.config)
         token = self.config.admin_token
         self._token = f"Bearer {token}".encode() if token else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        headers = _Headers(scope["headers"])
+        headers = Headers(scope["headers"])
         self._inflight += 1
         held = [0]  # this request's body bytes counted in self._pending
         try:
-            response = await self._route(scope["method"], scope["path"], headers, receive, held)
+            if scope["path"] == "/v1/measure":
+                response = await self._measure(scope["method"], headers, receive, scope.get("query_string", b""))
+            else:
+                response = await self._route(scope["method"], scope["path"], headers, receive, held)
         except HttpError as exc:
             response = json_response(exc.status, {"error": str(exc)}, exc.headers)
             if exc.close:
@@ -156,7 +111,7 @@ class Api:
         await send({"type": "http.response.start", "status": response.status, "headers": head})
         await send({"type": "http.response.body", "body": response.body})
 
-    async def _route(self, method: str, path: str, headers: _Headers, receive: Any, held: list[int]) -> Response:
+    async def _route(self, method: str, path: str, headers: Headers, receive: Any, held: list[int]) -> Response:
         rt = self.runtime
         if method == "GET":
             if path == "/health":
@@ -214,7 +169,7 @@ class Api:
         except EdgecError as exc:  # BundleError and kin: the model, not the request
             raise HttpError(409 if v1 and v1.group(2) == "reload" else 503, str(exc)) from None
 
-    async def _capture(self, name: str, headers: _Headers) -> Response:
+    async def _capture(self, name: str, headers: Headers) -> Response:
         """The samples kept for a model, as one ``.npz`` (admin token: they are the board's served data)."""
         self._authorize(headers)
         rt = self.runtime
@@ -226,8 +181,42 @@ class Api:
         return Response(200, body, "application/octet-stream",
                         {"content-disposition": f'attachment; filename="{name}-capture.npz"'})
 
+    async def _measure(self, method: str, headers: Headers, receive: Any, query: bytes) -> Response:
+        """POST: a candidate bundle (an uncompressed tar) loaded, checked and timed in a child process
+        (:mod:`.measure`), 422 when the candidate itself fails there, with the reason; GET: this board."""
+        if method not in ("GET", "POST"):
+            raise HttpError(405, f"method {method} is not served: GET or POST /v1/measure", {"Allow": "GET, POST"})
+        self._authorize(headers)
+        measurer = self.measurer
+        if not measurer.config.enabled:
+            raise HttpError(409, "measuring candidates is off on this board: set [measure] enabled = true in its "
+                            "runtime.toml", close=True)
+        if method == "GET":
+            return json_response(200, {"board": measurer.board(), "max_mb": measurer.config.max_mb,
+                                       "busy": measurer.busy})
+        try:
+            params = measurer.params(query)
+        except InputError as exc:
+            raise HttpError(400, str(exc), close=True) from None
+        with measurer.claim() as folder:
+            if folder is None:
+                raise HttpError(429, "this board is measuring another candidate: retry when it is done",
+                                {"Retry-After": "5"}, close=True)
+            with open(folder / ARCHIVE, "xb") as sink:
+                await self._body(headers, receive, [0], limit=measurer.max_bytes, sink=sink)
+            served = self._served()
+            try:
+                result = await asyncio.get_running_loop().run_in_executor(self._pool, measurer.run, folder, params)
+            except EdgecError as exc:
+                raise HttpError(422, str(exc)) from None
+            result["serving_requests"] = self._served() - served  # requests answered meanwhile (they share the CPU)
+        return json_response(200, result)
+
+    def _served(self) -> int:
+        return sum(n for (kind, _), n in self.responses.items() if kind == "infer")
+
     # -- bodies ------------------------------------------------------------------------------------
-    def _authorize(self, headers: _Headers) -> None:
+    def _authorize(self, headers: Headers) -> None:
         """Admin routes: 403 when no ``admin_token`` is configured, 401 without the right one."""
         if self._token is None:
             raise HttpError(403, "admin routes are off: set admin_token in runtime.toml to reload models over HTTP")
@@ -236,33 +225,40 @@ class Api:
             raise HttpError(401, "admin routes need the header Authorization: Bearer <admin_token>",
                             {"WWW-Authenticate": 'Bearer realm="edgec"'})
 
-    async def _body(self, headers: _Headers, receive: Any, held: list[int]) -> bytes:
-        """The request body, read as it arrives: 413 past ``max_body``, 503 past ``max_pending``
-        over all requests, 408 past the body timeout (from the HTTP layer)."""
+    async def _body(self, headers: Headers, receive: Any, held: list[int], *, limit: int | None = None,
+                    sink: Any = None) -> bytes:
+        """The request body, read as it arrives: 413 past ``limit`` (default ``max_body``), 503 past
+        ``max_pending`` over all requests, 408 past the body timeout (from the HTTP layer). With ``sink``
+        (a file) the body is written there as it arrives instead, and not held."""
+        limit = self.max_body if limit is None else limit
         declared = headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
                 raise HttpError(400, f"bad Content-Length {declared!r}", close=True)
-            if int(declared) > self.max_body:  # a client waiting for 100 Continue sends nothing more: close
+            if int(declared) > limit:  # a client waiting for 100 Continue sends nothing more: close
                 expecting = "100-continue" in headers.get("expect", "").lower()
-                raise HttpError(413, f"body of {declared} bytes is over the {self.max_body} byte limit",
+                raise HttpError(413, f"body of {declared} bytes is over the {limit} byte limit",
                                 close=expecting or int(declared) > DRAIN_LIMIT)
-        chunks = []
+        chunks, size = [], 0
         while True:  # (the HTTP layer closes a connection whose body is late: receive() then ends)
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise HttpError(400, "the client went away", close=True)
             chunk = message.get("body", b"")
-            if self._pending + len(chunk) > self.max_pending:
-                raise HttpError(503, f"the server holds {self.max_pending} bytes of request bodies already: retry "
-                                "shortly", {"Retry-After": "1"}, close=True)
-            self._pending += len(chunk)
-            held[0] += len(chunk)
-            if held[0] > self.max_body:
-                raise HttpError(413, f"body is over the {self.max_body} byte limit", close=True)
-            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"body is over the {limit} byte limit", close=True)
+            if sink is not None:
+                sink.write(chunk)
+            else:
+                if self._pending + len(chunk) > self.max_pending:
+                    raise HttpError(503, f"the server holds {self.max_pending} bytes of request bodies already: "
+                                    "retry shortly", {"Retry-After": "1"}, close=True)
+                self._pending += len(chunk)
+                held[0] += len(chunk)
+                chunks.append(chunk)
             if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
     def _hold(self, held: list[int], cost: int) -> None:
         """Count what decoding a JSON body will build (Python lists and floats, many times its size)
@@ -319,7 +315,7 @@ class Api:
             model = await asyncio.get_running_loop().run_in_executor(self._pool, rt.cache.get, name)
         return model
 
-    async def _infer(self, name: str, version: str | None, headers: _Headers, body: bytes) -> Response:
+    async def _infer(self, name: str, version: str | None, headers: Headers, body: bytes) -> Response:
         model = await self._model(name)
         current = self.runtime.version(name)
         if version is not None and version != current:
@@ -332,7 +328,7 @@ class Api:
             return Response(200, data)
         return Response(200, data, "application/octet-stream", {"Inference-Header-Content-Length": str(head_length)})
 
-    async def _predict(self, name: str, headers: _Headers, body: bytes) -> Response:
+    async def _predict(self, name: str, headers: Headers, body: bytes) -> Response:
         model = await self._model(name)
         feeds = await self._decode_for(name, body, decode_inputs, headers.get("content-type", "application/json"),
                                        model, self.max_array_bytes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -22,25 +23,26 @@ from .broker import Mosquitto, free_port
 class Board:
     """One board: its own folder, runtime.toml and `edgec serve` process."""
 
-    def __init__(self, root: Path, name: str, broker: Mosquitto, initial: Path, *, groups=("lab",), trusted=None,
+    def __init__(self, root: Path, name: str, broker: Mosquitto | None, initial: Path, *, groups=("lab",), trusted=None,
                  watch_s: float = 0.5, top: str = "", telemetry: str = "", fleet: str = "test",
-                 fleet_table: str = "") -> None:
+                 fleet_table: str = "", env: dict[str, str] | None = None) -> None:
         self.name, self.root, self.port = name, root / name, free_port()
         self.root.mkdir(parents=True)
         shutil.copytree(initial, self.root / "initial")
         keys = f'trusted_keys = ["{trusted}"]\n' if trusted else ""
-        (self.root / "runtime.toml").write_text(
-            f'port = {self.port}\n{keys}{top}'
-            f'[[models]]\nname = "digits"\npath = "initial"\n'
+        fleet_tables = "" if broker is None else (  # (no broker: a board that only serves)
             f'[telemetry]\nbroker = "127.0.0.1"\nport = {broker.port}\nfleet = "{fleet}"\ndevice = "{name}"\n'
             f'interval_s = 1\nreconnect_max_s = 1\nspool = "spool.sqlite"\n{telemetry}'
             f'[fleet]\ngroups = {json.dumps(list(groups))}\nstore = "store"\nwatch_requests = 20\nwatch_s = {watch_s}\n'
             + ("" if trusted else "allow_unsigned = true\n") + fleet_table)
+        (self.root / "runtime.toml").write_text(
+            f'port = {self.port}\n{keys}{top}[[models]]\nname = "digits"\npath = "initial"\n{fleet_tables}')
         self.process: subprocess.Popen | None = None
+        self.env = {**os.environ, **env} if env else None
 
     def start(self) -> Board:
         self.process = subprocess.Popen([sys.executable, "-m", "edgec", "serve", "--config",
-                                         str(self.root / "runtime.toml")], stdout=subprocess.DEVNULL,
+                                         str(self.root / "runtime.toml")], stdout=subprocess.DEVNULL, env=self.env,
                                         stderr=open(self.root / "serve.log", "ab"))
         until = time.monotonic() + 60
         while time.monotonic() < until:
