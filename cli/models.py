@@ -42,6 +42,8 @@ def convert(
     score_threshold: float = typer.Option(0.25, "--score-threshold", help="detect: detections below this score are dropped before matching."),
     nms_iou: float = typer.Option(0.45, "--nms-iou", help="detect: IoU above which NMS drops the lower-scored box."),
     time_budget: float = typer.Option(600, "--time-budget", min=0, help="Seconds --precision auto may search; past them no new candidate is built (fp32 stays) and the report says what was left untried. 0: no limit."),
+    measure_on: Optional[str] = typer.Option(None, "--measure-on", help="An edgec serve board (http://pi-lab:8080, with [measure] enabled = true) to time fp32 and each candidate within budget on: the search ships by the board's numbers, and the report says which board measured what."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="EDGEC_ADMIN_TOKEN", help="The --measure-on board's admin_token (or EDGEC_ADMIN_TOKEN)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout (progress stays on stderr)."),
 ) -> None:
     """Convert a model for one device and write a verified bundle.
@@ -58,6 +60,7 @@ def convert(
       edgec convert model.pt2 --device jetson --out build/jetson
       edgec convert model.onnx --device x86 --precision int8 --calib calib.npz
       edgec convert model.keras --device coral --calib calib.npz --eval test.npz
+      edgec convert model.onnx --device rpi4 --calib calib.npz --measure-on http://pi-lab:8080 --token $TOKEN
       edgec convert saved_model_dir/ --device rpi5 --precision fp16
       edgec convert mypkg.nets:build --weights w.safetensors --device coral --calib images/ --image-size 96x96
     """
@@ -90,6 +93,8 @@ def convert(
         task=TaskOptions(task=task, output=task_output, channel_axes=tuple(channel_axis or ()), min_task=min_task,
                          score_threshold=score_threshold, iou=nms_iou),
         time_budget_s=time_budget,
+        measure_on=measure_on,
+        measure_token=token,
     )
     err = err_console()
     result = run_convert(model, config, calib=calib, eval_data=eval_data, progress=ConsoleProgress(err))

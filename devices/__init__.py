@@ -61,6 +61,8 @@ class DeviceProfile:
             weights; 7-bit weights keep onnxruntime's fast kernels exact there.
         execution_providers: onnxruntime providers to try, in order.
         compute_capability: CUDA compute capability, when there is a CUDA GPU.
+        batch: The batch the board's runtime runs under load (``edgec serve``'s ``max_batch_size``); boards
+            measuring candidates (``--measure-on``) time it besides batch 1.
         source: The file the profile was read from.
     """
 
@@ -85,6 +87,7 @@ class DeviceProfile:
     int8_reduce_range: bool = False
     formats: tuple[str, ...] = ()
     compute_capability: str | None = None
+    batch: int = 8
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -111,7 +114,7 @@ class DeviceProfile:
             raise ValidationError(
                 f"{where}: accelerator {self.accelerator!r} is not one of {', '.join(ACCELERATORS)}"
             )
-        for field in ("cores", "threads", "ram_mb", "model_ram_mb", "storage_mb"):
+        for field in ("cores", "threads", "ram_mb", "model_ram_mb", "storage_mb", "batch"):
             if getattr(self, field) <= 0:
                 raise ValidationError(f"{where}: {field} must be a positive number")
         if self.model_ram_mb > self.ram_mb:

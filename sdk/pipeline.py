@@ -42,6 +42,7 @@ from .quantize.search import search
 from .report.build import Measurements, build_report
 from .report.markdown import convert_page
 from .verify.artifact import MeasureFn, Specs, make_measure, open_artifact, reference_outputs, source_latency
+from .verify.board import BoardMeter, CandidateRefused
 from .quantize.budget import cosine_checks, task_checks
 from .verify.fidelity import Fidelity
 from ..runtime.timing import measure_latency, paired_speedup
@@ -133,6 +134,12 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
     target = plan(cfg, profile, model_kind(model))
     with step(f"Building {target.format.name} for {target.profile.name}: {target.format_reason}"):
         pass  # said before any slow step
+    board = None
+    if cfg.measure_on:
+        board = BoardMeter(cfg.measure_on, cfg.measure_token or "", batch=target.profile.batch,
+                           budget_s=cfg.latency_budget_s)
+        with step(f"Asking the board at {board.url} to measure"):
+            board.check()  # a wrong address or token fails now, not after the export
     with _timed(timings, "load"), step("Loading model"):
         source = load_model(model, weights=cfg.weights, example=lambda: example_inputs(calib, cfg.input_shapes))
     for warning in getattr(source, "warnings", ()):  # said now: a later step may fail because of it
@@ -144,6 +151,12 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
     with _timed(timings, "data"), step("Checking sample data"):
         data = prepare_data(calib, eval_data, source, target, cfg)
     data.warnings[:0] = getattr(source, "warnings", ())  # about the model file itself (an oversized .pt2)
+    if board is not None:
+        board.golden = next(data.holdout.batches(GOLDEN_SAMPLES))
+        arch = (board.board or {}).get("arch")
+        if arch != target.profile.arch:
+            data.warnings.append(f"the board at {board.url} is {arch}, but {target.profile.name} is "
+                                 f"{target.profile.arch}: its timings decide for a board of another kind")
     budget = None
     if target.precision == "auto":
         budget = Budget.resolve(cfg.max_drop, cfg.min_cosine, labels=data.info["labels"])  # real labels held out
@@ -161,12 +174,12 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
         measure_fn = make_measure(target.format.name, source, target.profile, target.threads, data.holdout, reference)
         with _timed(timings, "search" if budget else "quantize"):
             choice = choose_precision(target, source, data, budget, measure_fn, ref_acc, fp32_path, final_path, cfg,
-                                      step)
+                                      step, board)
         with _timed(timings, "verify"), step("Verifying against the original"):
             verified = verify(target, data, budget, measure_fn, ref_acc, choice, fp32_path, final_path, cfg)
         data.warnings.extend(getattr(verified.model.backend, "notes", ()))  # runtime options dropped for this model
         with step("Measuring latency"):
-            measured = measure(target, source, data, verified, fp32_path, final_path, cfg)
+            measured = measure(target, source, data, verified, fp32_path, final_path, cfg, board)
         with step("Writing bundle"):
             data.warnings.extend(target.profile.fit_problems(measured.size, measured.ram_delta))
             timings["total"] = time.perf_counter() - started
@@ -201,7 +214,7 @@ def prepare_data(calib: Any, eval_data: Any, source: Source, target: Target, cfg
 
 def choose_precision(target: Target, source: Source, data: Split, budget: Budget | None, measure_fn: MeasureFn,
                      ref_acc: float | None, fp32_path: Path, final_path: Path, cfg: ConvertConfig,
-                     step: Step) -> Choice:
+                     step: Step, board: BoardMeter | None = None) -> Choice:
     """The policy search under ``budget`` (``--precision auto``), or the precision asked for, plainly."""
     profile = target.profile
     if budget is None:
@@ -214,7 +227,7 @@ def choose_precision(target: Target, source: Source, data: Split, budget: Budget
                                              calib=samples, profile=profile)
         return Choice(target.precision, done, target.reason, weight_bits=_weight_bits(target.precision, done))
     precisions = target.precisions()
-    if "int8" in precisions and not profile.int8_speedup and precisions != ["int8"]:
+    if "int8" in precisions and not profile.int8_speedup and precisions != ["int8"] and board is None:
         precisions.remove("int8")
         data.warnings.append(f"int8 was not tried: {profile.name} has no fast int8 kernels, so int8 would only "
                              "shrink the file; ask for it with --precision int8")
@@ -228,7 +241,7 @@ def choose_precision(target: Target, source: Source, data: Split, budget: Budget
     outcome = search(target.converter, fp32_path, fp32_path.parent, profile=profile, precisions=precisions,
                      source=source, calib=data.calib, measure=measure_fn, budget=budget, reference_accuracy=ref_acc,
                      threads=target.threads, latency_budget_s=cfg.latency_budget_s, step=step,
-                     time_budget_s=cfg.time_budget_s or None)
+                     time_budget_s=cfg.time_budget_s or None, board=board)
     if outcome.cut_short:
         data.warnings.append(f"the precision search was cut short: {outcome.cut_short} (raise --time-budget to try them)")
     precision = outcome.recipe.precision
@@ -275,8 +288,9 @@ def verify(target: Target, data: Split, budget: Budget | None, measure_fn: Measu
 
 
 def measure(target: Target, source: Source, data: Split, verified: Verified, fp32_path: Path, final_path: Path,
-            cfg: ConvertConfig) -> Measurements:
-    """Latency of the original, the fp32 and the shipped artifacts; sizes; the RAM loading adds."""
+            cfg: ConvertConfig, board: BoardMeter | None = None) -> Measurements:
+    """Latency of the original, the fp32 and the shipped artifacts; sizes; the RAM loading adds; and, with a
+    ``board``, both artifacts as the board measured them (the search's measurements, when it ran)."""
     one = next(data.holdout.samples())
     threads = target.threads
     final, fp32 = verified.model, verified.fp32_model
@@ -291,10 +305,11 @@ def measure(target: Target, source: Source, data: Split, verified: Verified, fp3
         lat_final = measure_latency(lambda: final.predict(one), threads=threads, budget_s=cfg.latency_budget_s)
     lat_source = lat_source or lat_fp32 or lat_final
     fp32_size = fp32_path.stat().st_size if fp32_path.exists() else final_path.stat().st_size
+    on_board = _on_board(board, final_path, final, fp32_path if fp32 is not None else None, fp32)
     verified.model = verified.fp32_model = None  # release both backends before the memory probe below
     fp32_path.unlink(missing_ok=True)
     return Measurements(lat_source, lat_fp32, lat_final, speedup, fp32_size, final_path.stat().st_size,
-                        _ram_delta(target, source, final_path, final.manifest, one), threads)
+                        _ram_delta(target, source, final_path, final.manifest, one), threads, on_board)
 
 
 def write_bundle(stage: Path, target: Target, choice: Choice, verified: Verified, measured: Measurements,
@@ -350,6 +365,20 @@ def _sanity_checks(fid: Fidelity, precision: str, cfg: ConvertConfig) -> tuple[l
         passed = passed and ok
     ok, lines = task_checks(fid)
     return checks + lines, passed and ok
+
+
+def _on_board(board: BoardMeter | None, final_path: Path, final: Any, fp32_path: Path | None,
+              fp32: Any) -> dict[str, Any] | None:
+    """The shipped and fp32 artifacts as ``board`` measured them (measured now if the search did not)."""
+    if board is None:
+        return None
+    try:
+        shipped = board.measure(final_path, final)
+        base = board.measure(fp32_path, fp32) if fp32_path is not None else shipped
+    except CandidateRefused as exc:
+        raise VerificationError(f"the shipped artifact fails on the board at {board.url}: {exc}") from None
+    return {**board.to_dict(), "fp32": base.to_dict(), "shipped": shipped.to_dict(),
+            "speedup_vs_fp32": base.p50_ms / max(shipped.p50_ms, 1e-9)}
 
 
 def _ram_delta(target: Target, source: Source, path: Path, manifest: Manifest, one: dict[str, np.ndarray]) -> int | None:

@@ -45,6 +45,9 @@ class ConvertConfig(Options):
         latency_budget_s: Time spent timing each model.
         time_budget_s: How long ``--precision auto`` may search: past it no new candidate is built
             (fp32 is always there) and the report says what was left untried; 0 for no limit.
+        measure_on: An ``edgec serve`` board (``http://pi-lab:8080``, ``[measure] enabled = true``) to time
+            fp32 and every candidate within budget on; the search ships by its numbers.
+        measure_token: That board's ``admin_token``.
 
     Example:
         >>> ConvertConfig(device="rpi4", precision="int8", out=Path("build/rpi4"))
@@ -66,6 +69,8 @@ class ConvertConfig(Options):
     seed: int = 0
     latency_budget_s: float = 1.0
     time_budget_s: float = 600.0
+    measure_on: str | None = None
+    measure_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.format != "auto":
@@ -83,6 +88,8 @@ class ConvertConfig(Options):
             raise ValidationError("latency_budget_s must be positive")
         if not self.time_budget_s >= 0:
             raise ValidationError(f"--time-budget {self.time_budget_s} must be seconds, 0 or more (0: no limit)")
+        if self.measure_on and not self.measure_token:
+            raise ValidationError("--measure-on needs the board's admin_token: pass --token or set EDGEC_ADMIN_TOKEN")
 
     def _coerce(self, name: str, value: Any) -> Any:
         if name == "task" and isinstance(value, dict):

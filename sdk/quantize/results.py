@@ -8,6 +8,7 @@ from typing import Any
 
 from ...converters.base import Layer, Recipe
 from ..verify.artifact import Measured
+from ..verify.board import BoardTiming
 from .budget import Budget, drop_points
 
 
@@ -22,6 +23,7 @@ class Candidate:
     float_layers: tuple[str, ...] = ()
     seconds: float = 0.0
     done: dict[str, object] = field(default_factory=dict)
+    board: BoardTiming | None = None  # as the board measured it (--measure-on)
 
     def to_dict(self, fp32: Measured | None, reference_accuracy: float | None) -> dict[str, Any]:
         m = self.measured
@@ -40,6 +42,8 @@ class Candidate:
                 accuracy=m.fidelity.accuracy,
                 drop_points=drop_points(reference_accuracy, m.fidelity.accuracy),
             )
+        if self.board is not None:
+            row["board"] = self.board.to_dict()
         return row
 
 
@@ -74,6 +78,7 @@ class SearchResult:
     sensitivity_of: str | None = None
     speed_rule: str = ""
     cut_short: str | None = None  # what the time budget left untried
+    board: dict[str, Any] | None = None  # the board that timed the candidates (--measure-on)
 
     def report(self, reference_accuracy: float | None) -> dict[str, Any]:
         return {
@@ -83,4 +88,5 @@ class SearchResult:
             "candidates": [c.to_dict(self.fp32, reference_accuracy) for c in self.candidates],
             "sensitivity": {"recipe": self.sensitivity_of, "layers": [s.to_dict() for s in self.sensitivity]},
             "cut_short": self.cut_short,
+            "board": self.board,
         }

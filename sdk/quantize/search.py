@@ -10,7 +10,9 @@ board of this host's architecture, :meth:`~edgec.devices.DeviceProfile.timed_her
 candidate measured more than 5% slower than fp32 in alternating rounds does not ship (the
 5% is timing noise, not a gain). Elsewhere (an A72 or a Jetson's GPU timed on an x86 host)
 host timings are reported only, and the profile's declared ``int8_speedup``/``fp16_speedup``
-decide, so the shipped precision never flips with the host's load. When the plain recipes fail, per-layer sensitivity picks the layers to keep
+decide, so the shipped precision never flips with the host's load. With a board to measure on
+(``--measure-on``, :mod:`..verify.board`), every candidate within budget is timed there and the
+board's numbers decide instead. When the plain recipes fail, per-layer sensitivity picks the layers to keep
 in float (mixed precision). If nothing fits, the search says so and lists what it tried.
 """
 
@@ -29,6 +31,7 @@ from ...formats import CALIBRATIONS, Format, get_format
 from ...runtime.system import host_arch
 from ..progress import SILENT, Step
 from ..verify.artifact import Measured, MeasureFn
+from ..verify.board import BoardMeter, BoardTiming, CandidateRefused
 from ...runtime.timing import measure_latency, paired_speedup
 from .budget import Budget
 from .results import Candidate, LayerSensitivity, SearchResult
@@ -93,13 +96,16 @@ class Search:
     def __init__(self, converter: Converter, fp32: Path, work: Path, *, profile: DeviceProfile,
                  precisions: Sequence[str], source: Source, calib: Samples | None, measure: MeasureFn,
                  budget: Budget, reference_accuracy: float | None, threads: int, latency_budget_s: float,
-                 step: Step, time_budget_s: float | None = None) -> None:
+                 step: Step, time_budget_s: float | None = None, board: BoardMeter | None = None) -> None:
         self.converter, self.fp32, self.work = converter, fp32, work
         self.format = get_format(converter.format)
         self.profile, self.precisions, self.source, self.calib = profile, precisions, source, calib
         self.measure, self.budget, self.reference_accuracy = measure, budget, reference_accuracy
         self.threads, self.latency_budget_s, self.step = threads, latency_budget_s, step
-        self.timed_here = profile.timed_here()
+        self.board = board  # with a board, its timings decide (and each candidate runs there first)
+        self.board_base: BoardTiming | None = None
+        self.timed_here = profile.timed_here() or board is not None
+        self.where = "on the board" if board is not None else "on this host"
         self.int8_only = profile.allowed_precisions == ("int8",)
         self.candidates: list[Candidate] = []
         self.kept: dict[Recipe, Path] = {}  # artifacts within budget, by recipe
@@ -118,6 +124,14 @@ class Search:
             base = self.measure(self.fp32, "fp32")
             self.base = replace(base, speedup=1.0, latency=measure_latency(
                 base.run_one, threads=self.threads, budget_s=self.latency_budget_s))
+        if self.board is not None:
+            with self.step(f"Measuring fp32 on the board at {self.board.url}"):
+                try:
+                    self.board_base = self.board.measure(self.fp32, base.model)
+                except CandidateRefused as exc:
+                    raise VerificationError(f"the fp32 artifact fails on the board at {self.board.url}: {exc}. Every "
+                                            "candidate is measured against it there: fix the board or drop "
+                                            "--measure-on") from None
         self.layers = self.converter.layers(self.fp32) if "int8" in self.precisions else []
         plan = ladder(self.format, self.profile, self.precisions, self.calib is not None, self.layers)
         self.candidates += [Candidate(item[0], reason=item[1]) for item in plan if isinstance(item, tuple)]
@@ -160,8 +174,8 @@ class Search:
             # Decided before paying for the per-layer run: keeping layers in float only adds
             # conversions to an int8 graph that already runs slower than fp32 here.
             self.candidates.append(Candidate(replace(basis.recipe, keep_float=("most sensitive layers",)),
-                                             reason="not tried: static int8 already ran slower than fp32 on this "
-                                             "host, and mixed precision only adds float layers to it"))
+                                             reason=f"not tried: static int8 already ran slower than fp32 "
+                                             f"{self.where}, and mixed precision only adds float layers to it"))
             return None
         if self._out_of_time():
             self.untried.append("mixed precision")
@@ -205,7 +219,7 @@ class Search:
             return cand
         static_int8 = recipe.precision == "int8" and recipe.mode == "static"
         if static_int8 and recipe.layout in self.slow_layouts and self.timed_here:
-            cand.reason = "static int8 already ran slower than fp32 on this host; other calibrations run just as slow"
+            cand.reason = f"static int8 already ran slower than fp32 {self.where}; other calibrations run just as slow"
             return cand
         started = time.perf_counter()
         path, done = self.fp32, {}
@@ -228,6 +242,14 @@ class Search:
             cand.seconds = time.perf_counter() - started
             path.unlink(missing_ok=True)
             return cand
+        if self.board is not None and self.budget.check(cand.measured.fidelity, self.reference_accuracy)[0]:
+            refused = self._on_board(cand, path)
+            if refused:
+                cand.status, cand.reason = "failed", refused
+                cand.seconds = time.perf_counter() - started
+                if path != self.fp32:
+                    path.unlink(missing_ok=True)
+                return cand
         cand.seconds = time.perf_counter() - started
         self._judge(cand)
         if static_int8 and cand.measured.speedup is not None and cand.measured.speedup * SLOWER_TOLERANCE < 1.0:
@@ -238,6 +260,20 @@ class Search:
         elif path != self.fp32:
             path.unlink(missing_ok=True)
         return cand
+
+    def _on_board(self, cand: Candidate, path: Path) -> str | None:
+        """Time a candidate within the accuracy budget on the board; its speed-up becomes the board's.
+        Returns why the board refused it (None: measured)."""
+        if cand.recipe.precision == "fp32":
+            cand.board = self.board_base
+            return None
+        try:
+            with self.step(f"Measuring {cand.recipe.label()} on the board"):
+                cand.board = self.board.measure(path, cand.measured.model)
+        except CandidateRefused as exc:
+            return f"on the board: {exc}"
+        cand.measured = replace(cand.measured, speedup=self.board_base.p50_ms / max(cand.board.p50_ms, 1e-9))
+        return None
 
     def _measure(self, path: Path, recipe: Recipe, done: dict[str, Any]) -> Measured:
         m = self.measure(path, recipe.precision, weight_bits=done.get("weight_bits"))
@@ -255,7 +291,7 @@ class Search:
             cand.status, cand.reason = "over budget", "; ".join(lines)
         elif self.timed_here and slower and recipe.precision != "fp32" and not self.int8_only:
             cand.status = "slower"
-            cand.reason = (f"within budget but {1 / m.speedup:.2f}x slower than fp32 on this host (more than "
+            cand.reason = (f"within budget but {1 / m.speedup:.2f}x slower than fp32 {self.where} (more than "
                            f"{SLOWER_TOLERANCE - 1:.0%} slower does not ship)")
         elif recipe.precision == "int8" and share > MAX_INT8_SIZE_SHARE:
             cand.status = "too large"
@@ -284,11 +320,18 @@ class Search:
         cut = (f"the time budget ({self.time_budget_s:g} s, --time-budget) ran out before "
                f"{', '.join(self.untried)}" if self.untried else None)
         return SearchResult(chosen.recipe, self.kept[chosen.recipe], chosen.done, self.candidates, self.budget,
-                            self.base, self.sensitivity, self.sensitivity_of, speed_rule(self.profile), cut)
+                            self.base, self.sensitivity, self.sensitivity_of, speed_rule(self.profile, self.board),
+                            cut, self.board.to_dict() if self.board is not None else None)
 
 
-def speed_rule(profile: DeviceProfile) -> str:
-    """The rule speed was judged by for ``profile``, in words (for the report)."""
+def speed_rule(profile: DeviceProfile, board: BoardMeter | None = None) -> str:
+    """The rule speed was judged by for ``profile`` (timed on ``board``, if given), in words (for the report)."""
+    if board is not None:
+        info = board.board or {}
+        what = ", ".join(str(v) for v in (info.get("board"), info.get("cpu"), info.get("arch")) if v)
+        return (f"timed on the board at {board.url} ({what or 'as it reported itself'}): a candidate within the "
+                f"budget whose batch-1 p50 there is more than {SLOWER_TOLERANCE - 1:.0%} slower than fp32's does not "
+                "ship (each timed alone, one after the other)")
     if profile.timed_here():
         return (f"{profile.name} is a {profile.arch} CPU board like this host: a candidate timed more than "
                 f"{SLOWER_TOLERANCE - 1:.0%} slower than fp32 (alternating rounds, batch 1) does not ship")
@@ -302,7 +345,8 @@ def speed_rule(profile: DeviceProfile) -> str:
 def search(converter: Converter, fp32: Path, work: Path, *, profile: DeviceProfile, precisions: Sequence[str],
            source: Source, calib: Samples | None, measure: MeasureFn, budget: Budget,
            reference_accuracy: float | None, threads: int = 1, latency_budget_s: float = 1.0,
-           step: Step | None = None, time_budget_s: float | None = None) -> SearchResult:
+           step: Step | None = None, time_budget_s: float | None = None,
+           board: BoardMeter | None = None) -> SearchResult:
     """Find the fastest recipe within ``budget``; return it, its artifact in ``work`` and every candidate.
 
     Args:
@@ -321,10 +365,12 @@ def search(converter: Converter, fp32: Path, work: Path, *, profile: DeviceProfi
         step: Progress hook.
         time_budget_s: Past this many seconds no new candidate is built (fp32 stays); the result's
             ``cut_short`` says what was left untried. ``None``: no limit.
+        board: Time fp32 and every candidate within the budget on this board, and judge speed by its numbers.
 
     Raises:
         VerificationError: No candidate fits the budget; the message lists every one tried.
     """
     return Search(converter, fp32, work, profile=profile, precisions=precisions, source=source, calib=calib,
                   measure=measure, budget=budget, reference_accuracy=reference_accuracy, threads=threads,
-                  latency_budget_s=latency_budget_s, step=step or SILENT.stage, time_budget_s=time_budget_s).run()
+                  latency_budget_s=latency_budget_s, step=step or SILENT.stage, time_budget_s=time_budget_s,
+                  board=board).run()

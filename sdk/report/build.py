@@ -1,6 +1,6 @@
 """The conversion report (``report.json``), built in one place from what each stage measured.
 
-Every number in it was measured on this host; the Markdown page (:mod:`.markdown`) and the
+Every number in it was measured on this host, or on the board named in its ``board`` entry; the Markdown page (:mod:`.markdown`) and the
 terminal tables (:mod:`.terminal`) only render this dict.
 """
 
@@ -32,6 +32,7 @@ class Measurements:
         size: Bytes of the shipped artifact.
         ram_delta: RSS that loading and running the shipped artifact added.
         threads: Threads every model ran with.
+        board: The fp32 and shipped artifacts as a board measured them (``--measure-on``), and the board.
     """
 
     source: Latency
@@ -42,6 +43,7 @@ class Measurements:
     size: int
     ram_delta: int | None
     threads: int
+    board: dict[str, Any] | None = None
 
 
 def build_report(*, source: Source, profile: DeviceProfile, fmt: str, precision: str, reason: str,
@@ -89,6 +91,7 @@ def build_report(*, source: Source, profile: DeviceProfile, fmt: str, precision:
                 "model_ram_mb": profile.model_ram_mb, "fits": not fit_problems, "problems": fit_problems},
         "notes": notes(profile, fmt, precision),
         "host": {"machine": platform.machine(), "threads": measured.threads, "cpu_count": os.cpu_count()},
+        "board": measured.board,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "versions": versions,
     }

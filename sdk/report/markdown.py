@@ -35,6 +35,8 @@ def convert_page(report: dict[str, Any]) -> Report:
                   f"({target['format']} {target['precision']})", report, lead=_lead(report))
     page.add("Summary", _summary(report, shipped))
     page.extend([output_section(shipped.get("fidelity") or {})])
+    if report.get("board"):
+        page.add("Measured on the board", board_lines(report["board"], report.get("search")))
     if report.get("search"):
         page.extend(search_sections(report["search"]))
     stages = {k: v for k, v in report.get("timings_s", {}).items() if k != "total"}
@@ -49,9 +51,11 @@ def convert_page(report: dict[str, Any]) -> Report:
     page.add("Recipe", [f"- {k}: {v}" for k, v in (target.get("recipe") or {}).items()])
     page.add("Notes", [f"- {note}" for note in report.get("notes") or ()])
     host = report["host"]
+    where = ("the board's own numbers are under \"Measured on the board\"" if report.get("board") else
+             "use it to compare rows, not as the board's latency")
     page.add("Host and versions", [
-        f"- Latency measured on this host ({host['machine']}, {host['threads']} threads), "
-        f"not on the {device['name']}: use it to compare rows, not as the board's latency.",
+        f"- Latency in the first table measured on this host ({host['machine']}, {host['threads']} threads), "
+        f"not on the {device['name']}: {where}.",
         "- " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())])
     return page
 
@@ -85,6 +89,12 @@ def _summary(report: dict[str, Any], shipped: dict[str, Any]) -> list[str]:
     if summary.get("speedup_vs_fp32"):
         lines.append(f"- Speed: {summary['speedup_vs_fp32']:.2f}x the fp32 {fmt} artifact, "
                      f"{summary['speedup_vs_original']:.2f}x the original, on this host.")
+    board = report.get("board")
+    if board:
+        lines.append(f"- On the board ({board_name(board)}): {board['speedup_vs_fp32']:.2f}x the fp32 {fmt} "
+                     f"artifact, {board['shipped']['p50_ms']:.3f} ms p50 at batch 1"
+                     + (f", {human_bytes(board['shipped']['added_rss_bytes'])} of memory added"
+                        if board["shipped"].get("added_rss_bytes") is not None else "") + ".")
     change = summary.get("accuracy_change_points")
     if change is None and summary.get("accuracy_drop_points") is not None:
         change = -summary["accuracy_drop_points"]
@@ -162,7 +172,9 @@ def output_section(fid: dict[str, Any]) -> Section | None:
 
 def search_sections(search: dict[str, Any]) -> list[Section]:
     """The candidates table and the sensitivity ranking of a ``--precision auto`` search."""
-    lines = [f"Budget: {search['budget']}. Speed-ups are against fp32, timed in alternating rounds on this host.",
+    timed = ("as the board timed them (batch-1 p50)" if search.get("board") else
+             "timed in alternating rounds on this host")
+    lines = [f"Budget: {search['budget']}. Speed-ups are against fp32, {timed}.",
              *([f"Speed rule: {search['speed_rule']}."] if search.get("speed_rule") else []),
              *([f"**Cut short:** {search['cut_short']}."] if search.get("cut_short") else []), "",
              "| candidate | float layers | size | vs fp32 | speed-up | cosine min | worst channel | task | Δ top-1 "
@@ -184,6 +196,37 @@ def search_sections(search: dict[str, Any]) -> list[Section]:
     if sens.get("layers"):
         found.append(sensitivity_section(sens["layers"], sens["recipe"]))
     return found
+
+
+def board_name(board: dict[str, Any]) -> str:
+    """The board as it described itself: ``Raspberry Pi 4 Model B (ARM Cortex-A72, aarch64, 4 cores)``."""
+    info = board.get("board") or {}
+    parts = ", ".join(str(v) for v in (info.get("cpu"), info.get("arch"),
+                                       f"{info['cores']} cores" if info.get("cores") else None) if v)
+    return f"{info['board']} ({parts})" if info.get("board") else parts or board.get("url", "?")
+
+
+def board_lines(board: dict[str, Any], search: dict[str, Any] | None) -> list[str]:
+    """Where the board measured, and what: fp32 and the shipped artifact, then each candidate it timed."""
+    info = board.get("board") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in (info.get("versions") or {}).items())
+    lines = [f"Measured on {board_name(board)} at {board['url']}: {info.get('system') or 'system not given'}, "
+             f"{human_bytes(info.get('memory_bytes'))} of memory; {versions}.",
+             f"Each artifact was loaded in a child process there, checked against this host's answers on its golden "
+             f"samples, then timed alone at batch 1 and batch {board['batch']} after warm-up. Measuring took "
+             f"{board['seconds']:.1f} s, uploads included.", "",
+             f"| artifact | p50 batch 1 | p90 batch 1 | p50 per sample, batch {board['batch']} | peak memory | "
+             "added by the model | load | golden check |", "|---|---|---|---|---|---|---|---|"]
+    rows = [("fp32", board["fp32"]), ("**shipped**", board["shipped"])]
+    rows += [(c["label"], c["board"]) for c in (search or {}).get("candidates", ())
+             if c.get("board") and c["precision"] != "fp32" and c["status"] != "shipped"]
+    for name, t in rows:
+        per_sample = t["batch_p50_ms"] / t["batch"] if t.get("batch_p50_ms") and t.get("batch") else None
+        lines.append(f"| {name} | {_num(t['p50_ms'], '{:.3f} ms')} | {_num(t['p90_ms'], '{:.3f} ms')} | "
+                     f"{_num(per_sample, '{:.3f} ms') if per_sample else t.get('note') or '—'} | "
+                     f"{human_bytes(t.get('peak_rss_bytes'))} | {human_bytes(t.get('added_rss_bytes'))} | "
+                     f"{_num(t['load_ms'], '{:.0f} ms')} | {t.get('parity') or '—'} |")
+    return lines
 
 
 def sensitivity_section(layers: list[dict[str, Any]], recipe: str | None, top: int = 15) -> Section:

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from .markdown import human_bytes
+from .markdown import board_name, human_bytes
 
 
 def _num(x: float | None, fmt: str) -> str:
@@ -42,15 +42,20 @@ def conversion_table(report: dict[str, Any]) -> Table:
 
 def conversion_summary(report: dict[str, Any]) -> str:
     """One line: what shipped, against fp32, and the checks it passed."""
-    s = report["summary"]
-    return (f"Shipped ★: {100 * s['size_vs_fp32']:.0f}% of fp32 size, {s['speedup_vs_fp32']:.2f}x fp32 speed "
-            f"(host-measured); verification passed: {'; '.join(report['verification']['checks'])}")
+    s, board = report["summary"], report.get("board")
+    speed = (f"{board['speedup_vs_fp32']:.2f}x fp32 speed on the board ({board_name(board)})" if board else
+             f"{s['speedup_vs_fp32']:.2f}x fp32 speed (host-measured)")
+    return (f"Shipped ★: {100 * s['size_vs_fp32']:.0f}% of fp32 size, {speed}; verification passed: "
+            f"{'; '.join(report['verification']['checks'])}")
 
 
 def candidates_table(search: dict[str, Any]) -> Table:
     """Every recipe the policy search tried or skipped, with its measurements and verdict."""
-    table = Table(title=f"Candidates (budget: {search['budget']})")
-    for col in ("candidate", "size", "speed-up", "cosine min", "worst channel", "task", "Δ top-1", "result"):
+    on_board = bool(search.get("board"))
+    table = Table(title=f"Candidates (budget: {search['budget']})"
+                  + (", speed-ups as the board timed them" if on_board else ""))
+    for col in ("candidate", "size", "speed-up", *(("board p50",) if on_board else ()), "cosine min",
+                "worst channel", "task", "Δ top-1", "result"):
         table.add_column(col, justify="left" if col in ("candidate", "result") else "right")
     for c in search["candidates"]:
         fid = c.get("fidelity") or {}
@@ -58,7 +63,9 @@ def candidates_table(search: dict[str, Any]) -> Table:
         table.add_row(
             c["label"] + (" ★" if c["status"] == "shipped" else ""),
             human_bytes(c["size_bytes"]) if c.get("size_bytes") else "—",
-            _num(c.get("speedup_vs_fp32"), "{:.2f}x"), _num(fid.get("cosine_min"), "{:.4f}"),
+            _num(c.get("speedup_vs_fp32"), "{:.2f}x"),
+            *((_num((c.get("board") or {}).get("p50_ms"), "{:.3f} ms"),) if on_board else ()),
+            _num(fid.get("cosine_min"), "{:.4f}"),
             _num(fid.get("channel_cosine_min"), "{:.4f}"), _task(fid.get("task")),
             _num(-c["drop_points"] if c.get("drop_points") is not None else None, "{:+.2f} pt"),
             c["status"] + (f": {c['reason']}" if c["reason"] and not quiet else ""),
