@@ -39,7 +39,8 @@ from helpers.broker import Mosquitto, free_port
 ROOT = Path(__file__).resolve().parents[1]
 # In a reader's order: later pages use what earlier ones made (build/rpi4 from convert.md).
 PAGES = ["README.md", *(f"docs/{name}.md" for name in (
-    "convert", "bundle", "compress", "serve", "drift", "mqtt", "fleet", "fleet-scale", "dashboards", "security", "deploy",
+    "convert", "bundle", "compress", "serve", "drift", "measure-on", "mqtt", "fleet", "fleet-scale", "dashboards",
+    "security", "deploy",
     "benchmarks", "development", "architecture", "telemetry"))]
 BLOCK = re.compile(r"(?:<!-- doc-test: (?P<directive>.*?) -->\n)?```(?P<lang>[a-z]*)\n(?P<body>.*?)\n```", re.S)
 RUN = ("bash", "python")
