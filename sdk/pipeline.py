@@ -373,12 +373,12 @@ def _on_board(board: BoardMeter | None, final_path: Path, final: Any, fp32_path:
     if board is None:
         return None
     try:
-        shipped = board.measure(final_path, final)
-        base = board.measure(fp32_path, fp32) if fp32_path is not None else shipped
+        base = board.measure(fp32_path or final_path, fp32 or final)
+        shipped = board.measure(final_path, final, reference=(fp32_path, fp32) if fp32_path is not None else None)
     except CandidateRefused as exc:
         raise VerificationError(f"the shipped artifact fails on the board at {board.url}: {exc}") from None
-    return {**board.to_dict(), "fp32": base.to_dict(), "shipped": shipped.to_dict(),
-            "speedup_vs_fp32": base.p50_ms / max(shipped.p50_ms, 1e-9)}
+    speedup = shipped.speedup if shipped.speedup is not None else base.p50_ms / max(shipped.p50_ms, 1e-9)
+    return {**board.to_dict(), "fp32": base.to_dict(), "shipped": shipped.to_dict(), "speedup_vs_fp32": speedup}
 
 
 def _ram_delta(target: Target, source: Source, path: Path, manifest: Manifest, one: dict[str, np.ndarray]) -> int | None:

@@ -29,13 +29,14 @@ def inside(root: Path, path: Path) -> Path:
     return path
 
 
-def unpack(archive: Path, dest: Path, most_bytes: int | None = None) -> None:
+def unpack(archive: Path, dest: Path, most_bytes: int | None = None, *, bundle: bool = True) -> None:
     """Unpack a bundle tar: plain files only, flat names, nothing outside ``dest``, never more bytes
     than the archive holds (``most_bytes``: the size the desired state announced).
 
     Every member is checked before one byte is written: a sparse member (which inflates far
     past its stored size), a link, a folder or a nested name is refused, and so is an archive
-    whose files add up to more than the archive itself.
+    whose files add up to more than the archive itself. With ``bundle`` (the default) it must
+    hold a manifest.
     """
     most = archive.stat().st_size if most_bytes is None else min(most_bytes, archive.stat().st_size)
     dest.mkdir(parents=True)
@@ -67,7 +68,7 @@ def unpack(archive: Path, dest: Path, most_bytes: int | None = None) -> None:
                         raise BundleError(f"the bundle archive's {member.name!r} is not the size its header says")
     except tarfile.TarError as exc:
         raise BundleError(f"the bundle archive cannot be read ({exc})") from None
-    if not (dest / MANIFEST_NAME).is_file():
+    if bundle and not (dest / MANIFEST_NAME).is_file():
         raise BundleError("the bundle archive has no manifest.json")
 
 

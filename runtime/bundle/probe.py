@@ -51,18 +51,18 @@ def probe(bundle: str | Path, *, threads: int | None = None, lean: bool = False,
 
 
 def measure(bundle: str | Path, *, batch: int, budget_s: float, threads: int | None = None,
-            timeout_s: float = TIMEOUT_S, max_rss_bytes: int | None = None) -> dict[str, Any]:
-    """Load ``bundle`` in a child process, check it on its golden samples, then time it there
-    (:func:`.bench.bench`) and read the memory it took; the child is killed past ``max_rss_bytes``.
-
-    Returns:
-        ``{"parity", "load_ms", "rss_before_bytes", "peak_rss_bytes", "added_rss_bytes", "timing"}``.
+            reference: str | Path | None = None, timeout_s: float = TIMEOUT_S,
+            max_rss_bytes: int | None = None) -> dict[str, Any]:
+    """Load ``bundle`` in a child process, check it on its golden samples, then time it there and read the
+    memory it took (:func:`.bench.measure_loaded`); with a ``reference`` bundle, also time the two in
+    alternating rounds. The child is killed past ``max_rss_bytes``.
 
     Raises:
         BundleError: As :func:`probe`, or the child passed ``max_rss_bytes``.
     """
     request = {"threads": threads, "lean": False, "max_rss": max_rss_bytes,
-               "measure": {"batch": int(batch), "budget_s": float(budget_s)}}
+               "measure": {"batch": int(batch), "budget_s": float(budget_s),
+                           "reference": str(reference) if reference is not None else None}}
     return _child(bundle, request, timeout_s)["measured"]
 
 
@@ -156,8 +156,9 @@ def _signal_name(number: int) -> str:
 def _load_and_run(bundle: str, threads: int | None, lean: bool,
                   measure: dict[str, Any] | None = None) -> dict[str, Any]:
     """(in the probe's child) Load the bundle, warm it up and run the parity check on its golden samples;
-    with ``measure`` (``{"batch", "budget_s"}``), time it and read the memory it took as well."""
-    from ..system import peak_rss_bytes, rss_bytes
+    with ``measure`` (``{"batch", "budget_s", "reference"}``), time it and read the memory it took as well
+    (:func:`.bench.measure_loaded`)."""
+    from ..system import rss_bytes
     from .model import load
     from .parity import require_parity
 
@@ -168,16 +169,9 @@ def _load_and_run(bundle: str, threads: int | None, lean: bool,
         parity = require_parity(model)
         measured = None
         if measure is not None:
-            from .bench import MAX_BATCH, MAX_BUDGET_S, bench
+            from .bench import measure_loaded
 
-            batch = min(max(1, int(measure["batch"])), MAX_BATCH)
-            budget = min(max(0.05, float(measure["budget_s"])), MAX_BUDGET_S)
-            timing = bench(model, batch=batch, budget_s=budget, threads=threads or model.manifest.threads)
-            peak = peak_rss_bytes()
-            measured = {"parity": parity.describe() if parity is not None else None,
-                        "load_ms": model.load_seconds * 1e3, "rss_before_bytes": before, "peak_rss_bytes": peak,
-                        "added_rss_bytes": peak - before if peak is not None and before is not None else None,
-                        "timing": timing}
+            measured = measure_loaded(model, parity, measure, threads=threads, rss_before=before)
     except EdgecError as exc:
         return {"ok": False, "error": str(exc)}
     except Exception as exc:  # an error type of the backend's own: the bundle is refused with it

@@ -269,10 +269,12 @@ class Search:
             return None
         try:
             with self.step(f"Measuring {cand.recipe.label()} on the board"):
-                cand.board = self.board.measure(path, cand.measured.model)
+                cand.board = self.board.measure(path, cand.measured.model, reference=(self.fp32, self.base.model))
         except CandidateRefused as exc:
             return f"on the board: {exc}"
-        cand.measured = replace(cand.measured, speedup=self.board_base.p50_ms / max(cand.board.p50_ms, 1e-9))
+        paired = cand.board.speedup  # (a board that does not pair them: the ratio of their p50s)
+        cand.measured = replace(cand.measured, speedup=paired if paired is not None else
+                                self.board_base.p50_ms / max(cand.board.p50_ms, 1e-9))
         return None
 
     def _measure(self, path: Path, recipe: Recipe, done: dict[str, Any]) -> Measured:
@@ -330,8 +332,8 @@ def speed_rule(profile: DeviceProfile, board: BoardMeter | None = None) -> str:
         info = board.board or {}
         what = ", ".join(str(v) for v in (info.get("board"), info.get("cpu"), info.get("arch")) if v)
         return (f"timed on the board at {board.url} ({what or 'as it reported itself'}): a candidate within the "
-                f"budget whose batch-1 p50 there is more than {SLOWER_TOLERANCE - 1:.0%} slower than fp32's does not "
-                "ship (each timed alone, one after the other)")
+                f"budget timed there more than {SLOWER_TOLERANCE - 1:.0%} slower than fp32 (alternating rounds, "
+                "batch 1) does not ship")
     if profile.timed_here():
         return (f"{profile.name} is a {profile.arch} CPU board like this host: a candidate timed more than "
                 f"{SLOWER_TOLERANCE - 1:.0%} slower than fp32 (alternating rounds, batch 1) does not ship")

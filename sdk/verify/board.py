@@ -53,6 +53,8 @@ class BoardTiming:
         parity: What the golden check found there.
         threads: Threads it ran with.
         note: Why a batch was not timed.
+        speedup: Against the reference it was sent with (fp32), timed in alternating rounds there.
+        reference_p50_ms: The reference's batch-1 p50 in those rounds.
     """
 
     p50_ms: float
@@ -66,6 +68,8 @@ class BoardTiming:
     parity: str | None
     threads: int | None
     note: str | None = None
+    speedup: float | None = None
+    reference_p50_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -92,7 +96,7 @@ class BoardMeter:
     golden: dict[str, np.ndarray] | None = field(default=None, repr=False)
     board: dict[str, Any] | None = None
     seconds: float = 0.0  # wall time spent measuring, uploads included
-    results: dict[str, BoardTiming] = field(default_factory=dict)
+    results: dict[tuple[str, str | None], BoardTiming] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         parts = urllib.parse.urlsplit(self.url)
@@ -106,22 +110,33 @@ class BoardMeter:
         self.board = _board(self._ask("GET", None, ""))
         return self.board
 
-    def measure(self, path: Path, model: LoadedModel) -> BoardTiming:
-        """``path`` (opened as ``model`` on this host) measured on the board; cached by the file's sha256.
+    def measure(self, path: Path, model: LoadedModel,
+                reference: tuple[Path, LoadedModel] | None = None) -> BoardTiming:
+        """``path`` (opened as ``model`` on this host) measured on the board, with the ``reference`` artifact
+        (fp32) to time it against in alternating rounds; cached by the files' sha256.
 
         Raises:
             CandidateRefused: The board ran it and refused it; the message is the board's reason.
             BrokerError: The board cannot be reached or did not measure (token, switched off, busy, bad answer).
         """
-        digest = sha256_file(path)
-        if digest in self.results:
-            return self.results[digest]
+        if reference is not None and reference[0] == path:
+            reference = None  # fp32 itself: nothing to pair it with
+        key = (sha256_file(path), sha256_file(reference[0]) if reference is not None else None)
+        if key in self.results:
+            return self.results[key]
         with tempfile.TemporaryDirectory(prefix="edgec-candidate-") as tmp:
-            archive = _candidate(path, model, self.golden, Path(tmp))
+            archive = _candidate(path, model, self.golden, Path(tmp) / "candidate")
+            if reference is not None:
+                upload = Path(tmp) / "upload"
+                upload.mkdir()
+                archive.rename(upload / "candidate.tar")
+                _candidate(*reference, self.golden, Path(tmp) / "reference").rename(upload / "reference.tar")
+                archive = Path(tmp) / "upload.tar"
+                pack(upload, archive)
             answer = self._ask("POST", archive, f"?batch={self.batch}&budget_s={self.budget_s:g}")
         self.board = _board(answer)
         timing = _timing(answer)
-        self.results[digest] = timing
+        self.results[key] = timing
         return timing
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,8 +176,9 @@ class BoardMeter:
 
 
 def _candidate(path: Path, model: LoadedModel, golden: dict[str, np.ndarray], tmp: Path) -> Path:
-    """A bundle of the candidate alone (model file, manifest, this host's answers on ``golden``), packed."""
-    folder = tmp / "candidate"
+    """A bundle of the artifact alone (model file, manifest, this host's answers on ``golden``), packed."""
+    tmp.mkdir()
+    folder = tmp / "bundle"
     folder.mkdir()
     manifest = model.manifest
     shutil.copyfile(path, folder / manifest.model_file)
@@ -215,6 +231,7 @@ def _timing(answer: dict[str, Any]) -> BoardTiming:
     one, many = timing["batch1"], timing.get("batch")
     many = many if isinstance(many, dict) else None
     note = timing.get("note")
+    paired = answer.get("paired") if isinstance(answer.get("paired"), dict) else {}
     return BoardTiming(
         p50_ms=_number(one.get("p50_ms"), "p50"), p90_ms=_number(one.get("p90_ms"), "p90"),
         batch=_number(timing.get("batch_size"), "batch", whole=True) if many else None,
@@ -225,4 +242,6 @@ def _timing(answer: dict[str, Any]) -> BoardTiming:
         load_ms=_number(answer.get("load_ms"), "load time"),
         parity=str(answer["parity"])[:300] if answer.get("parity") is not None else None,
         threads=_number(one.get("threads"), "thread count", whole=True, optional=True),
-        note=str(note)[:200] if note else None)
+        note=str(note)[:200] if note else None,
+        speedup=_number(paired.get("speedup"), "paired speed-up", optional=True),
+        reference_p50_ms=_number(paired.get("reference_p50_ms"), "reference p50", optional=True))

@@ -95,6 +95,20 @@ def test_a_candidate_is_checked_and_timed_in_a_child_and_never_served(tmp_path, 
     assert not list((board.root.parent / "tmp").glob("edgec-measure-*"))
 
 
+def test_a_candidate_sent_with_its_reference_is_timed_against_it_in_alternating_rounds(tmp_path, fixture_bundle,
+                                                                                       board):
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    (upload / "candidate.tar").write_bytes(packed(fixture_bundle("onnx", "int8"), tmp_path))
+    (upload / "reference.tar").write_bytes(packed(fixture_bundle("onnx", "fp32"), tmp_path))
+    status, answer = ask(board, packed(upload, tmp_path), "?budget_s=0.2")
+    assert status == 200, answer
+    paired = answer["paired"]
+    assert answer["precision"] == "int8" and paired["speedup"] > 0 and paired["runs"] >= 21
+    assert paired["speedup"] == pytest.approx(paired["reference_p50_ms"] / paired["p50_ms"], rel=0.5)
+    assert ask(board, packed(fixture_bundle("onnx", "int8"), tmp_path))[1]["paired"] is None  # alone: nothing to pair
+
+
 def test_hostile_or_wrong_candidates_are_refused_with_their_reason(tmp_path, fixture_bundle, crashing_bundle,
                                                                     digits_test, board):
     before = served(board, digits_test.x[:3])
@@ -114,7 +128,11 @@ def test_hostile_or_wrong_candidates_are_refused_with_their_reason(tmp_path, fix
         "not a plain file": tar_of((link, None)),
         "not a plain file ": tar_of((climbing, b"abc")),
         "cannot be read": b"this is not a tar archive" * 40,
-        "no manifest.json": tar_of((_info("notes.txt", 2), b"hi")),
+        "holds neither a bundle": tar_of((_info("notes.txt", 2), b"hi")),
+        "holds neither a bundle ": tar_of((_info("candidate.tar", 3), b"abc"), (_info("extra.sh", 2), b"rm")),
+        "not a plain file  ": tar_of((_info("candidate.tar", len(packed(fixture_bundle("onnx", "int8"), tmp_path))),
+                                      packed(fixture_bundle("onnx", "int8"), tmp_path)),
+                                     (_info("reference.tar", len(tar_of((link, None)))), tar_of((link, None)))),
         "answers differ": packed(drifted(fixture_bundle("onnx", "int8"), tmp_path / "drifted"), tmp_path),
         "crashed its backend": packed(crashing_bundle, tmp_path),
     }
