@@ -3,18 +3,22 @@
 #
 #   sudo ./scripts/arm64-check.sh             # CPUs: cortex-a72 (Pi 4) and cortex-a76 (Pi 5)
 #   EDGEC_ARM64_CPUS=cortex-a72 ./scripts/arm64-check.sh
+#   EDGEC_ARM64_STEPS=measure ./scripts/arm64-check.sh   # only the --measure-on check (tests, parity, measure)
 #
 # Builds the root once (debootstrap + qemu-user-static, cached in $EDGEC_ARM64_ROOT), installs
 # edgec[runtime] from a wheel of this checkout plus PyPI's aarch64 wheels, and for each CPU runs
 # `pytest tests/runtime` and a parity check: bundles converted on this x86 host for rpi4, rpi5
 # and jetson-orin-nano, run on the 450 test digits, against the host's own outputs; it prints
-# the largest difference, argmax agreement and the serving process's RSS. Takes ~10-20 minutes
+# the largest difference, argmax agreement and the serving process's RSS; then `edgec convert
+# --measure-on` from this host against `edgec serve` in the root (scripts/arm64_measure.py:
+# emulated timings, so the plumbing is checked, not the numbers). Takes ~10-20 minutes
 # (qemu emulates every instruction); not part of CI. Needs root (chroot, mounts) and apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HERE=$PWD
 ROOT=${EDGEC_ARM64_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/edgec/arm64-bookworm}
 CPUS=${EDGEC_ARM64_CPUS:-"cortex-a72 cortex-a76"}
+STEPS=${EDGEC_ARM64_STEPS:-"tests parity measure"}
 MIRROR=${EDGEC_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 WORK=$ROOT/opt/edgec-check
 
@@ -63,7 +67,7 @@ say "building the edgec wheel and the host's bundles (rpi4, rpi5, jetson-orin-na
 rm -rf "$WORK/src" "$WORK/dist"
 mkdir -p "$WORK/src" "$WORK/dist"
 .venv/bin/python -m pip wheel -q --no-deps . -w "$WORK/dist" 2>/dev/null
-cp -r pyproject.toml tests benchmarks docs scripts deploy "$WORK/src/"
+cp -rL pyproject.toml tests benchmarks docs scripts deploy "$WORK/src/"  # -L: docs/telemetry.schema.json is a link
 rm -rf "$WORK/src/tests/artifacts"
 find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
 .venv/bin/python scripts/arm64_parity.py host "$WORK/parity"
@@ -102,10 +106,26 @@ for n in range(4):
           f"CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {part}\nCPU revision\t: 1\n")
 EOF
   mount --bind "$CPUINFO" "$ROOT/proc/cpuinfo"
-  say "QEMU_CPU=$cpu: pytest tests/runtime"
-  in_root /usr/bin/env QEMU_CPU="$cpu" sh -c "cd /opt/edgec-check/src && /opt/venv/bin/python -m pytest -q -p no:cacheprovider tests/runtime" || status=1
-  say "QEMU_CPU=$cpu: parity with the x86 host, and memory"
-  in_root /usr/bin/env QEMU_CPU="$cpu" /opt/venv/bin/python /opt/edgec-check/src/scripts/arm64_parity.py guest /opt/edgec-check/parity || status=1
+  if [[ " $STEPS " == *" tests "* ]]; then
+    say "QEMU_CPU=$cpu: pytest tests/runtime"
+    in_root /usr/bin/env QEMU_CPU="$cpu" sh -c "cd /opt/edgec-check/src && /opt/venv/bin/python -m pytest -q -p no:cacheprovider tests/runtime" || status=1
+  fi
+  if [[ " $STEPS " == *" parity "* ]]; then
+    say "QEMU_CPU=$cpu: parity with the x86 host, and memory"
+    in_root /usr/bin/env QEMU_CPU="$cpu" /opt/venv/bin/python /opt/edgec-check/src/scripts/arm64_parity.py guest /opt/edgec-check/parity || status=1
+  fi
+  if [[ " $STEPS " == *" measure "* ]]; then
+    say "QEMU_CPU=$cpu: edgec convert --measure-on a board in the root (emulated: the plumbing, not the numbers)"
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    rm -rf "$WORK/board" && mkdir -p "$WORK/board" && cp -r "$WORK/parity/rpi4-fp32" "$WORK/board/served"
+    printf 'port = %s\nadmin_token = "arm64-check-admin-token-0123456789"\n[measure]\nenabled = true\ntimeout_s = 900\n[[models]]\nname = "digits"\npath = "served"\n' \
+      "$port" > "$WORK/board/runtime.toml"
+    in_root /usr/bin/env QEMU_CPU="$cpu" /opt/venv/bin/edgec serve --config /opt/edgec-check/board/runtime.toml \
+      > "$WORK/board/serve.log" 2>&1 &
+    .venv/bin/python scripts/arm64_measure.py "http://127.0.0.1:$port" "$WORK/parity" "$cpu" || { status=1; tail -20 "$WORK/board/serve.log"; }
+    pkill -TERM -f "edgec-check/board/runtime.toml" || true
+    wait
+  fi
   umount -l "$ROOT/proc/cpuinfo"
 done
 exit $status
