@@ -44,6 +44,7 @@ _NAME = r"([A-Za-z0-9_.\-]+)"
 _V1 = re.compile(rf"^/v1/models/{_NAME}/(predict|reload)$")
 _V2 = re.compile(rf"^/v2/models/{_NAME}(?:/versions/{_NAME})?(?:/(ready|infer))?$")
 _CAPTURE = re.compile(rf"^/v1/models/{_NAME}/capture$")
+_REPOSITORY = re.compile(rf"^/v2/repository/(index|models/{_NAME}/(load|unload))$")
 
 
 def _route_kind(method: str, path: str) -> str:
@@ -138,6 +139,8 @@ class Api:
             raise HttpError(404, f"no route GET {path}")
         if method != "POST":
             raise HttpError(405, f"method {method} is not served: use GET or POST", {"Allow": "GET, POST"})
+        if repository := _REPOSITORY.match(path):
+            return await self._repository(repository.group(3) or "index", repository.group(2), headers, receive, held)
         v1, v2 = _V1.match(path), _V2.match(path)
         if not (v1 or (v2 and v2.group(3) == "infer")):
             raise HttpError(404, f"no route POST {path}")
@@ -180,6 +183,23 @@ class Api:
         body = await asyncio.get_running_loop().run_in_executor(self._pool, rt.capture.pull, name)
         return Response(200, body, "application/octet-stream",
                         {"content-disposition": f'attachment; filename="{name}-capture.npz"'})
+
+    async def _repository(self, verb: str, name: str | None, headers: Headers, receive: Any,
+                          held: list[int]) -> Response:
+        """The repository extension (:mod:`.repository`): index, load and unload by name, with the admin token."""
+        self._authorize(headers)
+        body = await self._body(headers, receive, held)
+        try:
+            data = await asyncio.get_running_loop().run_in_executor(self._pool, self.runtime.repository.http, verb,
+                                                                    name, body)
+        except KeyError:
+            raise HttpError(404, f"no model {name!r} in this board's repository (its models and the bundle folders "
+                            "in model_roots)") from None
+        except InputError as exc:
+            raise HttpError(400, str(exc)) from None
+        except EdgecError as exc:
+            raise HttpError(409, f"model {name} was not loaded: {exc}") from None
+        return json_response(200, data) if data is not None else Response(200, b"")
 
     async def _measure(self, method: str, headers: Headers, receive: Any, query: bytes) -> Response:
         """POST: a candidate bundle (an uncompressed tar) loaded, checked and timed in a child process

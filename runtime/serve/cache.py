@@ -119,6 +119,13 @@ class ModelCache:
             if pinned:
                 self._pinned.add(name)
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name``: evicted if loaded, and no longer loadable until registered again."""
+        self.evict(name)
+        with self._lock:
+            self._paths.pop(name, None)
+            self._pinned.discard(name)
+
     def path(self, name: str) -> Path:
         """The bundle folder ``name`` serves from.
 

@@ -29,7 +29,7 @@ _BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
 HEADER_LENGTH = "inference-header-content-length"
 # Response heads of all-binary answers, by model, version, and output names, dtypes and shapes.
 _HEADS: dict[tuple[Any, ...], bytes] = {}
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_repository")
 
 
 def datatype(dtype: np.dtype | str) -> str:

@@ -23,7 +23,8 @@ from .batcher import Batcher
 from .cache import ModelCache
 from .capture import Capture
 from .driftwatch import DriftWatch
-from ..config import ServeConfig
+from .repository import Repository
+from ..config import ModelConfig, ServeConfig
 from ..bundle.manifest import Manifest, read_manifest
 from ..bundle.signing import TrustedKeys
 from .metrics import LatencyWindow, prometheus_text
@@ -58,6 +59,7 @@ class Runtime:
         self.capture = Capture(config.capture)  # opt-in: sampled inputs kept on the board
         self.drift = DriftWatch(config.drift, self.alert, self.capture)  # served data against the bundle's
         self.pressure = MemoryPressure(self.cache.min_available_bytes, every_s=PRESSURE_EVERY_S)
+        self.repository = Repository(self)  # load and unload by name (the repository extension)
         for m in config.models:
             try:
                 self.cache.register(m.name, m.path, pinned=m.pinned)
@@ -208,6 +210,30 @@ class Runtime:
         self._batcher(name)
         return entry.describe()
 
+    def add(self, name: str, path: Path) -> dict[str, Any]:
+        """Serve bundle ``path`` as ``name`` (the repository extension's load): loaded now, or refused.
+
+        Raises:
+            BundleError, IntegrityError: The bundle is refused; nothing else changes.
+        """
+        self.cache.register(name, path)
+        try:
+            model = self.cache.get(name)
+        except EdgecError:
+            self.cache.unregister(name)
+            raise
+        self.failed.pop(name, None)
+        self._batcher(name)
+        return {"name": name, "version": model.version, "path": str(path)}
+
+    def remove(self, name: str) -> None:
+        """Stop serving ``name`` (the repository extension's unload): queued requests are answered first."""
+        with self._lock:
+            batcher = self.batchers.pop(name, None)
+        if batcher is not None:
+            batcher.close(drain=True)
+        self.cache.unregister(name)
+
     def _reload_folder(self, path: Any) -> Path | None:
         """A reload's ``path``, checked: a string naming a folder inside the model folders."""
         if path is None:
@@ -256,8 +282,11 @@ class Runtime:
 
     def models(self) -> list[dict[str, Any]]:
         loaded = {e["name"]: e for e in self.cache.describe()["loaded"]}
+        added = [(n, self.cache.path(n), False) for n in list(self.batchers)
+                 if n not in {m.name for m in self.config.models}]  # loaded through the repository extension
         out = []
-        for m in self.config.models:
+        for name, path, pinned in [(m.name, m.path, m.pinned) for m in self.config.models] + added:
+            m = ModelConfig(name, path, pinned)
             row: dict[str, Any] = {"name": m.name, "path": str(m.path), "pinned": m.pinned,
                                    "loaded": m.name in loaded, "error": self.failed.get(m.name)}
             model = self.cache.peek(m.name)
