@@ -14,6 +14,8 @@ _DISTRIBUTIONS = {
     "ai_edge_quantizer": "ai-edge-quantizer",
     "litert_torch": "litert-torch",
     "paho": "paho-mqtt",
+    "grpc": "grpcio",
+    "google": "protobuf",
     "sklearn": "scikit-learn",
     "tensorflow": "tensorflow-cpu",
     "tflite_runtime": "tflite-runtime",

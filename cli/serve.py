@@ -83,6 +83,9 @@ def serve(
     for name, why in failed.items():
         err.print(f"[yellow]warning:[/] model {name} is not served: {why}")
     err.print(f"edgec serving {len(server.runtime.batchers)} model(s) on {server.url} (Ctrl-C to stop)")
+    if server.grpc_address is not None:
+        host, port = server.grpc_address
+        err.print(f"the Open Inference Protocol over gRPC on {host}:{port}")
     if cfg.telemetry is not None:
         t = cfg.telemetry
         where = f"MQTT {t.broker}:{t.port}" if t.broker else "the spool only (no broker configured)"

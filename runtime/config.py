@@ -207,6 +207,28 @@ class MeasureConfig:
 
 
 @dataclass(frozen=True)
+class GrpcConfig:
+    """``[grpc]``: the Open Inference Protocol over gRPC as well (``pip install 'edgec[grpc]'``; off by default).
+
+    Attributes:
+        port: Where to listen (the top-level ``host``); unset: no gRPC. Triton's clients use 8001.
+        max_message_mb: Largest request or answer (default: ``max_request_mb``).
+        max_concurrent_rpcs: Most calls answered at once; more get RESOURCE_EXHAUSTED.
+    """
+
+    port: int | None = None
+    max_message_mb: float | None = None
+    max_concurrent_rpcs: int = 128
+
+    def __post_init__(self) -> None:
+        _check("grpc", self, (
+            ("port", lambda v: v is None or (isinstance(v, int) and 0 <= v <= 65_535), "a port from 0 to 65535"),
+            ("max_message_mb", lambda v: v is None or (_number(v) and 0 < v <= 4096), "a number of MB above 0"),
+            ("max_concurrent_rpcs", _whole(1, 65_536), "a whole number from 1 to 65536"),
+        ))
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """Everything ``edgec serve`` needs (the ``runtime.toml`` file).
 
@@ -234,6 +256,8 @@ class ServeConfig:
         enabled = true
         [measure]                  # off by default: candidates timed here for convert --measure-on
         enabled = true
+        [grpc]                     # off by default: the Open Inference Protocol over gRPC too
+        port = 8001
         [[models]]
         name = "digits"
         path = "build/rpi4"
@@ -263,6 +287,7 @@ class ServeConfig:
     drift: DriftConfig = field(default_factory=DriftConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)
     telemetry: TelemetryConfig | None = None
     fleet: FleetConfig | None = None
 
@@ -317,7 +342,7 @@ class ServeConfig:
             raise ValidationError("[http] must be a table")
         known_keys(HttpConfig, http, "[http]")
         data["http"] = HttpConfig(**http)
-        for key, table in (("drift", DriftConfig), ("measure", MeasureConfig)):
+        for key, table in (("drift", DriftConfig), ("measure", MeasureConfig), ("grpc", GrpcConfig)):
             values = data.pop(key, {})
             if not isinstance(values, dict):
                 raise ValidationError(f"[{key}] must be a table")

@@ -40,16 +40,30 @@ class Server:
                         if config.fleet is not None and self.telemetry is not None else None)
         # Slow work (reloads, cold loads, decoding large bodies) runs here, off the event loop.
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="edgec-http")
+        self.grpc = None
         try:
-            self.http = HttpServer(Api(self.runtime, self._pool), host=config.host, port=config.port,
-                                   limits=config.http, shutdown_s=config.request_timeout_s)
+            api = Api(self.runtime, self._pool)
+            self.http = HttpServer(api, host=config.host, port=config.port, limits=config.http,
+                                   shutdown_s=config.request_timeout_s)
+            if config.grpc.port is not None:  # the Open Inference Protocol over gRPC too (edgec[grpc])
+                from .serve.grpcapi import GrpcServer
+
+                self.grpc = GrpcServer(self.runtime, self._pool, host=config.host, port=config.grpc.port,
+                                       token=config.admin_token,
+                                       max_message_bytes=int((config.grpc.max_message_mb or config.max_request_mb)
+                                                             * 2**20),
+                                       max_concurrent_rpcs=config.grpc.max_concurrent_rpcs)
+                api.extra_metrics.append(self.grpc.metrics_text)
         except BaseException:
+            if getattr(self, "http", None) is not None:
+                self.http.stop()  # (never started: its socket is closed)
             self._pool.shutdown()
             self.runtime.close(drain=False)
             if self.telemetry is not None:
                 self.telemetry.publisher.spool.close()
             raise
         self.address = self.http.address
+        self.grpc_address = self.grpc.address if self.grpc is not None else None
 
     @property
     def url(self) -> str:
@@ -60,6 +74,8 @@ class Server:
         if self.telemetry is not None:
             self.telemetry.start()
         self.http.start()
+        if self.grpc is not None:
+            self.grpc.start()
         if self.updater is not None:
             self.updater.start()
         return self
@@ -79,6 +95,8 @@ class Server:
             self.updater.stop()
         if not drain:
             self.runtime.close(drain=False)  # queued requests fail at once, and their HTTP answers go out
+        if self.grpc is not None:
+            self.grpc.stop(grace_s=self.config.request_timeout_s)
         self.http.stop(timeout_s=self.config.request_timeout_s + 5)
         self.runtime.close(drain=True)
         self._pool.shutdown(wait=False)

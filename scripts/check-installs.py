@@ -36,7 +36,7 @@ PYTHONS = ("3.10", "3.11")
 CHECKS = [  # (extras, python, platforms, constrained)
     *((extras, py, None, False) for extras in ("runtime", "sdk", "tf", "all", "all,dev") for py in PYTHONS),
     *(("all,dev,tf", py, None, True) for py in PYTHONS),  # what scripts/bootstrap.sh installs
-    *((extras, py, AARCH64, False) for extras in ("runtime", "jetson") for py in PYTHONS),
+    *((extras, py, AARCH64, False) for extras in ("runtime", "jetson", "runtime,grpc") for py in PYTHONS),
 ]
 SHOWN = ("torch", "numpy", "onnxruntime", "ai-edge-litert", "litert-torch", "tensorflow-cpu")
 

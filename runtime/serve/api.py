@@ -81,6 +81,7 @@ class Api:
         self.max_pending = int(self.config.http.max_pending_mb * 2**20)
         self.responses: dict[tuple[str, int], int] = {}  # (route kind, status) -> count, for /metrics
         self.measurer = Measurer(self.config)
+        self.extra_metrics: list[Any] = []  # more Prometheus text for /metrics (the gRPC server's calls)
         token = self.config.admin_token
         self._token = f"Bearer {token}".encode() if token else None
 
@@ -129,8 +130,8 @@ class Api:
             if path == "/v1/stats":
                 return json_response(200, rt.stats())
             if path == "/metrics":
-                return Response(200, (rt.metrics() + responses_text(self.responses)).encode(),
-                                "text/plain; version=0.0.4")
+                text = rt.metrics() + responses_text(self.responses) + "".join(f() for f in self.extra_metrics)
+                return Response(200, text.encode(), "text/plain; version=0.0.4")
             match = _V2.match(path)
             if match and match.group(3) != "infer":
                 return self._model_get(*match.groups())

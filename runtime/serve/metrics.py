@@ -110,3 +110,10 @@ def responses_text(responses: dict[tuple[str, int], int]) -> str:
     return "\n".join(_family("edgec_http_responses_total", "counter",
                              "HTTP responses by route (infer, metadata, health, metrics, reload, other) and status code.",
                              samples)) + "\n"
+
+
+def grpc_responses_text(responses: dict[tuple[str, str], int]) -> str:
+    """gRPC calls by method and status code (the service's own method names and grpc's codes: none from a request)."""
+    samples = [(f'{{method="{method}",code="{code}"}}', n) for (method, code), n in sorted(responses.items())]
+    return "\n".join(_family("edgec_grpc_responses_total", "counter",
+                             "gRPC calls by method (ModelInfer, ModelMetadata, ...) and status code.", samples)) + "\n"

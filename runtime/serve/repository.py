@@ -19,22 +19,19 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...errors import EdgecError, InputError
 from ..bundle.manifest import MANIFEST_NAME, read_manifest
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 MAX_LISTED = 1000  # bundle folders read per root
 
 
 class Repository:
-    """The repository of a :class:`~edgec.runtime.serve.runtime.Runtime`."""
+    """The repository of a :class:`~edgec.runtime.serve.runtime.Runtime` (which makes it: not imported here)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
         self.unloaded: set[str] = set()
 
