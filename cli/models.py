@@ -181,6 +181,7 @@ def compress(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights (.safetensors) for a pkg.module:factory MODEL."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help="Labelled held-out data: accuracy at every step."),
     threads: int = typer.Option(2, "--threads", help="Threads for the latency measurements."),
+    train_device: str = typer.Option("auto", "--train-device", help="Where to train: auto (CUDA when torch sees a GPU), cpu, cuda or cuda:N. The model comes back to the CPU to be measured and exported."),
     force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
 ) -> None:
     """Prune and distill a PyTorch model, fine-tune it, and measure the exported result.
@@ -194,6 +195,7 @@ def compress(
       edgec compress mypkg.nets:cnn --weights cnn.safetensors --data train.npz --eval test.npz \\
           --prune 0.5 --structured --distill-from mypkg.nets:cnn --teacher-weights cnn.safetensors --out small.pt2
       edgec compress model.pt2 --unstructured --prune 0.8 --steps 4 --data train.npz --out sparse.pt2
+      edgec compress mypkg.nets:cnn --weights cnn.safetensors --data train.npz --out small.pt2 --train-device cuda
     """
     from ..sdk.compress import CompressConfig, compress as run_compress
     from ..sdk.report.terminal import compression_table
@@ -208,7 +210,7 @@ def compress(
                             optimizer=optimizer, skip=tuple(skip or ()), target_macs=target_macs,
                             target_latency_ms=target_latency, temperature=temperature, alpha=alpha, features=pairs,
                             progressive_distill=progressive_distill, threads=threads, weights=weights,
-                            teacher_weights=teacher_weights, force=force)
+                            teacher_weights=teacher_weights, force=force, train_device=train_device)
     err = err_console()
     result = run_compress(model, config, data=data, out=out_path, eval_data=eval_data,
                           teachers=tuple(distill_from or ()), progress=ConsoleProgress(err))
@@ -231,6 +233,7 @@ def qat(
     optimizer: str = typer.Option("sgd", "--optimizer", help="adam, adamw or sgd."),
     batch_size: int = typer.Option(64, "--batch-size", help="Training batch size."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights (.safetensors) for a pkg.module:factory MODEL."),
+    train_device: str = typer.Option("auto", "--train-device", help="Where to train: auto (CUDA when torch sees a GPU), cpu, cuda or cuda:N. The model comes back to the CPU to be measured and exported."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
 ) -> None:
     """Train a model with int8 fake quantization, and export the int8 models it learned.
@@ -243,11 +246,12 @@ def qat(
     \b
     Example:
       edgec qat mypkg.nets:cnn --weights cnn.safetensors --data train.npz --eval test.npz --epochs 2
+      edgec qat mypkg.nets:cnn --weights cnn.safetensors --data train.npz --train-device cuda
     """
     from ..sdk.quantize.aware import QATConfig, qat as run_qat
 
     config = QATConfig(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, weights=weights, force=force,
-                       formats=tuple(f.strip() for f in fmt.split(",") if f.strip()))
+                       formats=tuple(f.strip() for f in fmt.split(",") if f.strip()), train_device=train_device)
     result = run_qat(model, config, data=data, eval_data=eval_data, out=out_dir, progress=ConsoleProgress(err_console()))
     names = {"before": "fake-quantized, before training", "after": "fake-quantized, after training"}
     for key, value in result.accuracy.items():

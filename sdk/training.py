@@ -18,6 +18,50 @@ from ..errors import CalibrationError, ValidationError
 from ..runtime.bundle.arrays import read_npz
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+TRAIN_DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(name: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked for spelling (not yet for a GPU: see :func:`train_device`).
+
+    Raises:
+        ValidationError: Anything else.
+    """
+    if name in TRAIN_DEVICES or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise ValidationError(f"--train-device {name!r} is not one of auto, cpu, cuda (or cuda:N)")
+
+
+def train_device(name: str) -> Any:
+    """The ``torch.device`` to train on: ``auto`` takes CUDA when torch sees a GPU, else the CPU.
+
+    Raises:
+        ValidationError: ``cuda`` asked for where torch sees no CUDA device (a CPU build of torch, no driver).
+    """
+    import torch
+
+    name = check_device(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValidationError(f"--train-device {name}: torch {torch.__version__} sees no CUDA device (a CPU build "
+                                  "of torch, or no NVIDIA driver); install torch's CUDA build, or train with "
+                                  "--train-device cpu (or auto)")
+        index = int(name[5:]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ValidationError(f"--train-device {name}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)
+
+
+def device_name(device: Any) -> str:
+    """The device in words for a report: ``cpu``, or ``cuda:0 (NVIDIA H100 80GB HBM3)``."""
+    import torch
+
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
 
 
 @dataclass
@@ -60,9 +104,14 @@ def arrays_from(data: Any, input_names: list[str] | None = None) -> tuple[tuple[
 
 
 def batches(data: Any, *, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
-            input_names: list[str] | None = None) -> Callable[[int], Iterator[tuple[tuple[Any, ...], Any]]]:
-    """A function ``epoch -> iterator of (inputs tuple, labels)`` tensors over ``data``."""
+            input_names: list[str] | None = None,
+            device: Any = None) -> Callable[[int], Iterator[tuple[tuple[Any, ...], Any]]]:
+    """A function ``epoch -> iterator of (inputs tuple, labels)`` tensors over ``data``, on ``device``
+    (default: where they are, the CPU). For a GPU, arrays are pinned once and each batch is copied as
+    the previous one trains."""
     import torch
+
+    on = (lambda t: t) if device is None or device.type == "cpu" else (lambda t: t.to(device, non_blocking=True))
 
     arrays = arrays_from(data, input_names)
     if arrays is None:
@@ -73,12 +122,14 @@ def batches(data: Any, *, batch_size: int = 64, shuffle: bool = True, seed: int 
         def from_iterable(epoch: int) -> Iterator[tuple[tuple[Any, ...], Any]]:
             for x, y in data:
                 xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-                yield tuple(torch.as_tensor(v) for v in xs), torch.as_tensor(y)
+                yield tuple(on(torch.as_tensor(v)) for v in xs), on(torch.as_tensor(y))
 
         return from_iterable
     xs, labels = arrays
     tensors = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in xs)
     y = torch.from_numpy(labels)
+    if device is not None and device.type == "cuda":
+        tensors, y = tuple(t.pin_memory() for t in tensors), y.pin_memory()
 
     def from_arrays(epoch: int) -> Iterator[tuple[tuple[Any, ...], Any]]:
         n = len(y)
@@ -86,7 +137,7 @@ def batches(data: Any, *, batch_size: int = 64, shuffle: bool = True, seed: int 
                  if shuffle else torch.arange(n))
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            yield tuple(t[idx] for t in tensors), y[idx]
+            yield tuple(on(t[idx]) for t in tensors), on(y[idx])
 
     return from_arrays
 
@@ -108,6 +159,7 @@ def fit(
     after_step: Callable[[], None] | None = None,
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    device: Any = None,
 ) -> History:
     """Train ``model`` in place.
 
@@ -125,6 +177,8 @@ def fit(
         after_step: Called after every optimizer step (to re-apply pruning masks).
         seed: Shuffling and initialisation seed.
         progress: ``progress(epoch, epochs, mean_loss)`` after each epoch.
+        device: Where to train (a ``torch.device``; default the CPU). The model and ``extra_params``' modules
+            must already be there (:func:`on_device`); batches are moved as they are drawn.
 
     Raises:
         ValidationError: Bad epochs, learning rate or optimizer.
@@ -148,7 +202,7 @@ def fit(
     loss = loss or (lambda out, y, _: torch.nn.functional.cross_entropy(out[0] if isinstance(out, (tuple, list)) else out, y))
     train_mode = train_mode or (lambda m: m.train())
     eval_mode = eval_mode or (lambda m: m.eval())
-    epoch_batches = batches(data, batch_size=batch_size, seed=seed, input_names=input_names)
+    epoch_batches = batches(data, batch_size=batch_size, seed=seed, input_names=input_names, device=device)
     history = History()
     for epoch in range(epochs):
         train_mode(model)
@@ -160,11 +214,11 @@ def fit(
             opt.step()
             if after_step is not None:
                 after_step()
-            total += float(value.detach()) * len(y)
+            total += value.detach() * len(y)  # (summed where it was computed: no sync with a GPU each step)
             count += len(y)
         sched.step()
         eval_mode(model)
-        history.loss.append(total / max(count, 1))
+        history.loss.append(float(total) / max(count, 1))
         if callback is not None:
             history.metrics.append(callback(epoch, model))
         if progress is not None:

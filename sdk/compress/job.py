@@ -20,7 +20,7 @@ from ...errors import BundleError, CalibrationError, ValidationError
 from ..bundle.writer import output_files, write_report
 from ..load.models import load_module
 from ..progress import SILENT, Options, Progress
-from ..training import arrays_from, batches, fit
+from ..training import arrays_from, batches, check_device, device_name, fit, train_device
 from .distill import Distiller
 from .meter import Meter, StepResult
 from .prune import check_ratio, count, prune_structured, prune_unstructured, resolve_layers
@@ -47,6 +47,9 @@ class CompressConfig(Options):
         beta: Weight of feature distillation.
         progressive_distill: At each step, distill from the previous step's model as well.
         threads: Threads for latency measurements.
+        train_device: Where fine-tuning runs: ``auto`` (CUDA when torch sees a GPU), ``cpu``, ``cuda`` or
+            ``cuda:N``; the student, the teachers and each batch go there, and the model comes back to the
+            CPU to be measured and exported, so the export is the same wherever it trained.
         seed: Seed for shuffling and initialisation.
         weights: Weights (``.safetensors``) for a ``pkg.module:factory`` model.
         teacher_weights: Weights for a ``pkg.module:factory`` teacher (the first).
@@ -70,6 +73,7 @@ class CompressConfig(Options):
     beta: float = 1.0
     progressive_distill: bool = False
     threads: int = 2
+    train_device: str = "auto"
     seed: int = 0
     weights: Path | None = None
     teacher_weights: Path | None = None
@@ -77,6 +81,7 @@ class CompressConfig(Options):
 
     def __post_init__(self) -> None:
         check_ratio(self.prune)
+        check_device(self.train_device)
         if self.steps < 1:
             raise ValidationError(f"steps must be at least 1, got {self.steps}")
         if self.epochs < 0:
@@ -136,6 +141,7 @@ def compress(model: Any, config: CompressConfig | None = None, *, data: Any, out
     if existing and not cfg.force:
         raise BundleError(f"{existing[0]} already exists: pass --force to replace it")
 
+    device = train_device(cfg.train_device)  # a GPU asked for and absent fails here, before any work
     student = load_module(model, weights=cfg.weights)
     if cfg.structured and cfg.prune > 0 and not any(type(m).__name__ in ("Conv2d", "Linear", "Conv1d")
                                                      for m in student.modules()):
@@ -192,11 +198,18 @@ def compress(model: Any, config: CompressConfig | None = None, *, data: Any, out
                 d = None
             history = None
             if cfg.epochs and (target > 0 or d is not None):
-                say(f"step {k}/{cfg.steps}: fine-tuning {cfg.epochs} epoch(s)" + (" with distillation" if d else ""))
+                say(f"step {k}/{cfg.steps}: fine-tuning {cfg.epochs} epoch(s) on {device_name(device)}"
+                    + (" with distillation" if d else ""))
+                moved = [student, *teacher_models, *([previous] if previous is not None else []),
+                         *([d.adapters] if d is not None else [])]
+                for module in moved:  # the teachers run beside the student, on the same device
+                    module.to(device)
                 history = fit(student, data, epochs=cfg.epochs, optimizer=cfg.optimizer, lr=cfg.lr,
                               batch_size=cfg.batch_size, loss=loss_fn, extra_params=extra,
                               after_step=(lambda: mask.apply(student)) if mask is not None else None, seed=cfg.seed + k,
-                              progress=lambda done, total, _: progress.advance(done, total, "epochs"))
+                              progress=lambda done, total, _: progress.advance(done, total, "epochs"), device=device)
+                for module in moved:
+                    module.cpu()
             if d is not None:
                 d.close()
             student.eval()
@@ -207,7 +220,7 @@ def compress(model: Any, config: CompressConfig | None = None, *, data: Any, out
             say(f"step {k}: {label}: {result.params:,} parameters, {result.speedup_b1:.2f}x at batch 1, "
                 f"{result.speedup_b64:.2f}x at batch 64, {percent(result.accuracy)} accuracy")
 
-        report = build_report(cfg, steps, model, teachers, plot_name=outputs[3].name)
+        report = build_report(cfg, steps, model, teachers, plot_name=outputs[3].name, trained_on=device_name(device))
     with output_files(outputs, force=cfg.force) as stage:
         _export_pt2(student, example, stage / out.name)
         write_report(stage, f"{out.stem}.report", report)

@@ -86,7 +86,10 @@ class UnstructuredMask:
         layers = prunable_layers(model)
         with torch.no_grad():
             for name, mask in self.masks.items():
-                layers[name].weight.mul_(mask)
+                weight = layers[name].weight
+                if mask.device != weight.device:  # the model moved (to train on a GPU, or back): the mask follows once
+                    mask = self.masks[name] = mask.to(weight.device)
+                weight.mul_(mask)
 
 
 def prune_unstructured(model: Any, amount: float, *, scope: str = "global", skip: Sequence[str] = (),
@@ -121,7 +124,7 @@ def prune_unstructured(model: Any, amount: float, *, scope: str = "global", skip
         if previous is not None:  # progressive: what was pruned stays pruned
             for name, mask in previous.masks.items():
                 if name in masks:
-                    masks[name] *= mask
+                    masks[name] *= mask.to(masks[name].device)
     mask = UnstructuredMask(masks)
     mask.apply(model)
     return mask

@@ -19,7 +19,8 @@ def percent(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
 
-def build_report(cfg: Any, steps: list[StepResult], model: Any, teachers: Sequence[Any], plot_name: str) -> Report:
+def build_report(cfg: Any, steps: list[StepResult], model: Any, teachers: Sequence[Any], plot_name: str,
+                 trained_on: str = "cpu") -> Report:
     """What each step changed and measured (``data``), with its page: the steps table, then the summary."""
     first, last = steps[0], steps[-1]
     notes = []
@@ -52,6 +53,7 @@ def build_report(cfg: Any, steps: list[StepResult], model: Any, teachers: Sequen
         "measured": "ONNX exports timed with onnxruntime on this host against the original export, "
                     "in alternating rounds; MACs counted by torch-pruning for one sample",
         "plot": plot_name,
+        "trained_on": trained_on,
     }
     return _page(data)
 
@@ -70,6 +72,7 @@ def _page(report: dict[str, Any]) -> Report:
                f"- Speed: {sm['speedup_b1']:.2f}x at batch 1, {sm['speedup_b64']:.2f}x at batch 64 (measured)."]
     if sm["accuracy_drop_points"] is not None:
         summary.append(f"- Accuracy: {-sm['accuracy_drop_points']:+.2f} points vs the original.")
+    summary.append(f"- Fine-tuned on {report.get('trained_on', 'cpu')}; measured and exported on the CPU.")
     summary += [f"- Note: {n}" for n in report["notes"]]
     summary += ["", f"![accuracy vs sparsity and latency]({report['plot']})"]
     return Report(f"edgec compress: {report['title']}", report, lead=tuple(lead)).add("Summary", summary)

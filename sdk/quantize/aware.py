@@ -29,7 +29,7 @@ from ..bundle.writer import output, write_report
 from ..report.page import Report
 from ..load.models import load_module
 from ..progress import SILENT, Options, Progress
-from ..training import OPTIMIZERS, History, arrays_from, batches, fit
+from ..training import OPTIMIZERS, History, arrays_from, batches, check_device, device_name, fit, train_device
 from ..verify.artifact import open_artifact
 
 # Training samples run through the observers to set initial int8 ranges.
@@ -46,6 +46,9 @@ class QATConfig(Options):
         formats: The artifacts to write: ``onnx`` (QDQ) and/or ``tflite`` (full int8).
         weights: Weights (``.safetensors``) for a ``pkg.module:factory`` model.
         force: Replace the output folder if it exists.
+        train_device: Where the fake-quantized graph trains: ``auto`` (CUDA when torch sees a GPU), ``cpu``,
+            ``cuda`` or ``cuda:N``. Calibration, evaluation and export run on the CPU, so the artifacts are
+            the same wherever it trained.
     """
 
     epochs: int = 3
@@ -56,8 +59,10 @@ class QATConfig(Options):
     weights: Path | None = None
     force: bool = False
     seed: int = 0
+    train_device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_device(self.train_device)
         unknown = [f for f in self.formats if f not in QAT_FORMATS]
         if unknown or not self.formats:
             raise ValidationError(f"QAT formats must be {' and/or '.join(QAT_FORMATS)}, got "
@@ -163,6 +168,7 @@ def qat(model: Any, config: QATConfig | None = None, *, data: Any, eval_data: An
     with quiet():
         quantizers = need("litert_torch.quantize.pt2e_quantizer", extra="sdk",
                           purpose="for quantization-aware training")
+    device = train_device(cfg.train_device)  # a GPU asked for and absent fails here, before any work
     module = load_module(model, weights=cfg.weights)
     args = _example_args(data, cfg.batch_size)
     evaluate = _evaluator(eval_data)
@@ -186,11 +192,14 @@ def qat(model: Any, config: QATConfig | None = None, *, data: Any, eval_data: An
                     prepared(*xs)
             if evaluate:
                 accuracy["before"] = evaluate(prepared)
-        with progress.stage(f"Training with fake quantization ({cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''})"):
+        with progress.stage(f"Training with fake quantization ({cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}) "
+                            f"on {device_name(device)}"):
+            prepared.to(device)
             history = fit(prepared, data, epochs=cfg.epochs, optimizer=cfg.optimizer, lr=cfg.lr,
                           batch_size=cfg.batch_size, train_mode=move_exported_model_to_train,
                           eval_mode=move_exported_model_to_eval, seed=cfg.seed,
-                          progress=lambda done, total, _: progress.advance(done, total, "epochs"))
+                          progress=lambda done, total, _: progress.advance(done, total, "epochs"), device=device)
+            prepared.cpu()
             move_exported_model_to_eval(prepared)
             for fake_quantize in prepared.modules():  # the learned ranges are final: running it no longer moves them
                 if hasattr(fake_quantize, "disable_observer"):
@@ -209,7 +218,8 @@ def qat(model: Any, config: QATConfig | None = None, *, data: Any, eval_data: An
             if evaluate:
                 with progress.stage(f"Measuring the {fmt} artifact through the edgec runtime"):
                     accuracy[fmt] = _artifact_accuracy(fmt, path, source, eval_data)
-        report = {"model": source.label, "epochs": cfg.epochs, "optimizer": cfg.optimizer, "lr": cfg.lr,
+        report = {"model": source.label, "trained_on": device_name(device), "epochs": cfg.epochs,
+                  "optimizer": cfg.optimizer, "lr": cfg.lr,
                   "loss": history.loss, "accuracy": accuracy, "scales": scales,
                   "artifacts": [p.name for p in artifacts.values()]}
         write_report(stage, "qat", _page(report))
@@ -234,7 +244,8 @@ def _source(prepared: Any, quantizer: Any, args: tuple[Any, ...], model: Any) ->
 def _page(report: dict[str, Any]) -> Report:
     acc = report["accuracy"]
     page = Report(f"edgec QAT: {report['model']}", report, lead=(
-        f"{report['epochs']} epoch(s), {report['optimizer']}, lr {report['lr']:g}; "
+        f"{report['epochs']} epoch(s) on {report.get('trained_on', 'cpu')}, {report['optimizer']}, "
+        f"lr {report['lr']:g}; "
         f"loss per epoch {', '.join(f'{x:.4f}' for x in report['loss'])}.",))
     names = {"before": "fake-quantized, before training", "after": "fake-quantized, after training"}
     if acc:

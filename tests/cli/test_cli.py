@@ -203,6 +203,9 @@ def test_compress_factory_with_distillation_then_convert(assets, factory_weights
     assert "channels −50%" in result.stdout
     report = json.loads((tmp_path / "small.report.json").read_text())
     assert report["summary"]["params_vs_original"] < 0.35
+    import torch
+
+    assert report["trained_on"].startswith("cuda" if torch.cuda.is_available() else "cpu")  # --train-device auto
     converted = invoke("convert", out, "--device", "x86-64", "--precision", "fp32", "--out", tmp_path / "b")
     assert converted.exit_code == 0, converted.output
 
@@ -230,6 +233,7 @@ COMPRESS_BAD = {
     "bad feature pair": (["--feature", "3"], "must look like student_layer=teacher_layer"),
     "teacher mismatch": ([], "teacher 1 outputs [2, 5] but the student outputs [2, 10]"),
     "onnx model": ([], "is not a PyTorch model"),
+    "unknown train device": (["--train-device", "tpu"], "--train-device 'tpu' is not one of auto, cpu, cuda"),
 }
 
 

@@ -108,6 +108,7 @@ def test_an_existing_out_is_refused_before_training_and_left_alone(trained, weig
     (["--format", "coreml"], "QAT formats must be onnx and/or tflite, got coreml"),
     (["--epochs", "0"], "epochs must be at least 1, got 0"),
     (["--optimizer", "lion"], "unknown optimizer 'lion'"),
+    (["--train-device", "tpu"], "--train-device 'tpu' is not one of auto, cpu, cuda"),
 ])
 def test_bad_settings_are_one_line_and_write_nothing(trained, weights, tmp_path, args, message):
     out = tmp_path / "never"
@@ -116,3 +117,23 @@ def test_bad_settings_are_one_line_and_write_nothing(trained, weights, tmp_path,
     assert result.exit_code == 1, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_training_on_a_gpu_torch_does_not_see_is_refused_before_any_work(trained, weights, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here: tests/sdk/test_training_device.py trains on it")
+    out = tmp_path / "never"
+    result = invoke("qat", "edgec.sdk.examples.zoo:digits_cnn", "--weights", weights, "--data",
+                    trained.root / "train.npz", "--out", out, "--train-device", "cuda")
+    assert result.exit_code == 1 and "sees no CUDA device" in result.output, result.output
+    assert not out.exists()
+
+
+def test_the_report_says_where_it_trained(trained):
+    import torch
+
+    want = "cpu" if not torch.cuda.is_available() else "cuda:0"
+    assert trained.report["trained_on"].startswith(want)  # (auto: the GPU when torch sees one)
+    assert f"epoch(s) on {trained.report['trained_on']}" in (trained.out / "qat.md").read_text()
