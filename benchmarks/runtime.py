@@ -16,7 +16,9 @@ RSS is what a board running ``edgec.runtime`` would see). Then, on this host:
 4. RSS above the pre-load baseline while six ~17 MB models are loaded and evicted in turn
    under a 128 MB cache budget (sampled every millisecond), against the budget;
 5. the runtime's footprint: RSS after ``import edgec.runtime``, after importing the HTTP
-   server, and of a serving process with one TFLite or ONNX bundle loaded.
+   server, and of a serving process with one TFLite or ONNX bundle loaded;
+6. HTTP (binary tensors) against gRPC at 16 clients with tritonclient, and the RSS gRPC adds
+   (``benchmarks/grpc_load.py``; ``--no-grpc`` leaves it out).
 """
 
 from __future__ import annotations
@@ -378,6 +380,7 @@ def main() -> None:
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--bundles", type=Path, help="Reuse bundles built into this folder (built there if empty).")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-grpc", action="store_true", help="Leave out HTTP vs gRPC (needs edgec[grpc]).")
     args = parser.parse_args()
     if args.build:
         build(args.build)
@@ -398,6 +401,11 @@ def main() -> None:
                    "memory": memory(root), "footprint": footprint(root)}
     for table in tables(results):
         console.print(table)
+    if not args.no_grpc:
+        import grpc_load  # (beside this script)
+
+        results["grpc"] = grpc_load.compare(clients=16)
+        grpc_load.print_tables(results["grpc"], 16, 5.0)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

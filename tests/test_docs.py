@@ -15,7 +15,7 @@ fresh interpreter. What the comment just before a block says decides how it is t
   this test checks that it exists.
 - Blocks in ``text`` (program output, file layouts) are not code and are not run.
 
-Ports in the text (``8080``, ``8090``, MQTT ``1883``) are replaced with free ones, and a real
+Ports in the text (``8080``, ``8090``, gRPC ``8001``, MQTT ``1883``) are replaced with free ones, and a real
 mosquitto is started for pages that name a broker. ``pip install`` lines are checked against
 pyproject's extras instead of being run (``scripts/check-installs.py`` resolves those for real).
 """
@@ -161,7 +161,7 @@ def test_page(page, workspace, tmp_path):
     if not found:
         pytest.skip(f"{page} has no code to run")
     text = "\n".join(b.body for b in found)
-    ports = {"8080": str(free_port()), "8090": str(free_port())}
+    ports = {"8080": str(free_port()), "8090": str(free_port()), "8001": str(free_port())}
     broker = None
     if re.search(r"mqtts?://|\b1883\b|mosquitto_", text):
         broker = Mosquitto(tmp_path / "broker").start()

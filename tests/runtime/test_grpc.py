@@ -151,3 +151,14 @@ def test_a_board_without_grpcio_says_what_to_install(tmp_path, fixture_bundle):
             f"'path': {str(fixture_bundle('onnx', 'fp32'))!r}}}]}}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "grpcio" in done.stderr and "edgec[grpc]" in done.stderr
+
+
+def test_the_generated_messages_are_what_the_proto_says():
+    """runtime/serve/oip_pb2.py is protoc's output for proto/oip.proto (plus edgec's own descriptor pool)."""
+    pytest.importorskip("grpc_tools")
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "scripts" / "grpc-codegen.py"), "--check"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
