@@ -48,7 +48,7 @@ class Server:
             if config.grpc.port is not None:  # the Open Inference Protocol over gRPC too (edgec[grpc])
                 from .serve.grpcapi import GrpcServer
 
-                self.grpc = GrpcServer(self.runtime, self._pool, host=config.host, port=config.grpc.port,
+                self.grpc = GrpcServer(self.runtime, host=config.host, port=config.grpc.port,
                                        token=config.admin_token,
                                        max_message_bytes=int((config.grpc.max_message_mb or config.max_request_mb)
                                                              * 2**20),
