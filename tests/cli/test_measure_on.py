@@ -181,3 +181,20 @@ def test_a_board_that_cannot_measure_fails_at_once(tmp_path, fixture_bundle, cal
                    *(e.format(port=port) for e in extra))
     assert done.returncode == 1 and why in done.stderr, done.stderr[-2000:]
     assert len(done.stderr.strip().splitlines()) <= 4 and not (tmp_path / "out").exists()
+
+
+def test_an_explicit_precision_is_measured_on_the_board_for_the_report(tmp_path, fixture_bundle, calib):
+    """No search to choose: the board still times fp32 and the int8 asked for, and the report has its numbers."""
+    pytest.importorskip("onnx")
+    board = ScriptedBoard({"fp32": 1.0, "int8": 0.5})
+    try:
+        done = convert(fixture_bundle("onnx", "fp32") / "model.onnx", calib, tmp_path / "out", "--precision", "int8",
+                       "--measure-on", board.url, "--token", TOKEN)
+    finally:
+        board.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["search"] is None and report["board"]["speedup_vs_fp32"] == pytest.approx(2.0)
+    assert board.seen == [("fp32", False), ("int8", True)]
+    page = (tmp_path / "out" / "report.md").read_text()
+    assert "On the board (ARM Cortex-A72, aarch64, 4 cores): 2.00x the fp32 onnx artifact" in page
