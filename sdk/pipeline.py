@@ -156,7 +156,7 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
         arch = (board.board or {}).get("arch")
         if arch != target.profile.arch:
             data.warnings.append(f"the board at {board.url} is {arch}, but {target.profile.name} is "
-                                 f"{target.profile.arch}: its timings decide for a board of another kind")
+                                 f"{target.profile.arch}: its timings are those of another kind of board")
     budget = None
     if target.precision == "auto":
         budget = Budget.resolve(cfg.max_drop, cfg.min_cosine, labels=data.info["labels"])  # real labels held out

@@ -197,4 +197,4 @@ def test_an_explicit_precision_is_measured_on_the_board_for_the_report(tmp_path,
     assert report["search"] is None and report["board"]["speedup_vs_fp32"] == pytest.approx(2.0)
     assert board.seen == [("fp32", False), ("int8", True)]
     page = (tmp_path / "out" / "report.md").read_text()
-    assert "On the board (ARM Cortex-A72, aarch64, 4 cores): 2.00x the fp32 onnx artifact" in page
+    assert "On the board (Raspberry Pi 4 Model B Rev 1.4 (ARM Cortex-A72, aarch64, 4 cores)): 2.00x the fp32" in page
