@@ -92,7 +92,7 @@ WHEEL=$(basename "$(ls "$WORK"/dist/edgec-*.whl)")
 in_root /opt/venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 in_root /opt/venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "/opt/edgec-check/dist/$WHEEL"
 in_root /opt/venv/bin/python -m pip install -q --disable-pip-version-check "/opt/edgec-check/dist/$WHEEL[runtime]" \
-  "pytest>=8" "jsonschema>=4.18" "jinja2>=3.1" "tritonclient[http]>=2.40" "aiohttp>=3.9"
+  "pytest>=8" "jsonschema>=4.18" "jinja2>=3.1" "tritonclient[http,grpc]>=2.73" "aiohttp>=3.9" "fastjsonschema>=2.19"
 in_root /opt/venv/bin/python -c "import platform, sys; print('guest:', platform.machine(), 'Python', sys.version.split()[0])"
 
 status=0
