@@ -14,10 +14,6 @@ from .app import err_console, handles_errors, out
 commands = typer.Typer()  # serve, verify
 
 
-def _interrupt(*_: Any) -> None:
-    raise KeyboardInterrupt
-
-
 @commands.command()
 @handles_errors
 def serve(
@@ -90,12 +86,15 @@ def serve(
         t = cfg.telemetry
         where = f"MQTT {t.broker}:{t.port}" if t.broker else "the spool only (no broker configured)"
         err.print(f"telemetry every {t.interval_s:g}s to {where} as edgec/{t.fleet}/{t.device}/, spool {t.spool}")
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM (systemd, docker stop) and Ctrl-C ask serve_forever to return; raised as KeyboardInterrupt
+    # inside a wait on the server's thread, they would make CPython think that thread had ended.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: server.request_stop())
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
         err.print("stopping: finishing queued requests")
     finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C while draining interrupts it
         server.stop(drain=True)
 
 

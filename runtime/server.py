@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from .agent.telemetry import Telemetry
@@ -33,6 +34,7 @@ class Server:
         self.config = config
         self.runtime = runtime or Runtime(config)
         self._stopped = False
+        self._stop_requested = threading.Event()
         # Before binding: a spool that cannot be opened fails here with nothing to undo.
         self.telemetry = Telemetry(config.telemetry, self.runtime) if config.telemetry is not None else None
         # Model updates from the fleet ([fleet] needs [telemetry]'s broker; checked by the config).
@@ -81,10 +83,21 @@ class Server:
         return self
 
     def serve_forever(self) -> None:
-        """Serve until interrupted (``KeyboardInterrupt``); the caller then calls :meth:`stop`."""
+        """Serve until :meth:`request_stop` (a signal handler calls it) or the HTTP server ends; the caller then
+        calls :meth:`stop`.
+
+        The calling thread waits on an event, never in ``join()`` on the server's thread: CPython (3.11) marks a
+        thread stopped when a signal's exception interrupts a ``join()`` on it, although it runs on, and the
+        later ``stop()`` then returned at once and let the interpreter finalize under a running event loop
+        (a segfault at exit, one SIGTERM in about ten).
+        """
         self.start()
-        while self.http.running:
-            self.http.wait(0.5)
+        while self.http.running and not self._stop_requested.wait(0.5):
+            pass
+
+    def request_stop(self) -> None:
+        """Make :meth:`serve_forever` return (safe from a signal handler)."""
+        self._stop_requested.set()
 
     def stop(self, drain: bool = True) -> None:
         """Stop accepting; answer the requests in flight (``drain``) or fail them; close everything."""
