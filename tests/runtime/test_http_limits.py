@@ -74,9 +74,21 @@ def test_an_idle_keep_alive_connection_is_closed(strict):
 
 
 def test_past_max_connections_requests_get_503_and_the_rest_serve(strict):
-    held = [socket.create_connection(strict.address) for _ in range(3)]
+    """Three connections each in the middle of a request (its body still arriving) fill the server: a fourth
+    gets 503. (Connections that have sent nothing give way to a new one instead, see docs/serve.md.)"""
+    from edgec.runtime.serve.http import BODY
+
+    held: list[socket.socket] = []
+    connections = strict.http._server.server_state.connections
     try:
-        time.sleep(0.1)
+        for _ in range(3):  # each one's head is taken before the next connects: a full server closes a silent one
+            held.append(socket.create_connection(strict.address))
+            held[-1].sendall(b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                             b"\r\nContent-Length: 100\r\n\r\n{")
+            deadline = time.monotonic() + 5
+            while sum(c._phase == BODY for c in list(connections)) < len(held):
+                assert time.monotonic() < deadline, "the server did not take the request"
+                time.sleep(0.002)
         with socket.create_connection(strict.address) as extra:
             extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             answer, _ = _read_until_closed(extra)
