@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import ValidationError
-from .detection import decode_all, match
+from ...runtime.detection import decode_all, match
 
 TASKS = ("auto", "classify", "detect", "segment", "embed", "raw")
 # Task-metric floors when none is given: detect = recall of the original's detections,

@@ -12,7 +12,7 @@ from edgec.devices import get_profile
 from edgec.errors import ValidationError
 from edgec.sdk.quantize.budget import Budget
 from edgec.sdk.quantize.search import speed_rule
-from edgec.sdk.verify.detection import decode, match, nms
+from edgec.runtime.detection import decode, match, nms
 from edgec.sdk.verify.fidelity import Reference, channel_axis
 from edgec.sdk.verify.task import TaskOptions
 

@@ -1,4 +1,5 @@
-"""Detections out of a YOLO-family head, and how two detectors' detections are matched.
+"""Detections out of a YOLO-family head, and how two detectors' detections are matched (the host verifying a
+detector on its task, and a board watching its detections drift).
 
 ``[N, 4 + C, anchors]`` (or ``[N, anchors, 4 + C]``): box centre and size (xywh), then one
 score per class. Decoded as the exporters' own post-processing does: the best class per
