@@ -30,7 +30,7 @@ from ..runtime.bundle.manifest import MANIFEST_NAME, Manifest, sha256_file
 from ..runtime.bundle.model import load
 from ..runtime.bundle.golden import GOLDEN_NAME, GOLDEN_SAMPLES, write_golden
 from ..runtime.system import rss_bytes
-from .bundle.driftref import write_drift_reference
+from .bundle.driftref import detection_heads, write_drift_reference
 from .bundle.writer import output, versions, write_report
 from .load.data import Split, split_samples
 from .load.doctor import diagnose, raise_errors
@@ -191,7 +191,8 @@ def convert(model: Any, config: ConvertConfig | None = None, *, calib: Any = Non
                 reference_accuracy=ref_acc, checks=verified.checks,
                 budget=budget.describe() if budget else "sanity floors for an explicit precision",
                 search=choice.search, measured=measured, timings=timings, versions=versions())
-            manifest = write_bundle(stage, target, choice, verified, measured, report, data)
+            manifest = write_bundle(stage, target, choice, verified, measured, report, data,
+                                    detectors=detection_heads(reference, cfg.task))
     return ConvertResult(bundle=target.out.resolve(), manifest=manifest, report=report, warnings=data.warnings)
 
 
@@ -313,7 +314,7 @@ def measure(target: Target, source: Source, data: Split, verified: Verified, fp3
 
 
 def write_bundle(stage: Path, target: Target, choice: Choice, verified: Verified, measured: Measurements,
-                 report: dict[str, Any], data: Split) -> Manifest:
+                 report: dict[str, Any], data: Split, detectors: dict[str, dict[str, Any]] | None = None) -> Manifest:
     """Write ``report.json``, ``report.md`` and the manifest into ``stage``, load it as a board would, and
     store the golden samples (held-out inputs and this runtime's answers) that boards check theirs against,
     and the held-out data's statistics that boards watch their served data's drift from."""
@@ -334,8 +335,9 @@ def write_bundle(stage: Path, target: Target, choice: Choice, verified: Verified
     golden = next(holdout.batches(GOLDEN_SAMPLES))  # what boards check their own answers against
     write_golden(stage, golden, model.predict(golden), [s.name for s in manifest.inputs],
                  [s.name for s in manifest.outputs])
-    written = [stage / GOLDEN_NAME, write_drift_reference(stage, model, data, manifest)]  # drift: what boards
-    manifest = dataclasses.replace(manifest, files={  # compare their served data with
+    # drift.json: the statistics boards compare their served data with
+    written = [stage / GOLDEN_NAME, write_drift_reference(stage, model, data, manifest, detectors)]
+    manifest = dataclasses.replace(manifest, files={
         **manifest.files, **{p.name: sha256_file(p) for p in written if p is not None}})
     manifest.write(stage)
     return manifest

@@ -7,8 +7,9 @@ a few per-sample statistics:
 - of every input: its mean (per channel when an image has 2 to 8 of them), its standard
   deviation, and the fraction of its values outside the range the held-out data spans;
 - of every output: for a classifier's scores, the top class's confidence (after a softmax when
-  the scores are logits) and, up to 32 classes, the predicted class; else its mean and
-  standard deviation.
+  the scores are logits) and, up to 32 classes, the predicted class; for a detector's head
+  (YOLO-style, as the conversion verified it), the number of detections per image after the score
+  threshold and NMS, and its detections' best and mean score; else its mean and standard deviation.
 
 Each statistic's distribution is kept as up to ten bins between its quantiles on the held-out data,
 plus a bin for values below and one for values above everything held out (a class is a bin of its own). The board bins the same statistics of what it serves over a sliding
@@ -42,7 +43,9 @@ MAX_EDGES = 64
 MAX_REFERENCE_BYTES = 1 << 20
 MAX_ROWS = 64  # rows of one batch taken into the window (a batch of 512 is a sample of 64)
 MAX_CLASSES_BINNED = 32
-STATS = ("mean", "std", "outside", "confidence", "class")
+STATS = ("mean", "std", "outside", "confidence", "class", "detections", "top_score", "mean_score")
+DETECTION_STATS = ("detections", "top_score", "mean_score")
+LAYOUTS = ("channels-first", "channels-last")
 
 
 # -- statistics (both sides) -----------------------------------------------------------------------
@@ -67,6 +70,8 @@ def values(feature: Mapping[str, Any], array: np.ndarray) -> np.ndarray:
     stat = feature["stat"]
     if stat == "class":
         return a.reshape(n, -1).argmax(1).astype(np.float64)
+    if stat in DETECTION_STATS:
+        return detection_values(feature, a)
     a = a.astype(np.float32, copy=False)
     if feature.get("channel") is not None:
         a = np.take(a, feature["channel"], axis=feature["axis"])
@@ -78,6 +83,21 @@ def values(feature: Mapping[str, Any], array: np.ndarray) -> np.ndarray:
     if stat == "outside":
         return ((flat < feature["low"]) | (flat > feature["high"])).mean(1)
     return top_probability(flat, softmax=bool(feature.get("softmax")))
+
+
+def detection_values(feature: Mapping[str, Any], head: np.ndarray) -> np.ndarray:
+    """Per image of a detector's head, the detections' count (after the threshold and NMS), best or mean score."""
+    from ..detection import decode
+
+    rows = head if feature["layout"] == "channels-first" else np.swapaxes(head, 1, 2)
+    out = np.zeros(len(rows), dtype=np.float64)
+    for i, image in enumerate(rows):
+        scores = decode(image, feature["threshold"], feature["iou"])[:, 4]
+        if feature["stat"] == "detections":
+            out[i] = len(scores)
+        elif len(scores):
+            out[i] = scores.max() if feature["stat"] == "top_score" else scores.mean()
+    return out
 
 
 def is_classifier(scores: np.ndarray) -> bool:
@@ -110,9 +130,13 @@ def bins_for(samples: int) -> int:
     return max(3, min(BINS, samples // MIN_PER_BIN))
 
 
-def _plan(side: str, name: str, shape: Sequence[int | None], sample: np.ndarray) -> list[dict[str, Any]]:
-    """The statistics kept for one tensor (without their bins yet)."""
+def _plan(side: str, name: str, shape: Sequence[int | None], sample: np.ndarray,
+          detector: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The statistics kept for one tensor (without their bins yet); ``detector``: how to decode a detection head."""
     base = {"side": side, "tensor": name}
+    if side == "output" and detector is not None:
+        how = {"layout": detector["layout"], "threshold": float(detector["threshold"]), "iou": float(detector["iou"])}
+        return [{**base, **how, "name": f"{name}.{stat}", "stat": stat} for stat in DETECTION_STATS]
     if side == "output" and is_classifier(sample):
         plan = [{**base, "name": f"{name}.confidence", "stat": "confidence", "softmax": not is_probabilities(sample)}]
         if sample.shape[1] <= MAX_CLASSES_BINNED:
@@ -132,19 +156,23 @@ def _plan(side: str, name: str, shape: Sequence[int | None], sample: np.ndarray)
 
 
 def reference(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
-              input_shapes: Mapping[str, Sequence[int | None]], output_shapes: Mapping[str, Sequence[int | None]]
-              ) -> dict[str, Any]:
-    """The reference distributions (``drift.json``) of held-out ``inputs`` and the model's ``outputs`` on them."""
+              input_shapes: Mapping[str, Sequence[int | None]], output_shapes: Mapping[str, Sequence[int | None]],
+              detectors: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The reference distributions (``drift.json``) of held-out ``inputs`` and the model's ``outputs`` on them;
+    ``detectors``: per detection-head output, its ``layout``, score ``threshold`` and NMS ``iou``."""
     features = []
     rows = len(np.asarray(next(iter(inputs.values()))))
     bins = bins_for(rows)
     for side, tensors, shapes in (("input", inputs, input_shapes), ("output", outputs, output_shapes)):
         for name, array in tensors.items():
             array = np.asarray(array)
-            for feature in _plan(side, name, shapes.get(name, array.shape), array):
+            detector = (detectors or {}).get(name) if side == "output" else None
+            for feature in _plan(side, name, shapes.get(name, array.shape), array, detector):
                 v = values(feature, array)
                 if feature["stat"] == "class":
                     edges = [k + 0.5 for k in range(feature["classes"] - 1)]
+                elif feature["stat"] == "detections":  # a count: a bin per count seen, and one past the most
+                    edges = [k + 0.5 for k in range(min(int(v.max()) + 1, MAX_EDGES))] or [0.5]
                 else:  # between the quantiles, and a bin each for below and above all the held-out data
                     inner = np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1])
                     edges = np.unique([np.nextafter(v.min(), -np.inf), *inner, v.max()]).tolist()
@@ -199,7 +227,14 @@ def _checked(ref: Any, inputs: set[str], outputs: set[str]) -> dict[str, Any]:
             raise ValueError(f"feature {f['name']!r}: bad channel")
         if f["stat"] == "outside" and not all(isinstance(f[k], (int, float)) for k in ("low", "high")):
             raise ValueError(f"feature {f['name']!r}: bad range")
+        if f["stat"] in DETECTION_STATS and not (f.get("layout") in LAYOUTS and _share(f.get("threshold"))
+                                                 and _share(f.get("iou"))):
+            raise ValueError(f"feature {f['name']!r}: a detection statistic needs a layout, a threshold and an iou")
     return ref
+
+
+def _share(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 def psi(expected: np.ndarray, counts: np.ndarray) -> float:

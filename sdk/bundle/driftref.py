@@ -17,11 +17,13 @@ MAX_SAMPLES = 5000  # quantiles from more move little; a detector's data can be 
 BATCH = 64
 
 
-def write_drift_reference(stage: Path, model: Any, data: Any, manifest: Manifest) -> Path | None:
+def write_drift_reference(stage: Path, model: Any, data: Any, manifest: Manifest,
+                          detectors: dict[str, dict[str, Any]] | None = None) -> Path | None:
     """Run ``model`` (the bundle as the runtime loads it) on the held-out samples, then the calibration
     samples (up to ``MAX_SAMPLES`` in all), and write the distributions boards compare their served data
-    with (:mod:`edgec.runtime.serve.drift`). None, and no file, when the data are synthetic (random inputs
-    describe no deployment) or no tensor has a batch axis to take statistics along."""
+    with (:mod:`edgec.runtime.serve.drift`); ``detectors``: how to decode each detection-head output. None,
+    and no file, when the data are synthetic (random inputs describe no deployment) or no tensor has a batch
+    axis to take statistics along."""
     if data.synthetic:
         return None
     whole = set(data.holdout.whole)
@@ -38,10 +40,19 @@ def write_drift_reference(stage: Path, model: Any, data: Any, manifest: Manifest
         for name in outputs:
             seen_out[name].append(np.asarray(answer[name]))
     ref = reference({n: np.concatenate(a) for n, a in seen_in.items()}, {n: np.concatenate(a) for n, a in seen_out.items()},
-                    inputs, outputs)
+                    inputs, outputs, {n: d for n, d in (detectors or {}).items() if n in outputs})
     path = stage / REFERENCE_NAME
     path.write_text(json.dumps(ref, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def detection_heads(reference: Any, options: Any) -> dict[str, dict[str, Any]]:
+    """The detection head the task check decoded (output name: layout, score threshold, NMS IoU), or none."""
+    task = reference.task
+    if task.name != "detect" or task.output is None:
+        return {}
+    return {reference.names[task.output]: {"layout": task.layout, "threshold": options.score_threshold,
+                                           "iou": options.iou}}
 
 
 def _batched(shape: tuple[int | None, ...]) -> bool:

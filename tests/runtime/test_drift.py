@@ -152,3 +152,19 @@ def test_a_reference_that_does_not_match_its_sha256_is_not_used_and_serving_goes
 def test_bad_drift_settings_name_the_key(table, message):
     with pytest.raises(ValidationError, match=message):
         ServeConfig.from_dict({"drift": table})
+
+
+def test_a_detector_head_is_watched_by_its_detections():
+    """Per image: the detections left after the score threshold and class-wise NMS, their best and mean score."""
+    from edgec.runtime.serve.drift import detection_values
+
+    head = np.zeros((2, 6, 5), np.float32)  # [N, 4 + 2 classes, 5 anchors], channels first
+    boxes = [(20, 20, 10, 10), (80, 80, 10, 10), (50, 50, 10, 10), (20, 20, 10, 10), (21, 20, 10, 10)]
+    head[:, :4, :] = np.array(boxes, np.float32).T
+    head[0, 4, 0], head[0, 5, 1], head[0, 4, 2] = 0.9, 0.6, 0.1  # two kept, one under the threshold
+    head[1, 4, 3], head[1, 4, 4] = 0.8, 0.7  # the same object twice: NMS keeps one
+    for layout, tensor in (("channels-first", head), ("channels-last", np.swapaxes(head, 1, 2))):
+        how = {"layout": layout, "threshold": 0.25, "iou": 0.45}
+        assert detection_values({**how, "stat": "detections"}, tensor).tolist() == [2, 1]
+        assert detection_values({**how, "stat": "top_score"}, tensor) == pytest.approx([0.9, 0.8])
+        assert detection_values({**how, "stat": "mean_score"}, tensor) == pytest.approx([0.75, 0.8])

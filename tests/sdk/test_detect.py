@@ -172,3 +172,35 @@ def test_task_options_are_checked_in_one_line(detector_files, tmp_path):
         lines = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and message in lines[0], result.output
         assert not (tmp_path / "b").exists()
+
+
+def test_a_detectors_drift_is_watched_on_its_detections(detector_files, tmp_path):
+    """drift.json holds the detection count and scores the task check decoded; scenes with more objects, or a
+    darker sensor, move them past the alert threshold, and scenes like the held-out ones do not."""
+    import edgec
+    from edgec.runtime.serve.drift import DriftMonitor, read_reference
+
+    out = tmp_path / "det"
+    result = invoke("convert", detector_files / "det.pt2", "--device", "x86-64", "--precision", "fp32", "--calib",
+                    detector_files / "calib.npz", "--eval", detector_files / "eval.npz", "--out", out)
+    assert result.exit_code == 0, result.output
+    model = edgec.load(out)
+    manifest = model.manifest
+    ref = read_reference(out, manifest.files, [s.name for s in manifest.inputs], [s.name for s in manifest.outputs])
+    stats = {f["name"]: f for f in ref["features"]}
+    assert {"output.detections", "output.top_score", "output.mean_score"} <= set(stats)
+    assert stats["output.detections"]["layout"] == "channels-first" and stats["output.detections"]["threshold"] == 0.25
+
+    def psi_of(images: np.ndarray) -> dict[str, float]:
+        monitor = DriftMonitor(ref, window=len(images))
+        for i in range(0, len(images), 32):
+            batch = {"image": images[i:i + 32]}
+            monitor.add(batch, model.predict(batch))
+        return {k: v for k, v in monitor.scores().items() if k.startswith("output.")}
+
+    clean = psi_of(render(320, seed=21).images)
+    crowded = psi_of(render(320, seed=22, most=6).images)  # up to six objects per scene, not three
+    dark = psi_of(render(320, seed=23).images * 0.35)  # a sensor that gives a third of the light
+    assert max(clean.values()) < 0.25, clean
+    assert crowded["output.detections"] > 0.25, crowded
+    assert max(dark[k] for k in ("output.top_score", "output.mean_score", "output.detections")) > 0.25, dark
