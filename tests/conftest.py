@@ -19,6 +19,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from edgec.runtime.system import host_arch
+
 FIXTURES = Path(__file__).parent / "fixtures"
 FAST = {"latency_budget_s": 0.05}
 
@@ -49,11 +51,20 @@ def fixture_bundle():
     """``fixture_bundle(fmt, precision)``: a committed digits-CNN bundle (onnx/tflite, fp32/int8)."""
 
     def get(fmt: str, precision: str) -> Path:
-        path = FIXTURES / "bundles" / f"{fmt}-{precision}"
+        # ONNX bundles are converted for this host's kind of board (x86-64 or rpi4): the boards tests start
+        # run here, and one refuses a bundle built for another architecture.
+        native = "-aarch64" if fmt == "onnx" and host_arch() == "aarch64" else ""
+        path = FIXTURES / "bundles" / f"{fmt}-{precision}{native}"
         assert path.is_dir(), f"no fixture bundle {path.name}: run tests/fixtures/build.py"
         return path
 
     return get
+
+
+@pytest.fixture(scope="session")
+def foreign_bundle():
+    """A committed bundle converted for a board of another architecture than this host's."""
+    return FIXTURES / "bundles" / ("onnx-int8" if host_arch() == "aarch64" else "tflite-int8")
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from edgec.cli import app
 from edgec.runtime.agent.admission import bundle_version
+from edgec.runtime.system import host_arch
 from edgec.sdk.fleet.link import FleetLink, status
 from edgec.sdk.fleet.rollout import push
 
@@ -533,16 +534,16 @@ def test_a_device_pin_is_shown_by_status_and_cleared_by_unpin(broker, fleet, fix
     assert Subscriber.wait(lambda: boards[0].version() == group.version, 60)
 
 
-def test_a_bundle_for_another_architecture_is_refused_unless_pushed_for_any_device(broker, fleet, fixture_bundle):
+def test_a_bundle_for_another_architecture_is_refused_unless_pushed_for_any_device(broker, fleet, foreign_bundle):
     board = fleet(1)[0]
     before = board.version()
     url = f"mqtt://127.0.0.1:{broker.port}"
-    pi_bundle = fixture_bundle("tflite", "int8")  # converted for rpi4 (aarch64); these boards run on this host
-    assert json.loads((pi_bundle / "manifest.json").read_text())["device"]["arch"] == "aarch64"
-    cli = ["fleet", "push", str(pi_bundle), "--model", "digits", "--to", "group:lab", "--broker", url, "--fleet", "test",
-           "--timeout", "60"]
+    device = json.loads((foreign_bundle / "manifest.json").read_text())["device"]  # these boards run on this host
+    assert device["arch"] != host_arch()
+    cli = ["fleet", "push", str(foreign_bundle), "--model", "digits", "--to", "group:lab", "--broker", url, "--fleet",
+           "test", "--timeout", "60"]
     refused = CliRunner().invoke(app, cli)
-    assert refused.exit_code == 1 and "built for rpi4 (aarch64)" in refused.output, refused.output
+    assert refused.exit_code == 1 and f"built for {device['name']} ({device['arch']})" in refused.output, refused.output
     assert "edgec convert --device" in refused.output and board.version() == before
     forced = CliRunner().invoke(app, [*cli, "--any-device"])
     assert forced.exit_code == 0 and "pi-1: live" in forced.output, forced.output
