@@ -4,6 +4,7 @@
 #   sudo ./scripts/arm64-check.sh             # CPUs: cortex-a72 (Pi 4) and cortex-a76 (Pi 5)
 #   EDGEC_ARM64_CPUS=cortex-a72 ./scripts/arm64-check.sh
 #   EDGEC_ARM64_STEPS=measure ./scripts/arm64-check.sh   # only the --measure-on check (tests, parity, measure)
+#   EDGEC_ARM64_STEPS=tests EDGEC_ARM64_TESTS=tests/runtime/test_fleet.py ./scripts/arm64-check.sh
 #
 # Builds the root once (debootstrap + qemu-user-static, cached in $EDGEC_ARM64_ROOT), installs
 # edgec[runtime] from a wheel of this checkout plus PyPI's aarch64 wheels, and for each CPU runs
@@ -19,6 +20,7 @@ HERE=$PWD
 ROOT=${EDGEC_ARM64_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/edgec/arm64-bookworm}
 CPUS=${EDGEC_ARM64_CPUS:-"cortex-a72 cortex-a76"}
 STEPS=${EDGEC_ARM64_STEPS:-"tests parity measure"}
+TESTS=${EDGEC_ARM64_TESTS:-tests/runtime}  # what the tests step runs, e.g. tests/runtime/test_fleet.py
 MIRROR=${EDGEC_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 WORK=$ROOT/opt/edgec-check
 
@@ -40,7 +42,7 @@ if [ ! -f "$ROOT/.edgec-ready" ]; then
   rm -rf "$ROOT"
   mkdir -p "$ROOT"
   debootstrap --foreign --arch=arm64 --variant=minbase \
-    --include=python3,python3-venv,ca-certificates,mosquitto,openssl,prometheus,systemd bookworm "$ROOT" "$MIRROR" >/dev/null
+    --include=python3,python3-venv,ca-certificates,mosquitto,openssl,prometheus,systemd,nginx-light bookworm "$ROOT" "$MIRROR" >/dev/null
   mkdir -p "$ROOT$(dirname "$INTERP")"
   cp "$(readlink -f "$(command -v qemu-aarch64-static)")" "$ROOT$INTERP"
   chroot "$ROOT" /debootstrap/debootstrap --second-stage >/dev/null
@@ -78,13 +80,13 @@ cp /etc/ssl/certs/ca-certificates.crt "$WORK/host-ca.crt"
 in_root() { chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
   PIP_CERT=/opt/edgec-check/host-ca.crt "$@"; }
 # What the runtime tests run (a root built by an older version of this script may lack some).
-for tool in mosquitto promtool systemd-analyze openssl; do
+for tool in mosquitto promtool systemd-analyze openssl nginx; do
   in_root sh -c "command -v $tool >/dev/null || [ -x /usr/sbin/$tool ]" || missing_tools="${missing_tools:-} $tool"
 done
 if [ -n "${missing_tools:-}" ]; then
   say "installing Debian packages in the arm64 root:${missing_tools}"
   in_root apt-get update -qq
-  in_root apt-get install -y -qq --no-install-recommends mosquitto prometheus systemd openssl >/dev/null
+  in_root apt-get install -y -qq --no-install-recommends mosquitto prometheus systemd openssl nginx-light >/dev/null
 fi
 say "installing edgec[runtime] in the arm64 root (PyPI's aarch64 wheels)"
 WHEEL=$(basename "$(ls "$WORK"/dist/edgec-*.whl)")
@@ -107,8 +109,8 @@ for n in range(4):
 EOF
   mount --bind "$CPUINFO" "$ROOT/proc/cpuinfo"
   if [[ " $STEPS " == *" tests "* ]]; then
-    say "QEMU_CPU=$cpu: pytest tests/runtime"
-    in_root /usr/bin/env QEMU_CPU="$cpu" sh -c "cd /opt/edgec-check/src && /opt/venv/bin/python -m pytest -q -p no:cacheprovider tests/runtime" || status=1
+    say "QEMU_CPU=$cpu: pytest $TESTS"
+    in_root /usr/bin/env QEMU_CPU="$cpu" sh -c "cd /opt/edgec-check/src && /opt/venv/bin/python -m pytest -q -p no:cacheprovider $TESTS" || status=1
   fi
   if [[ " $STEPS " == *" parity "* ]]; then
     say "QEMU_CPU=$cpu: parity with the x86 host, and memory"
