@@ -379,8 +379,8 @@ def _on_board(board: BoardMeter | None, final_path: Path, final: Any, fp32_path:
         shipped = board.measure(final_path, final, reference=(fp32_path, fp32) if fp32_path is not None else None)
     except CandidateRefused as exc:
         raise VerificationError(f"the shipped artifact fails on the board at {board.url}: {exc}") from None
-    speedup = shipped.speedup if shipped.speedup is not None else base.p50_ms / max(shipped.p50_ms, 1e-9)
-    return {**board.to_dict(), "fp32": base.to_dict(), "shipped": shipped.to_dict(), "speedup_vs_fp32": speedup}
+    return {**board.to_dict(), "fp32": base.to_dict(), "shipped": shipped.to_dict(),
+            "speedup_vs_fp32": shipped.speedup_over(base)}
 
 
 def _ram_delta(target: Target, source: Source, path: Path, manifest: Manifest, one: dict[str, np.ndarray]) -> int | None:

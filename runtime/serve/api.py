@@ -161,7 +161,7 @@ class Api:
                 return await self._reload(name, body)
             return await self._predict(name, headers, body)
         except KeyError:
-            raise HttpError(404, f"unknown model {name!r}; serving {', '.join(sorted(rt.batchers)) or 'none'}") from None
+            raise HttpError(404, rt.unknown(name)) from None
         except InputError as exc:
             raise HttpError(400, str(exc)) from None
         except AccessError as exc:
@@ -178,7 +178,7 @@ class Api:
         self._authorize(headers)
         rt = self.runtime
         if name not in rt.batchers:
-            raise HttpError(404, f"unknown model {name!r}; serving {', '.join(sorted(rt.batchers)) or 'none'}")
+            raise HttpError(404, rt.unknown(name))
         if not rt.capture.config.enabled:
             raise HttpError(409, "data capture is off on this board: set [capture] enabled = true in its runtime.toml")
         body = await asyncio.get_running_loop().run_in_executor(self._pool, rt.capture.pull, name)
@@ -315,13 +315,13 @@ class Api:
         try:
             manifest, current = rt.manifest(name), rt.version(name)
         except KeyError:
-            raise HttpError(404, f"unknown model {name!r}; serving {', '.join(sorted(rt.batchers)) or 'none'}") from None
+            raise HttpError(404, rt.unknown(name)) from None
         except EdgecError as exc:
             raise HttpError(503, f"model {name} is not served: {exc}") from None
         if version is not None and version != current:
             raise HttpError(404, f"model {name} has no version {version!r}: it serves {current}")
         if verb == "ready":
-            ready = name not in rt.failed
+            ready = rt.model_ready(name)
             return json_response(200 if ready else 503, {"name": name, "ready": ready})
         return json_response(200, oip.model_metadata(name, current, rt.platform(name), manifest.inputs,
                                                      manifest.outputs))

@@ -225,7 +225,7 @@ class GrpcServer:
 
     def _model_ready(self, request: Any, context: Any) -> Any:
         rt = self.runtime
-        ready = request.name in rt.batchers and request.name not in rt.failed
+        ready = rt.model_ready(request.name)
         if ready and request.version:
             ready = request.version == rt.version(request.name)
         return self.pb.ModelReadyResponse(ready=ready)
@@ -235,8 +235,7 @@ class GrpcServer:
         try:
             manifest, version = rt.manifest(name), rt.version(name)
         except KeyError:
-            raise self._refuse("NOT_FOUND", f"unknown model {name!r}; serving "
-                               f"{', '.join(sorted(rt.batchers)) or 'none'}") from None
+            raise self._refuse("NOT_FOUND", rt.unknown(name)) from None
         except EdgecError as exc:
             raise self._refuse("UNAVAILABLE", f"model {name} is not served: {exc}") from None
         if request.version and request.version != version:
@@ -264,8 +263,7 @@ class GrpcServer:
             fill_response(response, outputs, [o.name for o in request.outputs], raw=bool(request.raw_input_contents))
             return response
         except KeyError:
-            raise self._refuse("NOT_FOUND", f"unknown model {name!r}; serving "
-                               f"{', '.join(sorted(rt.batchers)) or 'none'}") from None
+            raise self._refuse("NOT_FOUND", rt.unknown(name)) from None
         except InputError as exc:
             rt.refused(name, exc)
             raise self._refuse("INVALID_ARGUMENT", str(exc)) from None
@@ -307,11 +305,7 @@ class GrpcServer:
         return self.pb.RepositoryIndexResponse(models=[entry(**row) for row in rows])
 
     def _load(self, request: Any, context: Any) -> Any:
-        if set(request.parameters) - {"unload_dependents"}:
-            self._authorize(context)
-            raise self._refuse("INVALID_ARGUMENT", "edgec loads bundles from its model folders only: a load with a "
-                               "config or files is refused; put the bundle in model_roots and load it by name")
-        self._repository(context, lambda: self.runtime.repository.load(request.model_name))
+        self._repository(context, lambda: self.runtime.repository.load(request.model_name, set(request.parameters)))
         return self.pb.RepositoryModelLoadResponse()
 
     def _unload(self, request: Any, context: Any) -> Any:

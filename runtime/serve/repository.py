@@ -63,7 +63,7 @@ class Repository:
             except EdgecError as exc:
                 rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": str(exc)})
                 continue
-            if name in rt.batchers and name not in rt.failed:
+            if rt.model_ready(name):
                 rows.append({"name": name, "version": rt.running_version(name) or version, "state": "READY",
                              "reason": ""})
             else:
@@ -71,13 +71,18 @@ class Repository:
                 rows.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason})
         return [r for r in rows if r["state"] == "READY"] if ready else rows
 
-    def load(self, name: str) -> dict[str, Any]:
+    def load(self, name: str, parameters: Any = ()) -> dict[str, Any]:
         """Serve ``name`` from its bundle: a served model is reloaded (its new version swapped in), another added.
+        ``parameters``: the names of the request's parameters (a config or files sent along are refused).
 
         Raises:
+            InputError: The request sent a config or files to load from.
             KeyError: No model of that name in the repository.
             BundleError, IntegrityError: The bundle is refused; what was served before still is.
         """
+        if set(parameters) - {"unload_dependents"}:
+            raise InputError("edgec loads bundles from its model folders only: a load with a config or files is "
+                             "refused; put the bundle in model_roots and load it by name")
         path = self.bundles()[name]
         rt = self.runtime
         entry = rt.reload(name) if name in rt.batchers else rt.add(name, path)
@@ -114,9 +119,6 @@ class Repository:
         if not isinstance(parameters, dict):
             raise InputError('"parameters" must be a JSON object')
         if verb == "load":
-            if set(parameters) - {"unload_dependents"}:
-                raise InputError("edgec loads bundles from its model folders only: a load with a config or files "
-                                 "is refused; put the bundle in model_roots and load it by name")
-            return self.load(name or "")
+            return self.load(name or "", parameters)
         self.unload(name or "")
         return None

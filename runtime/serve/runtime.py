@@ -115,6 +115,14 @@ class Runtime:
     def ready(self) -> bool:
         return bool(self.batchers) and all(m.name not in self.failed for m in self.config.models if m.preload)
 
+    def model_ready(self, name: str) -> bool:
+        """Whether model ``name`` is served and not refused."""
+        return name in self.batchers and name not in self.failed
+
+    def unknown(self, name: str) -> str:
+        """What to answer a request for a model this runtime does not serve."""
+        return f"unknown model {name!r}; serving {', '.join(sorted(self.batchers)) or 'none'}"
+
     def predict(self, name: str, feeds: dict[str, np.ndarray], *, deadline_s: float | None = None) -> dict[str, np.ndarray]:
         """Run ``feeds`` through model ``name`` via its batcher.
 

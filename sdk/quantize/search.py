@@ -272,9 +272,7 @@ class Search:
                 cand.board = self.board.measure(path, cand.measured.model, reference=(self.fp32, self.base.model))
         except CandidateRefused as exc:
             return f"on the board: {exc}"
-        paired = cand.board.speedup  # (a board that does not pair them: the ratio of their p50s)
-        cand.measured = replace(cand.measured, speedup=paired if paired is not None else
-                                self.board_base.p50_ms / max(cand.board.p50_ms, 1e-9))
+        cand.measured = replace(cand.measured, speedup=cand.board.speedup_over(self.board_base))
         return None
 
     def _measure(self, path: Path, recipe: Recipe, done: dict[str, Any]) -> Measured:

@@ -74,6 +74,11 @@ class BoardTiming:
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
+    def speedup_over(self, base: BoardTiming) -> float:
+        """The speed-up over ``base`` (fp32): as timed against it in alternating rounds, else the ratio of p50s
+        (a board that did not pair them)."""
+        return self.speedup if self.speedup is not None else base.p50_ms / max(self.p50_ms, 1e-9)
+
 
 @dataclass
 class BoardMeter:
@@ -97,6 +102,7 @@ class BoardMeter:
     board: dict[str, Any] | None = None
     seconds: float = 0.0  # wall time spent measuring, uploads included
     results: dict[tuple[str, str | None], BoardTiming] = field(default_factory=dict)
+    _digests: dict[tuple[str, int, int], str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         parts = urllib.parse.urlsplit(self.url)
@@ -121,16 +127,17 @@ class BoardMeter:
         """
         if reference is not None and reference[0] == path:
             reference = None  # fp32 itself: nothing to pair it with
-        key = (sha256_file(path), sha256_file(reference[0]) if reference is not None else None)
+        key = (self._digest(path), self._digest(reference[0]) if reference is not None else None)
         if key in self.results:
             return self.results[key]
         with tempfile.TemporaryDirectory(prefix="edgec-candidate-") as tmp:
-            archive = _candidate(path, model, self.golden, Path(tmp) / "candidate")
+            archive = _candidate(path, key[0], model, self.golden, Path(tmp) / "candidate")
             if reference is not None:
                 upload = Path(tmp) / "upload"
                 upload.mkdir()
                 archive.rename(upload / "candidate.tar")
-                _candidate(*reference, self.golden, Path(tmp) / "reference").rename(upload / "reference.tar")
+                _candidate(reference[0], key[1], reference[1], self.golden, Path(tmp) / "reference").rename(
+                    upload / "reference.tar")
                 archive = Path(tmp) / "upload.tar"
                 pack(upload, archive)
             answer = self._ask("POST", archive, f"?batch={self.batch}&budget_s={self.budget_s:g}")
@@ -141,6 +148,14 @@ class BoardMeter:
 
     def to_dict(self) -> dict[str, Any]:
         return {"url": self.url, "board": self.board, "batch": self.batch, "seconds": round(self.seconds, 2)}
+
+    def _digest(self, path: Path) -> str:
+        """``path``'s sha256, read once per file version (fp32 goes with every candidate)."""
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = sha256_file(path)
+        return self._digests[key]
 
     def _ask(self, method: str, archive: Path | None, query: str) -> dict[str, Any]:
         started = time.perf_counter()
@@ -175,8 +190,9 @@ class BoardMeter:
         return answer
 
 
-def _candidate(path: Path, model: LoadedModel, golden: dict[str, np.ndarray], tmp: Path) -> Path:
-    """A bundle of the artifact alone (model file, manifest, this host's answers on ``golden``), packed."""
+def _candidate(path: Path, digest: str, model: LoadedModel, golden: dict[str, np.ndarray], tmp: Path) -> Path:
+    """A bundle of the artifact alone (model file of sha256 ``digest``, manifest, this host's answers on
+    ``golden``), packed."""
     tmp.mkdir()
     folder = tmp / "bundle"
     folder.mkdir()
@@ -184,7 +200,7 @@ def _candidate(path: Path, model: LoadedModel, golden: dict[str, np.ndarray], tm
     shutil.copyfile(path, folder / manifest.model_file)
     write_golden(folder, golden, model.predict(golden), [s.name for s in manifest.inputs],
                  [s.name for s in manifest.outputs])
-    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
+    files = {p.name: digest if p.name == manifest.model_file else sha256_file(p) for p in sorted(folder.iterdir())}
     replace(manifest, files=files).write(folder)
     pack(folder, tmp / "candidate.tar")
     return tmp / "candidate.tar"

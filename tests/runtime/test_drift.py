@@ -119,6 +119,10 @@ def _with_reference(tmp_path, bundle, text: str):
     (lambda r: r.update(features=r["features"] * 20), "1 to 64 features"),
     (lambda r: r["features"][2].update(low="0"), "bad range"),
     (lambda r: r.update(schema=2), "schema 2"),
+    (lambda r: r["features"][0].update(stat="detections", layout="sideways", threshold=0.25, iou=0.45),
+     "needs a layout, a threshold and an iou"),
+    (lambda r: r["features"][0].update(stat="top_score", layout="channels-first", threshold=7, iou=0.45),
+     "needs a layout, a threshold and an iou"),
 ])
 def test_a_hostile_reference_is_refused_with_the_reason(tmp_path, fixture_bundle, damage, why):
     bundle = fixture_bundle("onnx", "int8")
