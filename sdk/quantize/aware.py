@@ -162,13 +162,13 @@ def qat(model: Any, config: QATConfig | None = None, *, data: Any, eval_data: An
     cfg = (config or QATConfig()).with_options(options)
     progress = progress or SILENT
     torch = need("torch", extra="sdk", purpose="for quantization-aware training")
+    device = train_device(cfg.train_device)  # a GPU asked for and absent fails here, before the slow imports
     pt2e = need("torchao.quantization.pt2e.quantize_pt2e", extra="sdk", purpose="for quantization-aware training")
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
 
     with quiet():
         quantizers = need("litert_torch.quantize.pt2e_quantizer", extra="sdk",
                           purpose="for quantization-aware training")
-    device = train_device(cfg.train_device)  # a GPU asked for and absent fails here, before any work
     module = load_module(model, weights=cfg.weights)
     args = _example_args(data, cfg.batch_size)
     evaluate = _evaluator(eval_data)

@@ -38,6 +38,11 @@ def test_asking_for_a_gpu_torch_does_not_see_fails_before_any_work(tmp_path, dig
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "sees no CUDA device" in done.stderr and "--train-device cpu" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not list(tmp_path.glob("small*"))
+    qat = subprocess.run([str(EDGEC), "qat", "edgec.sdk.examples.zoo:digits_cnn", "--data", str(tmp_path / "train.npz"),
+                          "--out", str(tmp_path / "qat"), "--train-device", "cuda"], capture_output=True, text=True,
+                         timeout=300)
+    assert qat.returncode == 1 and len(qat.stderr.strip().splitlines()) == 1 and "sees no CUDA device" in qat.stderr
+    assert not (tmp_path / "qat").exists()  # refused before the quantizer's (slow, talkative) imports
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a GPU torch sees (the CUDA build of torch): run on a GPU machine")
