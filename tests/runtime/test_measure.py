@@ -188,3 +188,21 @@ def test_the_board_names_its_cpu_from_cpuinfo():
     assert cpu_model("processor\t: 0\nCPU implementer\t: 0x51\nCPU part\t: 0x801\nHardware\t: Qualcomm\n") \
         == "Qualcomm"  # a core not in the table: the SoC's name, where the kernel gives one
     assert cpu_model("") is None
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"measure": {"enabled": 1}}, "[measure] enabled must be true or false"),
+    ({"measure": {"max_mb": -1}}, "[measure] max_mb must be a number above 0"),
+    ({"measure": {"timeout_s": "soon"}}, "[measure] timeout_s must be seconds above 0"),
+    ({"measure": {"max_rss": 10}}, "unknown [measure] key(s): max_rss"),
+    ({"grpc": {"port": 70000}}, "[grpc] port must be a port from 0 to 65535"),
+    ({"grpc": {"max_message_mb": 0}}, "[grpc] max_message_mb must be a number of MB above 0"),
+    ({"grpc": {"max_concurrent_rpcs": 0}}, "[grpc] max_concurrent_rpcs must be a whole number from 1 to 65536"),
+])
+def test_bad_measure_and_grpc_settings_name_the_key(table, message):
+    from edgec.errors import ValidationError
+    from edgec.runtime.config import ServeConfig
+
+    with pytest.raises(ValidationError) as exc:
+        ServeConfig.from_dict(table)
+    assert message in str(exc.value)
